@@ -1,0 +1,20 @@
+"""fastinr: fused kernels and drop-in modules for implicit neural representation decoders.
+
+    color(pixel) = MLP(code ⊕ positional_embedding(x, y))
+
+evaluated for every pixel of a batch of images at once.
+"""
+from fastinr.backend import available_backends, resolve_backend
+from fastinr.embedding import pixel_coordinates, pos_embedding, pos_embedding_size
+from fastinr.modules import ImageManifoldDecoder
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ImageManifoldDecoder",
+    "available_backends",
+    "pixel_coordinates",
+    "pos_embedding",
+    "pos_embedding_size",
+    "resolve_backend",
+]

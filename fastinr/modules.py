@@ -1,0 +1,193 @@
+"""Drop-in nn.Modules.
+
+`ImageManifoldDecoder` has the seed's constructor, submodule tree and state_dict keys, so a seed
+checkpoint loads with strict=True both ways; its forward evaluates all images of a batch at once
+through the chosen backend instead of looping over images.
+"""
+from collections import OrderedDict
+from typing import Iterable, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+from fastinr.activations import activation_module, canonical_activation
+from fastinr.backend import resolve_backend
+from fastinr.embedding import pos_embedding_size
+from fastinr.reference import DecoderParams, DecoderSpec, update_running_stats
+
+BATCH_NORM_STATS = ("image", "batch")
+
+
+class ResidualLinearBlock(nn.Module):
+    """One block: [BatchNorm1d] + num_layers x (Linear(w, w), act); residual add or concat."""
+
+    def __init__(self, num_hidden: int, num_layers: int, batch_norm: bool, concat: bool,
+                 activation: str):
+        super().__init__()
+        self.do_concat = concat
+        layers = OrderedDict()
+        if batch_norm:
+            layers["norm"] = nn.BatchNorm1d(num_hidden)
+        for j in range(num_layers):
+            layers[f"layer_{j + 1}"] = nn.Sequential(OrderedDict(
+                linear=nn.Linear(num_hidden, num_hidden), act=activation_module(activation)))
+        self.layers = nn.Sequential(layers)
+
+    def extra_repr(self):
+        return "concat=True" if self.do_concat else ""
+
+
+class ImageManifoldDecoder(nn.Module):
+    """color(pixel) = act_out(MLP(code ⊕ pos_embedding(x, y))) for every pixel of every image.
+
+    The seed's arguments, plus:
+      batch_norm_stats: "image" (default, the seed's per-image loop: statistics over each image's
+          pixels, running statistics updated once per image) or "batch" (over the whole batch).
+      backend: "auto" | "torch" | "triton" | "native" (see fastinr.backend).
+    """
+
+    def __init__(
+            self,
+            num_input_channels: int,
+            num_output_channels: int = 3,
+            num_hidden: int = 256,
+            num_blocks: int = 2,
+            num_layers_per_block: int = 2,
+            concat_residual: Union[bool, Iterable[bool]] = False,
+            pos_embedding_freqs: Iterable[float] = (7, 17),
+            batch_norm: bool = True,
+            default_shape: Optional[Tuple[int, int]] = None,
+            activation: str = "gelu",
+            activation_out: str = "sigmoid",
+            batch_norm_stats: str = "image",
+            backend: str = "auto",
+    ):
+        super().__init__()
+        for name, value in (("num_input_channels", num_input_channels),
+                            ("num_output_channels", num_output_channels),
+                            ("num_hidden", num_hidden)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        for name, value in (("num_blocks", num_blocks), ("num_layers_per_block", num_layers_per_block)):
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        if isinstance(concat_residual, bool):
+            concat_residual = (concat_residual,) * num_blocks
+        concat_residual = tuple(bool(c) for c in concat_residual)
+        if len(concat_residual) != num_blocks:
+            raise ValueError(f"concat_residual must be a bool or {num_blocks} bools (one per block), "
+                             f"got {len(concat_residual)}")
+        if batch_norm_stats not in BATCH_NORM_STATS:
+            raise ValueError(f"batch_norm_stats must be one of {BATCH_NORM_STATS}, got {batch_norm_stats!r}")
+        self.num_input_channels = num_input_channels
+        self.num_output_channels = num_output_channels
+        self.pos_embedding_freqs = tuple(pos_embedding_freqs)
+        self.pos_embedding_size = pos_embedding_size(self.pos_embedding_freqs)
+        self.concat_residual = concat_residual
+        self.default_shape = None if default_shape is None else _check_shape(default_shape, "default_shape")
+        self.batch_norm_stats = batch_norm_stats
+        self.backend = backend
+        self.spec = DecoderSpec(
+            code_size=num_input_channels, out_channels=num_output_channels, hidden=num_hidden,
+            concat=concat_residual, layers_per_block=num_layers_per_block,
+            freqs=self.pos_embedding_freqs, batch_norm=bool(batch_norm),
+            activation=canonical_activation(activation, "activation"),
+            activation_out=canonical_activation(activation_out, "activation_out"),
+        )
+
+        self.pos_to_color = nn.Sequential()
+        self.pos_to_color.add_module(
+            "linear_in", nn.Linear(num_input_channels + self.pos_embedding_size, num_hidden))
+        self.pos_to_color.add_module("act_in", activation_module(self.spec.activation))
+        self.pos_to_color.add_module("resblocks", nn.Sequential(OrderedDict(
+            (f"resblock_{i + 1}", ResidualLinearBlock(width, num_layers_per_block, bool(batch_norm),
+                                                      concat, self.spec.activation))
+            for i, (concat, width) in enumerate(zip(concat_residual, self.spec.block_widths)))))
+        self.pos_to_color.add_module("linear_out", nn.Linear(self.spec.out_width, num_output_channels))
+        self.pos_to_color.add_module("act_out", activation_module(self.spec.activation_out))
+
+    def extra_repr(self):
+        args = [f"pos_embedding_freqs={self.pos_embedding_freqs}",
+                f"concat_residual={self.concat_residual}"]
+        if self.default_shape is not None:
+            args.append(f"default_shape={self.default_shape}")
+        if self.spec.batch_norm:
+            args.append(f"batch_norm_stats={self.batch_norm_stats!r}")
+        args.append(f"backend={self.backend!r}")
+        return ", ".join(args)
+
+    def _blocks(self):
+        return list(self.pos_to_color.resblocks)
+
+    def _norms(self):
+        return [block.layers.norm for block in self._blocks()] if self.spec.batch_norm else []
+
+    def decoder_params(self) -> DecoderParams:
+        blocks = self._blocks()
+        linears = [[block.layers[j + int(self.spec.batch_norm)].linear
+                    for j in range(self.spec.layers_per_block)] for block in blocks]
+        norms = self._norms()
+        return DecoderParams(
+            w_in=self.pos_to_color.linear_in.weight, b_in=self.pos_to_color.linear_in.bias,
+            norm_weight=tuple(n.weight for n in norms), norm_bias=tuple(n.bias for n in norms),
+            weights=tuple(tuple(lin.weight for lin in block) for block in linears),
+            biases=tuple(tuple(lin.bias for lin in block) for block in linears),
+            w_out=self.pos_to_color.linear_out.weight, b_out=self.pos_to_color.linear_out.bias)
+
+    def _norm_stats(self) -> str:
+        norms = self._norms()
+        if not norms:
+            return "running"  # unused without BatchNorm
+        uses_batch_stats = self.training or not norms[0].track_running_stats
+        return self.batch_norm_stats if uses_batch_stats else "running"
+
+    def forward(self, x: torch.Tensor, shape: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+        """Colors (B, out, H, W) for codes x (B, C), or (out, H, W) for one code (C,)."""
+        codes = self._check_codes(x)
+        if shape is None:
+            if self.default_shape is None:
+                raise ValueError("shape must be given as (H, W): this decoder has no default_shape")
+            shape = self.default_shape
+        shape = _check_shape(shape, "shape")
+        _, decode = resolve_backend(self.backend, codes.device)
+        norm_stats = self._norm_stats()
+        running = [(n.running_mean, n.running_var) for n in self._norms()]
+        colors, stats = decode(codes.reshape(-1, self.num_input_channels), self.decoder_params(),
+                               self.spec, shape, norm_stats, running)
+        norms = self._norms()
+        if stats and self.training and norms[0].track_running_stats:
+            for norm, block_stats in zip(norms, stats):
+                update_running_stats(norm.running_mean, norm.running_var, norm.num_batches_tracked,
+                                     block_stats, norm.momentum)
+        return colors[0] if x.ndim == 1 else colors
+
+    def _check_codes(self, x) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"codes must be a torch.Tensor, got {type(x).__name__}")
+        if x.ndim not in (1, 2):
+            raise ValueError(f"codes must have shape (B, {self.num_input_channels}) or "
+                             f"({self.num_input_channels},), got {tuple(x.shape)}")
+        if x.shape[-1] != self.num_input_channels:
+            raise ValueError(f"codes must have {self.num_input_channels} channels in the last "
+                             f"dimension (num_input_channels), got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"codes must be a floating-point tensor, got {x.dtype}")
+        weight = self.pos_to_color.linear_in.weight
+        if x.device != weight.device:
+            raise ValueError(f"codes are on {x.device} but the decoder's parameters are on "
+                             f"{weight.device}; move one of them (.to(device))")
+        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(f"codes have dtype {x.dtype} but the decoder's parameters have "
+                            f"{weight.dtype}; convert one of them or use torch.autocast")
+        return x
+
+
+def _check_shape(shape, argument: str) -> Tuple[int, int]:
+    try:
+        height, width = (int(s) for s in shape)
+        valid = all(int(s) == s for s in shape)
+    except (TypeError, ValueError):
+        valid = False
+    if not valid or height < 1 or width < 1:
+        raise ValueError(f"{argument} must be (H, W) with two positive ints, got {shape!r}")
+    return height, width

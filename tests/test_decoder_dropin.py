@@ -1,0 +1,153 @@
+"""The drop-in ImageManifoldDecoder against the naive per-image seed oracle (tests/seed_decoder.py).
+
+Same state_dict, same inputs: outputs, gradients of the codes and of every parameter, and the
+running statistics after several training steps, in train and eval mode.
+"""
+import pytest
+import torch
+
+import fastinr
+from tests.seed_decoder import SeedImageManifoldDecoder
+
+# (kwargs, shape, batch): blocks 0-3, layers 1-3, hidden 8..256, concat on/off/mixed, BN on/off,
+# every activation, 0-4 frequencies, shapes 1x1 / 7x13 / 32x32, batch 1 and 5.
+CONFIGS = [
+    (dict(), (7, 13), 5),
+    (dict(num_hidden=256), (32, 32), 5),
+    (dict(num_hidden=8, num_blocks=1, num_layers_per_block=1, pos_embedding_freqs=()), (7, 13), 1),
+    (dict(num_hidden=16, num_blocks=3, num_layers_per_block=3, activation="relu"), (7, 13), 5),
+    (dict(num_hidden=12, concat_residual=True, activation="silu"), (7, 13), 5),
+    (dict(num_hidden=12, num_blocks=3, concat_residual=(False, True, False), activation="tanh"), (7, 13), 3),
+    (dict(num_hidden=20, num_blocks=3, concat_residual=(True, False, True), batch_norm=False,
+          activation="relu6", activation_out="none"), (7, 13), 5),
+    (dict(num_hidden=24, batch_norm=False, activation="sigmoid", activation_out="tanh",
+          pos_embedding_freqs=(1, 2.5, 7, 17)), (32, 32), 5),
+    (dict(num_hidden=32, batch_norm=False, pos_embedding_freqs=(3,)), (1, 1), 5),
+    (dict(num_hidden=16, num_blocks=0, activation_out="relu"), (7, 13), 5),
+    (dict(num_hidden=16, num_blocks=2, num_layers_per_block=0), (7, 13), 5),
+    (dict(num_hidden=16, activation="gelu", activation_out="identity", num_output_channels=1,
+          pos_embedding_freqs=(2, 4, 8)), (32, 32), 1),
+]
+DTYPES = [(torch.float64, 1e-10, 1e-10), (torch.float32, 2e-5, 2e-5)]
+
+
+def make_pair(kwargs, dtype):
+    code_size = kwargs.pop("code_size", 11)
+    seed = SeedImageManifoldDecoder(code_size, **kwargs).to(dtype)
+    with torch.no_grad():  # non-trivial BatchNorm parameters and running statistics
+        for name, tensor in seed.state_dict().items():
+            if name.endswith(("norm.weight", "running_var")):
+                tensor.uniform_(0.5, 1.5)
+            elif name.endswith(("norm.bias", "running_mean")):
+                tensor.normal_(0, 0.3)
+    ours = fastinr.ImageManifoldDecoder(code_size, backend="torch", **kwargs).to(dtype)
+    ours.load_state_dict(seed.state_dict(), strict=True)
+    return seed, ours, code_size
+
+
+def run_step(model, codes, shape, upstream):
+    codes = codes.clone().requires_grad_(True)
+    model.zero_grad(set_to_none=True)
+    out = model(codes, shape)
+    (out * upstream).sum().backward()
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    return out.detach(), codes.grad, grads
+
+
+def assert_close_scaled(actual, expected, atol, rtol, msg=None):
+    """assert_close with atol relative to the tensor's magnitude: gradients are sums over every
+    pixel of the batch, so their float32 rounding error grows with their size, not with 1."""
+    scale = max(1.0, expected.abs().max().item()) if expected.numel() else 1.0
+    torch.testing.assert_close(actual, expected, atol=atol * scale, rtol=rtol, msg=msg)
+
+
+def assert_models_match(seed, ours, codes, shape, atol, rtol):
+    upstream = torch.randn(codes.shape[0], seed.num_output_channels, *shape, dtype=codes.dtype)
+    out_s, dcodes_s, grads_s = run_step(seed, codes, shape, upstream)
+    out_o, dcodes_o, grads_o = run_step(ours, codes, shape, upstream)
+    assert_close_scaled(out_o, out_s, atol=atol, rtol=rtol)
+    assert_close_scaled(dcodes_o, dcodes_s, atol=atol, rtol=rtol)
+    assert grads_o.keys() == grads_s.keys()
+    for name in grads_s:
+        assert_close_scaled(grads_o[name], grads_s[name], atol=atol, rtol=rtol, msg=name)
+    state_s, state_o = seed.state_dict(), ours.state_dict()
+    for name in state_s:
+        assert_close_scaled(state_o[name], state_s[name], atol=atol, rtol=rtol, msg=name)
+
+
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
+@pytest.mark.parametrize("kwargs, shape, batch", CONFIGS)
+def test_matches_seed_in_train_and_eval_mode(kwargs, shape, batch, dtype, atol, rtol):
+    seed, ours, code_size = make_pair(dict(kwargs), dtype)
+    bn_in_train = kwargs.get("batch_norm", True) and kwargs.get("num_blocks", 2) > 0
+    if bn_in_train and shape == (1, 1):
+        pytest.skip("BatchNorm in training needs more than one pixel (tested in test_errors)")
+    for step in range(3):
+        codes = torch.randn(batch, code_size, dtype=dtype)
+        assert_models_match(seed, ours, codes, shape, atol, rtol)
+        with torch.no_grad():  # the same optimizer step on both, so the next step differs
+            for p_s, p_o in zip(seed.parameters(), ours.parameters()):
+                p_s -= 0.01 * p_s.grad
+                p_o.copy_(p_s)
+    seed.eval(), ours.eval()
+    assert_models_match(seed, ours, torch.randn(batch, code_size, dtype=dtype), shape, atol, rtol)
+
+
+def test_single_code_and_default_shape():
+    seed, ours, code_size = make_pair(dict(num_hidden=16, default_shape=(5, 6)), torch.float64)
+    seed.default_shape = (5, 6)
+    code = torch.randn(code_size, dtype=torch.float64)
+    out = ours(code)
+    assert out.shape == (3, 5, 6)
+    torch.testing.assert_close(out, seed(code))
+    assert ours(code, (4, 9)).shape == (3, 4, 9)
+
+
+def test_batch_statistics_option_matches_whole_batch_batchnorm():
+    """batch_norm_stats="batch" is one BatchNorm over all pixels of all images."""
+    seed, ours, code_size = make_pair(dict(num_hidden=16), torch.float64)
+    ours.batch_norm_stats = "batch"
+    codes = torch.randn(4, code_size, dtype=torch.float64)
+    emb = seed.embedding(6, 7, like=codes)
+    inputs = torch.cat([codes[:, None].expand(-1, 42, -1), emb[None].expand(4, -1, -1)], dim=2)
+    expected = seed.pos_to_color(inputs.reshape(4 * 42, -1)).reshape(4, 42, 3).permute(0, 2, 1)
+    torch.testing.assert_close(ours(codes, (6, 7)).reshape(4, 3, 42), expected)
+    for name, tensor in seed.state_dict().items():
+        torch.testing.assert_close(ours.state_dict()[name], tensor, msg=name)
+    assert int(ours.state_dict()["pos_to_color.resblocks.resblock_1.layers.norm.num_batches_tracked"]) == 1
+
+
+def test_per_image_statistics_count_every_image():
+    _, ours, code_size = make_pair(dict(num_hidden=8), torch.float32)
+    ours(torch.randn(7, code_size), (4, 4))
+    assert int(ours.state_dict()["pos_to_color.resblocks.resblock_2.layers.norm.num_batches_tracked"]) == 7
+
+
+def test_cumulative_momentum_matches_seed():
+    seed, ours, code_size = make_pair(dict(num_hidden=8), torch.float64)
+    for model in (seed, ours):
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm1d):
+                module.momentum = None
+    assert_models_match(seed, ours, torch.randn(3, code_size, dtype=torch.float64), (5, 5), 1e-10, 1e-10)
+
+
+def test_state_dict_loads_both_ways_strictly():
+    kwargs = dict(num_hidden=16, num_blocks=3, concat_residual=(True, False, True))
+    seed = SeedImageManifoldDecoder(10, **kwargs)
+    ours = fastinr.ImageManifoldDecoder(10, **kwargs)
+    assert list(seed.state_dict()) == list(ours.state_dict())
+    for name, tensor in seed.state_dict().items():
+        assert ours.state_dict()[name].shape == tensor.shape, name
+    ours.load_state_dict(seed.state_dict(), strict=True)
+    seed2 = SeedImageManifoldDecoder(10, **kwargs)
+    seed2.load_state_dict(ours.state_dict(), strict=True)
+    for name, tensor in seed.state_dict().items():
+        assert torch.equal(seed2.state_dict()[name], tensor), name
+
+
+def test_parameter_count_matches_seed():
+    seed = SeedImageManifoldDecoder(102, default_shape=(32, 32))
+    ours = fastinr.ImageManifoldDecoder(102, default_shape=(32, 32))
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in seed.parameters())
+    assert "pos_embedding_freqs=(7, 17)" in repr(ours) and "GELU" in repr(ours)
