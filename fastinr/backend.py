@@ -4,7 +4,7 @@ Every backend is a module with the same function as `fastinr.reference.decode`:
 
     decode(codes, params, spec, shape, norm_stats, running) -> (colors, [BlockStats])
 
-    torch   fastinr.reference         anywhere
+    torch   fastinr.torch_backend     anywhere (the reference math, chunked on the CPU)
     triton  fastinr.ops.decoder       CUDA tensors (CPU only under TRITON_INTERPRET=1)
     native  fastinr.native            the csrc/ extension (CPU; CUDA when built with nvcc)
 
@@ -15,28 +15,30 @@ for every module left at "auto"; a forced backend that cannot load raises.
 import importlib
 import os
 import warnings
-from functools import lru_cache
 
 import torch
 
 BACKENDS = ("torch", "triton", "native")
-_MODULES = {"torch": "fastinr.reference", "triton": "fastinr.ops.decoder", "native": "fastinr.native"}
+_MODULES = {"torch": "fastinr.torch_backend", "triton": "fastinr.ops.decoder", "native": "fastinr.native"}
 
 
 class BackendUnavailable(RuntimeError):
     pass
 
 
-@lru_cache(maxsize=None)
+_LOADED = {}  # name -> (module or None, reason); a plain dict, which torch.compile traces
+
+
 def _load(name: str):
     """The backend's module, or the reason it cannot load (never raises)."""
-    try:
-        if name == "triton":
-            import triton  # noqa: F401
-        module = importlib.import_module(_MODULES[name])
-    except Exception as err:  # an ImportError, or an extension built against another torch
-        return None, f"{type(err).__name__}: {err}"
-    return module, None
+    if name not in _LOADED:
+        try:
+            if name == "triton":
+                import triton  # noqa: F401
+            _LOADED[name] = importlib.import_module(_MODULES[name]), None
+        except Exception as err:  # an ImportError, or an extension built against another torch
+            _LOADED[name] = None, f"{type(err).__name__}: {err}"
+    return _LOADED[name]
 
 
 def _interpreting() -> bool:

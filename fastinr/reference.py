@@ -126,8 +126,9 @@ def normalize(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: fl
     y = (x - mean) * torch.rsqrt(var + eps) * weight + bias
     count = x.shape[1] if norm_stats == "image" else x.shape[0] * x.shape[1]
     unbiased = var * (count / max(count - 1, 1))
-    return y, BlockStats(mean.detach().reshape(-1, x.shape[2]).squeeze(0),
-                         unbiased.detach().reshape(-1, x.shape[2]).squeeze(0), count)
+    stat_shape = (-1, x.shape[2]) if norm_stats == "image" else (x.shape[2],)
+    return y, BlockStats(mean.detach().reshape(stat_shape), unbiased.detach().reshape(stat_shape),
+                         count)
 
 
 def decode(codes: torch.Tensor, params: DecoderParams, spec: DecoderSpec, shape: Tuple[int, int],

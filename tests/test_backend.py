@@ -3,12 +3,30 @@ import pytest
 import torch
 
 import fastinr
-from fastinr import backend, reference
+from fastinr import backend, reference, torch_backend
 
 
-def test_torch_backend_is_the_reference():
+def test_torch_backend_is_the_chunked_reference():
     name, decode = fastinr.resolve_backend("torch", "cpu")
-    assert name == "torch" and decode is reference.decode
+    assert name == "torch" and decode is torch_backend.decode
+
+
+@pytest.mark.parametrize("norm_stats", ["image", "running", "batch"])
+def test_chunked_torch_backend_equals_the_reference(monkeypatch, norm_stats):
+    """Chunks of images (forced tiny here) give the reference's colors, gradients and stats."""
+    monkeypatch.setattr(torch_backend, "CHUNK_BYTES", 1)
+    model = fastinr.ImageManifoldDecoder(9, num_hidden=16, concat_residual=(True, False),
+                                         backend="torch").double()
+    params, spec = model.decoder_params(), model.spec
+    running = [(torch.randn(w, dtype=torch.float64), torch.rand(w, dtype=torch.float64) + 0.5)
+               for w in spec.block_widths]
+    codes = torch.randn(5, 9, dtype=torch.float64, requires_grad=True)
+    results = []
+    for decode in (torch_backend.decode, reference.decode):
+        colors, stats = decode(codes, params, spec, (3, 4), norm_stats, running)
+        grads = torch.autograd.grad((colors * colors.detach().cos()).sum(), [codes, *params.flat()])
+        results.append((colors, [tuple(s) for s in stats], grads))
+    torch.testing.assert_close(results[0], results[1], rtol=1e-12, atol=1e-12)
 
 
 def test_environment_forces_a_backend(monkeypatch):

@@ -1,0 +1,32 @@
+"""The `torch` backend: the reference math, run over chunks of images on the CPU.
+
+On a CPU one (B*H*W, hidden) float32 tensor of a training batch is tens of MiB: above glibc's
+mmap threshold (32 MiB), so every op maps fresh pages and faults them in, and nothing stays in
+cache. Chunks of images whose hidden state fits in CHUNK_BYTES stay on the heap and in cache
+(seed configuration, 2-core CPU: training step 2.2 s -> 0.97 s). Per-image statistics and the
+running statistics are per image anyway, so chunking changes nothing but the speed; statistics
+over the whole batch need the whole batch, and GPUs gain nothing, so those run unchunked.
+"""
+import torch
+
+from fastinr.reference import BlockStats, decode as reference_decode
+
+CHUNK_BYTES = 16 * 2 ** 20
+
+
+def images_per_chunk(spec, pixels: int, itemsize: int) -> int:
+    widest = max((spec.hidden, spec.out_width, *spec.block_widths))
+    return max(1, CHUNK_BYTES // (pixels * widest * itemsize))
+
+
+def decode(codes, params, spec, shape, norm_stats="image", running=()):
+    chunk = images_per_chunk(spec, shape[0] * shape[1], params.w_in.element_size())
+    if codes.device.type != "cpu" or norm_stats == "batch" or codes.shape[0] <= chunk:
+        return reference_decode(codes, params, spec, shape, norm_stats, running)
+    pieces = [reference_decode(part, params, spec, shape, norm_stats, running)
+              for part in torch.split(codes, chunk)]
+    colors = torch.cat([c for c, _ in pieces])
+    stats = [BlockStats(torch.cat([s[i].mean for _, s in pieces]),
+                        torch.cat([s[i].var for _, s in pieces]), pieces[0][1][i].count)
+             for i in range(len(pieces[0][1]))]
+    return colors, stats
