@@ -24,13 +24,13 @@ def pixel_coordinates(height: int, width: int, device=None, dtype=torch.float32)
     return torch.stack([x.reshape(-1), y.reshape(-1)], dim=1)
 
 
+def embed_coordinates(xy: torch.Tensor, freqs: Sequence[float]) -> torch.Tensor:
+    """(..., pos_embedding_size(freqs)) seed-order embedding of (..., 2) coordinates (x, y)."""
+    return torch.cat([xy] + [(xy * freq).sin() for freq in freqs]
+                     + [(xy * freq).cos() for freq in freqs], dim=-1)
+
+
 def pos_embedding(height: int, width: int, freqs: Sequence[float], device=None,
                   dtype=torch.float32) -> torch.Tensor:
     """(H*W, pos_embedding_size(freqs)) positional embedding in the seed's order."""
-    xy = pixel_coordinates(height, width, device=device, dtype=dtype)
-    return torch.cat(
-        [xy]
-        + [(xy * freq).sin() for freq in freqs]
-        + [(xy * freq).cos() for freq in freqs],
-        dim=1,
-    )
+    return embed_coordinates(pixel_coordinates(height, width, device=device, dtype=dtype), freqs)

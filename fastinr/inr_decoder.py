@@ -1,0 +1,227 @@
+"""INRDecoder: the seed's per-pixel MLP with the choices that attack its blur, in plain PyTorch.
+
+For codes (B, C) = [grid (g*g*c floats, channels first) | global (the rest)] and query points p:
+
+    z0(p)  = W_e·emb(p) + b  [+ W_c·global  (concat)]  [+ W_g·(grid(p) ⊕ rel(p))  (local grid)]
+    h      = act(mod_0(z0))
+    block  : x = norm(h); x = act(mod_l(W_l x + b_l)) for each layer l; h = h + x
+    colors = out(W_out h + b_out)
+
+    mod_l(z) = z                                   conditioning="concat" (the seed)
+               z + s_l(global)                     "shift"
+               z * (1 + g_l(global)) + s_l(global) "film"  (g, s start at 0: identity at init)
+
+grid(p) samples the g x g x c grid bilinearly at p; rel(p) is p relative to its cell's centre, in
+cell units ([-0.5, 0.5]); so nearby pixels can differ even where the global code is smooth.
+
+norm: "image-bn" (the seed: per-image statistics in training, running statistics in eval),
+"instance" (per-image statistics in training AND eval: a function of the code, so a valid model),
+"batch-bn", "layer" (per pixel), "none". output: "linear" (x + 0.5; clamp when showing),
+"sigmoid" (the seed), "wide-sigmoid" (1.002 sigmoid(x) - 0.001). embedding: "seed" (`freqs`),
+"log" (`num_freqs` log-spaced frequencies up to `max_freq`, by default the Nyquist frequency of
+a `train_size`-pixel side), "gaussian" (Gaussian Fourier features, scale `sigma`, a seeded
+buffer saved in the state_dict).
+
+This is the reference path of these variants; the fused Triton and native paths are still to come.
+"""
+import math
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastinr.activations import apply_activation, canonical_activation
+from fastinr.embedding import embed_coordinates, pixel_coordinates, pos_embedding_size
+from fastinr.modules import _check_shape
+from fastinr.reference import check_norm_pixels, normalize, update_running_stats
+
+CONDITIONINGS = ("concat", "shift", "film")
+NORMS = ("none", "image-bn", "instance", "batch-bn", "layer")
+OUTPUTS = ("linear", "sigmoid", "wide-sigmoid")
+EMBEDDINGS = ("seed", "log", "gaussian")
+
+
+def _choice(value: str, choices: Sequence[str], argument: str) -> str:
+    if value not in choices:
+        raise ValueError(f"{argument} must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
+def nyquist_frequency(size: int) -> float:
+    """Angular frequency of one cycle per two pixels for `size` pixels over [-1, 1]."""
+    return math.pi * (size - 1) / 2
+
+
+class INRDecoder(nn.Module):
+    def __init__(self, code_size: int, out_channels: int = 3, hidden: int = 256,
+                 num_blocks: int = 2, layers_per_block: int = 2, activation: str = "gelu",
+                 conditioning: str = "concat", norm: str = "none", output: str = "linear",
+                 embedding: str = "seed", freqs: Sequence[float] = (7, 17), num_freqs: int = 6,
+                 max_freq: Optional[float] = None, train_size: int = 32, sigma: float = 10.0,
+                 grid_size: int = 0, grid_channels: int = 0,
+                 default_shape: Optional[Tuple[int, int]] = None, seed: int = 0):
+        super().__init__()
+        self.code_size, self.out_channels, self.hidden = int(code_size), int(out_channels), int(hidden)
+        self.activation = canonical_activation(activation, "activation")
+        self.conditioning = _choice(conditioning, CONDITIONINGS, "conditioning")
+        self.norm = _choice(norm, NORMS, "norm")
+        self.output = _choice(output, OUTPUTS, "output")
+        self.embedding = _choice(embedding, EMBEDDINGS, "embedding")
+        self.grid_size, self.grid_channels = int(grid_size), int(grid_channels)
+        self.grid_floats = self.grid_size ** 2 * self.grid_channels if self.grid_size else 0
+        self.global_size = self.code_size - self.grid_floats
+        self.default_shape = None if default_shape is None else _check_shape(default_shape, "default_shape")
+        if self.global_size < 0:
+            raise ValueError(f"grid_size**2 * grid_channels = {self.grid_floats} floats do not fit "
+                             f"in code_size={self.code_size}")
+        if self.grid_size and self.grid_channels < 1:
+            raise ValueError("grid_channels must be >= 1 when grid_size is set")
+        if self.conditioning != "concat" and self.global_size == 0:
+            raise ValueError(f"conditioning={conditioning!r} modulates with the global part of "
+                             f"the code, but the grid takes all {self.code_size} floats")
+
+        if self.embedding == "gaussian":
+            generator = torch.Generator().manual_seed(seed)
+            self.register_buffer("fourier_matrix", torch.randn(num_freqs, 2, generator=generator) * sigma)
+            self.freqs = ()
+            embedding_size = 2 + 2 * num_freqs
+        else:
+            if self.embedding == "log":
+                top = nyquist_frequency(train_size) if max_freq is None else float(max_freq)
+                freqs = torch.logspace(0, math.log10(top), num_freqs).tolist() if num_freqs else ()
+            self.freqs = tuple(float(f) for f in freqs)
+            embedding_size = pos_embedding_size(self.freqs)
+
+        h = self.hidden
+        self.embed_in = nn.Linear(embedding_size, h)
+        self.code_in = (nn.Linear(self.global_size, h, bias=False)
+                        if self.conditioning == "concat" and self.global_size else None)
+        self.grid_in = nn.Linear(self.grid_channels + 2, h, bias=False) if self.grid_size else None
+        self.blocks = nn.ModuleList(nn.ModuleList(nn.Linear(h, h) for _ in range(layers_per_block))
+                                    for _ in range(num_blocks))
+        self.norms = nn.ModuleList(self._make_norm() for _ in range(num_blocks)) \
+            if self.norm != "none" else None
+        self.linear_out = nn.Linear(h, self.out_channels)
+        self.modulated_layers = 1 + num_blocks * layers_per_block
+        self.modulation = None
+        if self.conditioning != "concat":
+            per_layer = 2 * h if self.conditioning == "film" else h
+            self.modulation = nn.Linear(self.global_size, self.modulated_layers * per_layer)
+            if self.conditioning == "film":  # identity at init: scale 1 + 0, shift 0
+                nn.init.zeros_(self.modulation.weight)
+                nn.init.zeros_(self.modulation.bias)
+
+    def _make_norm(self) -> nn.Module:
+        if self.norm == "layer":
+            return nn.LayerNorm(self.hidden)
+        return nn.BatchNorm1d(self.hidden, track_running_stats=self.norm != "instance")
+
+    def extra_repr(self):
+        return (f"code_size={self.code_size}, conditioning={self.conditioning!r}, norm={self.norm!r}, "
+                f"output={self.output!r}, embedding={self.embedding!r}, "
+                f"grid={self.grid_size}x{self.grid_size}x{self.grid_channels}")
+
+    def macs_per_pixel(self) -> int:
+        """Multiply-adds per query point (per-image work, e.g. modulation, is left out)."""
+        h = self.hidden
+        layers = sum(len(block) for block in self.blocks)
+        macs = self.embed_in.in_features * h + layers * h * h + h * self.out_channels
+        return macs + (self.grid_in.in_features * h if self.grid_in is not None else 0)
+
+    def embed(self, xy: torch.Tensor) -> torch.Tensor:
+        if self.embedding == "gaussian":
+            proj = xy @ self.fourier_matrix.to(xy.dtype).t()
+            return torch.cat([xy, proj.sin(), proj.cos()], dim=-1)
+        return embed_coordinates(xy, self.freqs)
+
+    def sample_grid(self, grid: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
+        """(B, P, c + 2): the grid sampled bilinearly at xy (B, P, 2), and xy relative to its cell."""
+        g = self.grid_size
+        sampled = F.grid_sample(grid, xy[:, None], mode="bilinear", padding_mode="border",
+                                align_corners=False)[:, :, 0].transpose(1, 2)
+        cell = ((xy + 1) * (g / 2)).floor().clamp(0, g - 1)
+        rel = (xy + 1) * (g / 2) - cell - 0.5
+        return torch.cat([sampled, rel], dim=-1)
+
+    def forward(self, codes: torch.Tensor, shape: Optional[Tuple[int, int]] = None,
+                coords: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Colors (B, out, H, W) on the pixel grid of `shape`, or (B, out, P) at `coords` (P, 2) or
+        (B, P, 2) in [-1, 1] (x, y); one code (C,) gives one image without the batch dimension."""
+        if not isinstance(codes, torch.Tensor) or codes.ndim not in (1, 2) \
+                or codes.shape[-1] != self.code_size:
+            raise ValueError(f"codes must have shape (B, {self.code_size}) or ({self.code_size},), "
+                             f"got {getattr(codes, 'shape', type(codes).__name__)}")
+        batch_codes = codes.reshape(-1, self.code_size)
+        batch = batch_codes.shape[0]
+        if coords is None:
+            shape = self.default_shape if shape is None else shape
+            if shape is None:
+                raise ValueError("shape must be given as (H, W): this decoder has no default_shape")
+            shape = _check_shape(shape, "shape")
+            xy = pixel_coordinates(*shape, device=codes.device, dtype=codes.dtype)
+        else:
+            if coords.shape[-1] != 2 or coords.ndim not in (2, 3) or \
+                    (coords.ndim == 3 and coords.shape[0] != batch):
+                raise ValueError(f"coords must have shape (P, 2) or ({batch}, P, 2), got "
+                                 f"{tuple(coords.shape)}")
+            xy = coords.to(codes.dtype)
+        xy = xy.expand(batch, -1, -1) if xy.ndim == 2 else xy
+        pixels = xy.shape[1]
+
+        grid, global_code = batch_codes.split([self.grid_floats, self.global_size], dim=1)
+        z = self.embed_in(self.embed(xy))
+        if self.code_in is not None:
+            z = z + self.code_in(global_code)[:, None]
+        if self.grid_in is not None:
+            grid = grid.reshape(batch, self.grid_channels, self.grid_size, self.grid_size)
+            z = z + self.grid_in(self.sample_grid(grid, xy))
+        mods = None
+        if self.modulation is not None:
+            mods = self.modulation(global_code).reshape(batch, self.modulated_layers, -1, self.hidden)
+
+        h = self._act(self._modulate(z, mods, 0))
+        layer = 1
+        for i, block in enumerate(self.blocks):
+            x = self._normalize(i, h, pixels) if self.norms is not None else h
+            for linear in block:
+                x = self._act(self._modulate(linear(x), mods, layer))
+                layer += 1
+            h = h + x
+        colors = self._output(self.linear_out(h)).transpose(1, 2)      # (B, out, P)
+        if coords is None:
+            colors = colors.reshape(batch, self.out_channels, *shape)
+        return colors[0] if codes.ndim == 1 else colors
+
+    def _act(self, x):
+        return apply_activation(self.activation, x)
+
+    def _modulate(self, z, mods, layer):
+        if mods is None:
+            return z
+        if self.conditioning == "shift":
+            return z + mods[:, layer, 0, None]
+        return z * (1 + mods[:, layer, 0, None]) + mods[:, layer, 1, None]
+
+    def _normalize(self, i: int, h: torch.Tensor, pixels: int) -> torch.Tensor:
+        norm = self.norms[i]
+        if self.norm == "layer":
+            return norm(h)
+        if self.norm == "instance" or self.training:
+            stats = "image" if self.norm in ("instance", "image-bn") else "batch"
+            check_norm_pixels(stats, h.shape[0], pixels)
+            x, block_stats = normalize(h, norm.weight, norm.bias, norm.eps, stats, None)
+            if self.training and norm.track_running_stats:
+                update_running_stats(norm.running_mean, norm.running_var, norm.num_batches_tracked,
+                                     block_stats, norm.momentum)
+            return x
+        x, _ = normalize(h, norm.weight, norm.bias, norm.eps, "running",
+                         (norm.running_mean, norm.running_var))
+        return x
+
+    def _output(self, x):
+        if self.output == "linear":
+            return x + 0.5
+        if self.output == "sigmoid":
+            return torch.sigmoid(x)
+        return torch.sigmoid(x) * 1.002 - 0.001

@@ -1,0 +1,149 @@
+"""INRDecoder: the seed as one of its variants, and the properties each variant promises."""
+import itertools
+
+import pytest
+import torch
+
+import fastinr
+from fastinr.inr_decoder import CONDITIONINGS, EMBEDDINGS, NORMS, OUTPUTS, INRDecoder
+
+
+def seed_as_inr(seed):
+    """An INRDecoder holding the weights of an ImageManifoldDecoder (no concat blocks)."""
+    C = seed.num_input_channels
+    p = seed.decoder_params()
+    inr = INRDecoder(C, hidden=seed.spec.hidden, num_blocks=seed.spec.num_blocks,
+                     layers_per_block=seed.spec.layers_per_block, norm="image-bn", output="sigmoid",
+                     freqs=seed.spec.freqs).double()
+    with torch.no_grad():
+        inr.code_in.weight.copy_(p.w_in[:, :C])
+        inr.embed_in.weight.copy_(p.w_in[:, C:])
+        inr.embed_in.bias.copy_(p.b_in)
+        for block, weights, biases in zip(inr.blocks, p.weights, p.biases):
+            for linear, w, b in zip(block, weights, biases):
+                linear.weight.copy_(w)
+                linear.bias.copy_(b)
+        for norm, w, b in zip(inr.norms, p.norm_weight, p.norm_bias):
+            norm.weight.copy_(w)
+            norm.bias.copy_(b)
+        inr.linear_out.weight.copy_(p.w_out)
+        inr.linear_out.bias.copy_(p.b_out)
+    return inr
+
+
+def test_the_seed_is_one_variant():
+    seed = fastinr.ImageManifoldDecoder(7, num_hidden=16, backend="torch").double()
+    inr = seed_as_inr(seed)
+    for step in range(2):
+        codes = torch.randn(3, 7, dtype=torch.float64)
+        torch.testing.assert_close(inr(codes, (5, 6)), seed(codes, (5, 6)), rtol=1e-12, atol=1e-12)
+    for a, b in zip(inr.norms, seed._norms()):
+        torch.testing.assert_close(a.running_mean, b.running_mean, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(a.running_var, b.running_var, rtol=1e-12, atol=1e-12)
+    inr.eval(), seed.eval()
+    codes = torch.randn(2, 7, dtype=torch.float64)
+    torch.testing.assert_close(inr(codes, (4, 4)), seed(codes, (4, 4)), rtol=1e-12, atol=1e-12)
+
+
+# Every conditioning x normalization pair, with the outputs, embeddings and grids rotated through.
+VARIANTS = [(conditioning, norm, output, embedding, grid) for (conditioning, norm), output, embedding, grid
+            in zip(itertools.product(CONDITIONINGS, NORMS), itertools.cycle(OUTPUTS),
+                   itertools.cycle(EMBEDDINGS), itertools.cycle((0, 2, 3)))]
+
+
+@pytest.mark.parametrize("conditioning, norm, output, embedding, grid", VARIANTS)
+def test_every_variant_trains(conditioning, norm, output, embedding, grid):
+    """Right shape, finite, and every parameter and the codes receive a gradient."""
+    code_size = 3 * 3 * 2 + 5
+    model = INRDecoder(code_size, hidden=12, conditioning=conditioning, norm=norm, output=output,
+                       embedding=embedding, num_freqs=3, grid_size=grid, grid_channels=2 if grid else 0)
+    codes = torch.randn(4, code_size, requires_grad=True)
+    colors = model(codes, (6, 5))
+    assert colors.shape == (4, 3, 6, 5) and torch.isfinite(colors).all()
+    (colors * torch.randn_like(colors)).sum().backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None, name
+    if conditioning != "film":  # FiLM starts as the identity: the code's gradient is 0 at first
+        assert codes.grad.abs().sum() > 0
+        for name, parameter in model.named_parameters():
+            assert parameter.grad.abs().sum() > 0, name
+
+
+def test_film_starts_as_the_identity_and_learns():
+    model = INRDecoder(6, hidden=16, conditioning="film")
+    codes = torch.randn(2, 6)
+    colors = model(codes, (4, 4))
+    torch.testing.assert_close(colors[0], colors[1])  # the code only enters through FiLM
+    (colors[0] - colors[1] * 0.5).square().sum().backward()
+    assert model.modulation.weight.grad.abs().sum() > 0
+
+
+def test_instance_norm_is_the_same_in_train_and_eval():
+    model = INRDecoder(6, hidden=16, norm="instance")
+    codes = torch.randn(3, 6)
+    torch.testing.assert_close(model.train()(codes, (5, 5)), model.eval()(codes, (5, 5)))
+    assert not any(name.endswith("running_mean") for name in model.state_dict())
+
+
+def test_grid_sampling_hits_cell_values_at_cell_centres():
+    model = INRDecoder(2 * 2 * 3 + 1, grid_size=2, grid_channels=3)
+    grid = torch.randn(1, 3, 2, 2)
+    centres = torch.tensor([[-0.5, -0.5], [0.5, -0.5], [-0.5, 0.5], [0.5, 0.5]])[None]
+    features = model.sample_grid(grid, centres)
+    torch.testing.assert_close(features[0, :, :3], grid[0].flatten(1).t())
+    torch.testing.assert_close(features[0, :, 3:], torch.zeros(4, 2))
+    corners = model.sample_grid(grid, torch.tensor([[[-1.0, -1.0], [0.999, 0.999]]]))[0, :, 3:]
+    assert corners.min() >= -0.5 and corners.max() <= 0.5
+
+
+def test_query_points_equal_the_pixel_grid():
+    model = INRDecoder(8, hidden=16, embedding="log", num_freqs=4)
+    codes = torch.randn(2, 8)
+    xy = fastinr.pixel_coordinates(3, 7)
+    torch.testing.assert_close(model(codes, coords=xy), model(codes, (3, 7)).flatten(2))
+    torch.testing.assert_close(model(codes, coords=xy.expand(2, -1, -1)), model(codes, (3, 7)).flatten(2))
+    assert model(codes[0], (3, 7)).shape == (3, 3, 7)
+
+
+def test_log_frequencies_reach_nyquist_and_gaussian_features_are_saved():
+    model = INRDecoder(4, embedding="log", num_freqs=5, train_size=32)
+    assert model.freqs[0] == pytest.approx(1.0) and model.freqs[-1] == pytest.approx(3.14159265 * 31 / 2)
+    a, b = INRDecoder(4, embedding="gaussian", seed=1), INRDecoder(4, embedding="gaussian", seed=1)
+    torch.testing.assert_close(a.fourier_matrix, b.fourier_matrix)
+    assert "fourier_matrix" in a.state_dict()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(conditioning="add"), r"conditioning must be one of concat, shift, film; got 'add'"),
+    (dict(norm="group"), r"norm must be one of"),
+    (dict(output="tanh"), r"output must be one of"),
+    (dict(embedding="hash"), r"embedding must be one of"),
+    (dict(grid_size=4, grid_channels=1), r"do not fit in code_size=10"),
+    (dict(grid_size=2, grid_channels=0), r"grid_channels must be >= 1"),
+    (dict(grid_size=1, grid_channels=10, conditioning="film"), r"modulates with the global part"),
+])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        INRDecoder(10, **kwargs)
+
+
+def test_bad_forward_inputs():
+    model = INRDecoder(5)
+    with pytest.raises(ValueError, match=r"codes must have shape \(B, 5\)"):
+        model(torch.randn(2, 4), (3, 3))
+    with pytest.raises(ValueError, match=r"shape must be given"):
+        model(torch.randn(2, 5))
+    with pytest.raises(ValueError, match=r"coords must have shape \(P, 2\) or \(2, P, 2\)"):
+        model(torch.randn(2, 5), coords=torch.rand(3, 9, 2))
+
+
+def test_conv_decoder_baseline():
+    from fastinr.conv_decoder import ConvDecoder
+    model = ConvDecoder(102)
+    codes = torch.randn(2, 102, requires_grad=True)
+    colors = model(codes)
+    assert colors.shape == (2, 3, 32, 32)
+    colors.sum().backward()
+    assert codes.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match=r"codes must have shape \(B, 102\)"):
+        model(torch.randn(102))
