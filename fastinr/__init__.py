@@ -6,11 +6,15 @@ evaluated for every pixel of a batch of images at once.
 """
 from fastinr.backend import available_backends, resolve_backend
 from fastinr.embedding import pixel_coordinates, pos_embedding, pos_embedding_size
+from fastinr.conv_decoder import ConvDecoder
+from fastinr.inr_decoder import INRDecoder
 from fastinr.modules import ImageManifoldDecoder
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConvDecoder",
+    "INRDecoder",
     "ImageManifoldDecoder",
     "available_backends",
     "pixel_coordinates",
