@@ -1,0 +1,103 @@
+"""Launch choices shared by every fastinr Triton kernel: dot operand dtype and precision, tile
+sizes, warps and stages, and how reductions over rows are split. One object per decode call.
+
+The same methods are what tests/test_triton_aot.py enumerates, so every configuration a launch
+can produce is compiled for Hopper ahead of time.
+"""
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+_TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+DOT_DTYPE_NAMES = {tl.float32: "fp32", tl.bfloat16: "bf16", tl.float16: "fp16"}
+
+
+# Tests set this to fill every kernel output with NaN before the launch, so that an element a
+# kernel fails to write shows up as a mismatch instead of as stale memory that happens to match.
+POISON_OUTPUTS = False
+
+
+def kernel_output(*shape, device) -> torch.Tensor:
+    """An uninitialised float32 tensor that a kernel is about to write in full."""
+    out = torch.empty(*shape, device=device, dtype=torch.float32)
+    return out.fill_(float("nan")) if POISON_OUTPUTS else out
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def feature_block(width: int, cap: int) -> int:
+    """Tile size for a feature dimension: a power of two, >= 16 (tl.dot's minimum), <= cap."""
+    return max(16, min(cap, triton.next_power_of_2(width)))
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    dot_dtype: object = tl.float32      # tl dtype of tl.dot operands (accumulation is float32)
+    precision: str = "ieee"             # tl.dot input_precision for float32 operands
+    sm_count: int = 132
+    block_m: Optional[int] = None       # row tile; None: the GPU default (tests shrink it)
+
+    @staticmethod
+    def for_call(device: torch.device, block_m: Optional[int] = None) -> "LaunchConfig":
+        """Under torch.autocast the dots take the autocast dtype; otherwise float32 dots are
+        exact IEEE unless torch's TF32 matmul switch is on."""
+        dot_dtype, precision = tl.float32, "ieee"
+        if torch.is_autocast_enabled(device.type):
+            autocast = torch.get_autocast_dtype(device.type)
+            if autocast in (torch.bfloat16, torch.float16):
+                dot_dtype = _TL_DTYPES[autocast]
+        if dot_dtype == tl.float32 and device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+            precision = "tf32"
+        sm_count = (torch.cuda.get_device_properties(device).multi_processor_count
+                    if device.type == "cuda" else 4)
+        if block_m is None and interpreting():
+            block_m = 16  # the interpreter's cost is per program and per op, not per element
+        return LaunchConfig(dot_dtype, precision, sm_count, block_m)
+
+    @property
+    def wide(self) -> bool:
+        """Tensor-core friendly operands (bf16/fp16/tf32) get larger tiles than exact fp32."""
+        return self.dot_dtype != tl.float32 or self.precision == "tf32"
+
+    def _meta(self, block_m, block_n, block_k, num_warps, num_stages):
+        return dict(BLOCK_M=self.block_m or block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+                    DOT_DTYPE=self.dot_dtype, PRECISION=self.precision,
+                    num_warps=num_warps, num_stages=num_stages)
+
+    # Tiles and warps were chosen by compiling for sm_90 with ptxas -v (tests/test_triton_aot.py):
+    # the largest tiles with no register spills. Exact fp32 dots run on FMA units, where each
+    # thread holds rows of both operands, so they need 8 warps for a 64x64 tile.
+    def linear(self, k: int, n: int) -> dict:
+        """_linear_fwd_kernel: (BLOCK_M, BLOCK_N) output tiles, K streamed in BLOCK_K chunks."""
+        if self.wide:
+            return self._meta(128, feature_block(n, 32), feature_block(k, 32), 8, 3)
+        return self._meta(64, feature_block(n, 64), feature_block(k, 32), 8, 3)
+
+    def linear_dx(self, k: int, n: int) -> dict:
+        """_linear_bwd_dx_kernel: (BLOCK_M, BLOCK_K) tiles of dx, N streamed in BLOCK_N chunks."""
+        return self._meta(64, feature_block(n, 32), feature_block(k, 64), 8, 3)
+
+    def linear_dw(self, k: int, n: int) -> dict:
+        """_linear_bwd_dw_kernel: (BLOCK_N, BLOCK_K) tiles of dW, rows streamed in BLOCK_M."""
+        block_n, block_k = feature_block(n, 64), feature_block(k, 64)
+        return self._meta(32, block_n, block_k, 8 if block_n * block_k >= 64 * 64 else 4, 3)
+
+    def embed(self, hidden: int, e_pad: int) -> dict:
+        """_embed_fwd_kernel / _embed_bwd_kernel: (BLOCK_M, BLOCK_N) tiles, K = the embedding."""
+        block_n = feature_block(hidden, 32)
+        return self._meta(32 if e_pad >= 64 else 64, block_n, e_pad,
+                          8 if block_n * e_pad >= 32 * 32 else 4, 2)
+
+    def row_splits(self, rows: int, block_m: int, tiles: int):
+        """(splits, rows per split) for a reduction over rows: enough programs to fill the GPU
+        twice, each over whole BLOCK_M chunks; the partials are summed by one torch reduction."""
+        chunks = triton.cdiv(rows, block_m)
+        splits = max(1, min(chunks, triton.cdiv(2 * self.sm_count, max(tiles, 1))))
+        per_split = triton.cdiv(chunks, splits) * block_m
+        return triton.cdiv(rows, per_split), per_split

@@ -1,0 +1,143 @@
+"""The `triton` backend: `decode` with exactly the contract of fastinr.reference.decode.
+
+Two paths:
+  render  (no grad needed, BatchNorm folded from running statistics or absent, and at most
+          MAX_OUT_CHANNELS colors): one kernel pass over pixel tiles that writes only the
+          colors (render.py).
+  train   the input layer with the embedding built in registers (embed.py), then per Linear
+          one fused kernel: BatchNorm-apply prologue, bias + activation epilogue, residual add / concat
+          (linear.py), each a torch.autograd.Function with fused backward kernels. BatchNorm
+          statistics are torch reductions of the block input, so autograd carries their gradient.
+"""
+from typing import Sequence, Tuple
+
+import torch
+
+from fastinr.activations import canonical_activation
+from fastinr.ops.activation import activation_code
+from fastinr.ops.config import LaunchConfig, interpreting
+from fastinr.ops.embed import embed_linear
+from fastinr.ops.linear import RES_ADD, RES_CONCAT, RES_NONE, fused_linear
+from fastinr.ops.render import MAX_OUT_CHANNELS, render_forward
+from fastinr.reference import NORM_STATS, BlockStats, DecoderParams, DecoderSpec, check_norm_pixels
+
+
+def _check_inputs(codes, params: DecoderParams, spec: DecoderSpec, shape, norm_stats, running):
+    if not isinstance(codes, torch.Tensor) or codes.ndim != 2 or codes.shape[1] != spec.code_size:
+        got = tuple(codes.shape) if isinstance(codes, torch.Tensor) else type(codes).__name__
+        raise ValueError(f"codes must be a tensor of shape (B, {spec.code_size}), got {got}")
+    if codes.shape[0] < 1:
+        raise ValueError("codes must hold at least one code (B >= 1)")
+    if codes.device.type != "cuda" and not interpreting():
+        raise RuntimeError(f"the triton backend needs CUDA tensors (or TRITON_INTERPRET=1 on the "
+                           f"CPU), got codes on {codes.device}")
+    if not codes.is_floating_point():
+        raise TypeError(f"codes must be a floating-point tensor, got {codes.dtype}")
+    for name, tensor in zip(("w_in", "b_in", "w_out", "b_out"),
+                            (params.w_in, params.b_in, params.w_out, params.b_out)):
+        if tensor.dtype != torch.float32:
+            raise TypeError(f"the triton backend needs float32 parameters (use torch.autocast for "
+                            f"bf16/fp16); params.{name} has dtype {tensor.dtype}")
+        if tensor.device != codes.device:
+            raise ValueError(f"params.{name} is on {tensor.device} but codes are on {codes.device}")
+    if codes.dtype != torch.float32 and not torch.is_autocast_enabled(codes.device.type):
+        raise TypeError(f"codes have dtype {codes.dtype} but the parameters are float32; convert "
+                        f"them or use torch.autocast")
+    if (not isinstance(shape, (tuple, list)) or len(shape) != 2
+            or not all(isinstance(s, int) and s >= 1 for s in shape)):
+        raise ValueError(f"shape must be (H, W) with two positive ints, got {shape!r}")
+    if norm_stats not in NORM_STATS:
+        raise ValueError(f"norm_stats must be one of {NORM_STATS}, got {norm_stats!r}")
+    if spec.batch_norm and norm_stats == "running" and len(running) != spec.num_blocks:
+        raise ValueError(f"norm_stats='running' needs (running_mean, running_var) for each of the "
+                         f"{spec.num_blocks} blocks, got {len(running)}")
+    canonical_activation(spec.activation, "spec.activation")
+    canonical_activation(spec.activation_out, "spec.activation_out")
+
+
+def _needs_grad(codes, params: DecoderParams) -> bool:
+    return torch.is_grad_enabled() and (
+        codes.requires_grad or any(t.requires_grad for t in params.flat()))
+
+
+def decode(codes: torch.Tensor, params: DecoderParams, spec: DecoderSpec, shape: Tuple[int, int],
+           norm_stats: str = "image",
+           running: Sequence[Tuple[torch.Tensor, torch.Tensor]] = ()):
+    """Colors (B, out, H, W) for codes (B, C), and the BlockStats of each normalized block."""
+    shape = tuple(shape) if isinstance(shape, (tuple, list, torch.Size)) else shape
+    _check_inputs(codes, params, spec, shape, norm_stats, running)
+    batch, (height, width) = codes.shape[0], shape
+    normalized = spec.batch_norm and spec.num_blocks > 0
+    if normalized:
+        check_norm_pixels(norm_stats, batch, height * width)
+    config = LaunchConfig.for_call(codes.device)
+    renderable = spec.out_channels <= MAX_OUT_CHANNELS
+    if renderable and (not normalized or norm_stats == "running") and not _needs_grad(codes, params):
+        return render_forward(codes, params, spec, shape, running, config), []
+    return _train_forward(codes, params, spec, shape, norm_stats, running, config)
+
+
+def _train_forward(codes, params, spec, shape, norm_stats, running, config):
+    batch, (height, width) = codes.shape[0], shape
+    pixels = height * width
+    act = activation_code(spec.activation)
+    w_code, w_pos = params.w_in[:, :spec.code_size], params.w_in[:, spec.code_size:]
+    code_proj = torch.addmm(params.b_in, codes, w_code.t()).float()         # (B, hidden)
+    w_pos = w_pos if w_pos.stride(1) == 1 else w_pos.contiguous()
+    h = embed_linear(code_proj.contiguous(), w_pos, spec.freqs, shape, act, config)
+
+    groups = batch if norm_stats == "image" else 1
+    stats = []
+    for i in range(spec.num_blocks):
+        norm = None
+        if spec.batch_norm:
+            norm, block_stats = _norm_params(h, params.norm_weight[i], params.norm_bias[i],
+                                             spec.eps, norm_stats, groups,
+                                             running[i] if norm_stats == "running" else None)
+            if block_stats is not None:
+                stats.append(block_stats)
+        mode = RES_CONCAT if spec.concat[i] else RES_ADD
+        layers = list(zip(params.weights[i], params.biases[i]))
+        if not layers:
+            h = _merge_without_layers(h, norm, groups, mode)
+            continue
+        x = h
+        for j, (weight, bias) in enumerate(layers):
+            last = j == len(layers) - 1
+            x = fused_linear(x, weight.contiguous(), bias.contiguous(), act, config,
+                             norm=norm if j == 0 else None, groups=groups if j == 0 else 1,
+                             res_mode=mode if last else RES_NONE, residual=h if last else None)
+        h = x
+
+    colors = fused_linear(h, params.w_out.contiguous(), params.b_out.contiguous(),
+                          activation_code(spec.activation_out), config)          # (B*P, out)
+    colors = colors.view(batch, pixels, spec.out_channels).permute(0, 2, 1)
+    return colors.reshape(batch, spec.out_channels, height, width), stats
+
+
+def _norm_params(h, gamma, beta, eps, norm_stats, groups, running):
+    """((mean (G, w), scale (G, w), beta), BlockStats or None) for the block input h (B*P, w)."""
+    width = h.shape[1]
+    if norm_stats == "running":
+        mean, var = running
+        scale = gamma * torch.rsqrt(var.float() + eps)
+        return (mean.float().view(1, width).contiguous(), scale.view(1, width),
+                beta.contiguous()), None
+    var, mean = torch.var_mean(h.view(groups, -1, width), dim=1, correction=0)   # (G, w)
+    scale = gamma * torch.rsqrt(var + eps)
+    count = h.shape[0] // groups
+    unbiased = var.detach() * (count / max(count - 1, 1))
+    # The reference's layout: (B, w) per image, (w,) per batch.
+    stat_shape = (-1, width) if norm_stats == "image" else (width,)
+    stats = BlockStats(mean.detach().reshape(stat_shape), unbiased.reshape(stat_shape), count)
+    return (mean.contiguous(), scale.contiguous(), beta.contiguous()), stats
+
+
+def _merge_without_layers(h, norm, groups, mode):
+    """A block with no Linear: h + norm(h) or h ⊕ norm(h), in torch (nothing to fuse it into)."""
+    x = h
+    if norm is not None:
+        mean, scale, beta = norm
+        width = h.shape[1]
+        x = ((h.view(groups, -1, width) - mean[:, None]) * scale[:, None] + beta).view_as(h)
+    return torch.cat([h, x], dim=1) if mode == RES_CONCAT else h + x

@@ -1,0 +1,166 @@
+"""The decoder's input layer for training, with the positional embedding assembled in registers.
+
+For B images of H x W (P = H*W pixels, row r = b * P + p):
+
+    emb[p] = [x, y, sin(f1 x), sin(f1 y), ..., cos(f1 x), cos(f1 y), ...]   (E = 4F + 2 values)
+    z[r]   = code_proj[b] + emb[p] @ W_pos^T           code_proj = codes @ W_code^T + b_in (B, N)
+    h[r]   = act(z[r])
+
+Backward (dz = dh * act'(z)): d code_proj[b] = Σ_{p} dz[b, p] (per image, per-tile partials),
+d W_pos = Σ_r dz[r]^T emb[p] (split over tiles, partials, one torch sum). (B*P, E) is never built.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from fastinr.embedding import pos_embedding, pos_embedding_size
+from fastinr.ops.activation import _act, _act_grad
+from fastinr.ops import config as config_module
+from fastinr.ops.config import LaunchConfig, feature_block
+
+
+@triton.jit
+def _pixel_embedding(pix, width, x_table_ptr, y_table_ptr, E: tl.constexpr, E_PAD: tl.constexpr):
+    """(len(pix), E_PAD) float32 embedding of row-major pixel indices pix; zero past E.
+
+    Even entries depend on the column only and odd ones on the row only, so they are gathered
+    from two small tables (W, E) and (H, E) built by fastinr.embedding itself: bit-identical to
+    the reference, and no trigonometry (whose slow path spills registers) in the kernels."""
+    py = pix // width
+    px = pix - py * width
+    e = tl.arange(0, E_PAD)
+    even = (e % 2 == 0) & (e < E)
+    odd = (e % 2 == 1) & (e < E)
+    from_x = tl.load(x_table_ptr + px[:, None] * E + e[None, :], mask=even[None, :], other=0.0)
+    from_y = tl.load(y_table_ptr + py[:, None] * E + e[None, :], mask=odd[None, :], other=0.0)
+    return from_x + from_y
+
+
+@triton.jit
+def _embed_fwd_kernel(
+    code_proj_ptr,   # (B, N) float32
+    x_table_ptr,     # (W, E) float32 embedding of each column (even entries used)
+    y_table_ptr,     # (H, E) float32 embedding of each row (odd entries used)
+    w_pos_ptr,       # (N, E) float32, row stride stride_wpos
+    z_ptr,           # (B*P, N) float32 pre-activation, written
+    h_ptr,           # (B*P, N) float32 act(z), written
+    stride_cp, stride_wpos,
+    P, N, width, tiles_per_image,
+    E: tl.constexpr, E_PAD: tl.constexpr, ACT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    b = pid_m // tiles_per_image
+    pix = (pid_m - b * tiles_per_image) * BLOCK_M + tl.arange(0, BLOCK_M)
+    pix_mask = pix < P
+    rows = b.to(tl.int64) * P + pix
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = n < N
+    emb = _pixel_embedding(pix, width, x_table_ptr, y_table_ptr, E, E_PAD)
+    e = tl.arange(0, E_PAD)
+    w_pos = tl.load(w_pos_ptr + n[None, :] * stride_wpos + e[:, None],
+                    mask=(e < E)[:, None] & n_mask[None, :], other=0.0)        # (E_PAD, BLOCK_N)
+    acc = tl.dot(emb.to(DOT_DTYPE), w_pos.to(DOT_DTYPE), input_precision=PRECISION)
+    z = acc + tl.load(code_proj_ptr + b * stride_cp + n, mask=n_mask, other=0.0)[None, :]
+    mask = pix_mask[:, None] & n_mask[None, :]
+    tl.store(z_ptr + rows[:, None] * N + n[None, :], z, mask=mask)
+    tl.store(h_ptr + rows[:, None] * N + n[None, :], _act(z, ACT), mask=mask)
+
+
+@triton.jit
+def _embed_bwd_kernel(
+    dh_ptr,          # (B*P, N) float32
+    z_ptr,           # (B*P, N) float32
+    x_table_ptr,     # (W, E) float32
+    y_table_ptr,     # (H, E) float32
+    dcp_ptr,         # (B*T, N) float32 per-tile Σ dz, written
+    dw_ptr,          # (S, N, E) float32 partial d W_pos, written
+    stride_dh,
+    P, N, width, tiles_per_image, n_tiles,
+    E: tl.constexpr, E_PAD: tl.constexpr, ACT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    split = tl.program_id(1)
+    splits = tl.num_programs(1)
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = n < N
+    e = tl.arange(0, E_PAD)
+    acc = tl.zeros((BLOCK_N, E_PAD), dtype=tl.float32)
+    for tile in range(split, n_tiles, splits):
+        b = tile // tiles_per_image
+        pix = (tile - b * tiles_per_image) * BLOCK_M + tl.arange(0, BLOCK_M)
+        pix_mask = pix < P
+        rows = (b * P + pix).to(tl.int64)
+        mask = n_mask[:, None] & pix_mask[None, :]
+        dh = tl.load(dh_ptr + rows[None, :] * stride_dh + n[:, None], mask=mask, other=0.0)
+        z = tl.load(z_ptr + rows[None, :] * N + n[:, None], mask=mask, other=0.0)
+        dz_t = dh * _act_grad(z, ACT)                                           # (BLOCK_N, BLOCK_M)
+        tl.store(dcp_ptr + tile * N + n, tl.sum(dz_t, axis=1), mask=n_mask)
+        emb = _pixel_embedding(pix, width, x_table_ptr, y_table_ptr, E, E_PAD)
+        emb = tl.where(pix_mask[:, None], emb, 0.0)
+        acc = tl.dot(dz_t.to(DOT_DTYPE), emb.to(DOT_DTYPE), acc, input_precision=PRECISION)
+    tl.store(dw_ptr + (split * N + n[:, None]).to(tl.int64) * E + e[None, :], acc,
+             mask=n_mask[:, None] & (e < E)[None, :])
+
+
+def embedding_tables(freqs, shape, device):
+    """(x_table (W, E), y_table (H, E)): the embedding of one row and of one column."""
+    height, width = shape
+    return (pos_embedding(1, width, freqs, device=device).contiguous(),
+            pos_embedding(height, 1, freqs, device=device).contiguous())
+
+
+def embed_meta(freqs, act: int, hidden: int, config: LaunchConfig) -> dict:
+    e_size = pos_embedding_size(freqs)
+    e_pad = feature_block(e_size, 1024)
+    return dict(E=e_size, E_PAD=e_pad, ACT=act, **config.embed(hidden, e_pad))
+
+
+class EmbedLinear(torch.autograd.Function):
+    """h = act(code_proj[b] + emb @ W_pos^T) for every pixel of every image."""
+
+    @staticmethod
+    def forward(ctx, code_proj, w_pos, freqs, shape, act, config):
+        height, width = shape
+        batch, hidden = code_proj.shape
+        pixels = height * width
+        meta = embed_meta(freqs, act, hidden, config)
+        tiles = triton.cdiv(pixels, meta["BLOCK_M"])
+        x_table, y_table = embedding_tables(freqs, shape, code_proj.device)
+        z = config_module.kernel_output(batch * pixels, hidden, device=code_proj.device)
+        h = config_module.kernel_output(batch * pixels, hidden, device=code_proj.device)
+        grid = (batch * tiles, triton.cdiv(hidden, meta["BLOCK_N"]))
+        _embed_fwd_kernel[grid](
+            code_proj, x_table, y_table, w_pos, z, h, code_proj.stride(0), w_pos.stride(0),
+            pixels, hidden, width, tiles,
+            **meta)
+        ctx.save_for_backward(z, x_table, y_table)
+        ctx.meta = (batch, shape, meta, tiles, config)
+        return h
+
+    @staticmethod
+    def backward(ctx, dh):
+        z, x_table, y_table = ctx.saved_tensors
+        batch, (height, width), meta, tiles, config = ctx.meta
+        hidden = z.shape[1]
+        dh = dh.float()
+        if dh.stride(-1) != 1:
+            dh = dh.contiguous()
+        n_blocks = triton.cdiv(hidden, meta["BLOCK_N"])
+        n_tiles = batch * tiles
+        splits = max(1, min(n_tiles, triton.cdiv(2 * config.sm_count, n_blocks)))
+        dcp = config_module.kernel_output(n_tiles, hidden, device=z.device)
+        dw = config_module.kernel_output(splits, hidden, meta["E"], device=z.device)
+        _embed_bwd_kernel[(n_blocks, splits)](
+            dh, z, x_table, y_table, dcp, dw, dh.stride(0),
+            height * width, hidden, width, tiles, n_tiles, **meta)
+        return dcp.view(batch, tiles, hidden).sum(1), dw.sum(0), None, None, None, None
+
+
+def embed_linear(code_proj, w_pos, freqs, shape, act, config):
+    return EmbedLinear.apply(code_proj, w_pos, tuple(float(f) for f in freqs), tuple(shape), act,
+                             config)

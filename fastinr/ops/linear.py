@@ -1,0 +1,284 @@
+"""One decoder Linear for training: BatchNorm-apply prologue, bias + activation epilogue, and the
+block's residual add or concat fused in; forward and backward kernels plus its autograd.Function.
+
+Rows are grouped (G groups of R rows: one group per image for per-image statistics, else one):
+
+    xn  = (x - mean[g]) * scale[g] + beta            (only with a norm; scale = gamma * rstd)
+    z   = xn @ W^T + b                               x (G*R, K), W (N, K)  -> z (G*R, N)
+    y   = act(z)
+    out = y  |  r + y  |  r ⊕ y                      RES_MODE 0 | 1 | 2 (r is the block input)
+
+Backward, with dz = dy * act'(z) fused into every kernel that reads dy:
+    dx = (dz @ W) * scale[g];  per group: d mean = -scale * Σ dz@W,  d scale = Σ (dz@W) (x - mean)
+    dW = Σ_rows dz^T xn,  db = Σ_rows dz                (split over rows, partials, one torch sum)
+"""
+import torch
+import triton
+import triton.language as tl
+
+from fastinr.ops.activation import _act, _act_grad
+from fastinr.ops import config as config_module
+from fastinr.ops.config import LaunchConfig
+
+RES_NONE, RES_ADD, RES_CONCAT = 0, 1, 2
+
+
+@triton.jit
+def _linear_fwd_kernel(
+    x_ptr,        # (G*R, K) float32 input
+    w_ptr,        # (N, K) float32 weight
+    b_ptr,        # (N,) float32 bias
+    mean_ptr,     # (G, K) float32 norm mean (HAS_NORM)
+    scale_ptr,    # (G, K) float32 gamma * rstd (HAS_NORM)
+    beta_ptr,     # (K,) float32 norm bias (HAS_NORM)
+    res_ptr,      # (G*R, N) float32 residual (RES_MODE > 0)
+    z_ptr,        # (G*R, N) float32 pre-activation, written (STORE_Z)
+    out_ptr,      # (G*R, N) or (G*R, 2N) output, written
+    stride_x, stride_r, stride_z, stride_o,
+    R, K, N, tiles_per_group,
+    HAS_NORM: tl.constexpr, RES_MODE: tl.constexpr, STORE_Z: tl.constexpr, ACT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    g = pid_m // tiles_per_group
+    local = (pid_m - g * tiles_per_group) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_mask = local < R
+    rows = g.to(tl.int64) * R + local
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = n < N
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        k_mask = k < K
+        x = tl.load(x_ptr + rows[:, None] * stride_x + k[None, :],
+                    mask=row_mask[:, None] & k_mask[None, :], other=0.0)
+        if HAS_NORM:
+            mean = tl.load(mean_ptr + g * K + k, mask=k_mask, other=0.0)
+            scale = tl.load(scale_ptr + g * K + k, mask=k_mask, other=0.0)
+            beta = tl.load(beta_ptr + k, mask=k_mask, other=0.0)
+            x = (x - mean[None, :]) * scale[None, :] + beta[None, :]
+        w = tl.load(w_ptr + n[None, :] * K + k[:, None],
+                    mask=k_mask[:, None] & n_mask[None, :], other=0.0)         # (BLOCK_K, BLOCK_N)
+        acc = tl.dot(x.to(DOT_DTYPE), w.to(DOT_DTYPE), acc, input_precision=PRECISION)
+    z = acc + tl.load(b_ptr + n, mask=n_mask, other=0.0)[None, :]
+    mask = row_mask[:, None] & n_mask[None, :]
+    if STORE_Z:
+        tl.store(z_ptr + rows[:, None] * stride_z + n[None, :], z, mask=mask)
+    y = _act(z, ACT)
+    out = out_ptr + rows[:, None] * stride_o + n[None, :]
+    if RES_MODE == 1:
+        y += tl.load(res_ptr + rows[:, None] * stride_r + n[None, :], mask=mask, other=0.0)
+    if RES_MODE == 2:
+        r = tl.load(res_ptr + rows[:, None] * stride_r + n[None, :], mask=mask, other=0.0)
+        tl.store(out, r, mask=mask)
+        out += N
+    tl.store(out, y, mask=mask)
+
+
+@triton.jit
+def _linear_bwd_dx_kernel(
+    dy_ptr,       # (G*R, N) float32 gradient of y = act(z)
+    z_ptr,        # (G*R, N) float32 pre-activation
+    w_ptr,        # (N, K) float32 weight
+    x_ptr,        # (G*R, K) float32 input (HAS_NORM)
+    mean_ptr,     # (G, K) (HAS_NORM)
+    scale_ptr,    # (G, K) (HAS_NORM)
+    dx_ptr,       # (G*R, K) float32, written
+    s1_ptr,       # (G*T, K) float32 per-tile Σ (dz @ W), written (HAS_NORM)
+    s2_ptr,       # (G*T, K) float32 per-tile Σ (dz @ W)(x - mean), written (HAS_NORM)
+    stride_dy, stride_z, stride_x, stride_dx,
+    R, K, N, tiles_per_group,
+    HAS_NORM: tl.constexpr, ACT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    g = pid_m // tiles_per_group
+    local = (pid_m - g * tiles_per_group) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_mask = local < R
+    rows = g.to(tl.int64) * R + local
+    k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    k_mask = k < K
+    acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        n = n0 + tl.arange(0, BLOCK_N)
+        n_mask = n < N
+        mask = row_mask[:, None] & n_mask[None, :]
+        dy = tl.load(dy_ptr + rows[:, None] * stride_dy + n[None, :], mask=mask, other=0.0)
+        z = tl.load(z_ptr + rows[:, None] * stride_z + n[None, :], mask=mask, other=0.0)
+        dz = dy * _act_grad(z, ACT)
+        w = tl.load(w_ptr + n[:, None] * K + k[None, :],
+                    mask=n_mask[:, None] & k_mask[None, :], other=0.0)         # (BLOCK_N, BLOCK_K)
+        acc = tl.dot(dz.to(DOT_DTYPE), w.to(DOT_DTYPE), acc, input_precision=PRECISION)
+    mask = row_mask[:, None] & k_mask[None, :]
+    if HAS_NORM:
+        mean = tl.load(mean_ptr + g * K + k, mask=k_mask, other=0.0)
+        scale = tl.load(scale_ptr + g * K + k, mask=k_mask, other=0.0)
+        x = tl.load(x_ptr + rows[:, None] * stride_x + k[None, :], mask=mask, other=0.0)
+        centered = tl.where(mask, x - mean[None, :], 0.0)
+        # Rows past the group are zero in acc (their dy was masked), so the sums are exact.
+        tl.store(s1_ptr + pid_m * K + k, tl.sum(acc, axis=0), mask=k_mask)
+        tl.store(s2_ptr + pid_m * K + k, tl.sum(acc * centered, axis=0), mask=k_mask)
+        acc = acc * scale[None, :]
+    tl.store(dx_ptr + rows[:, None] * stride_dx + k[None, :], acc, mask=mask)
+
+
+@triton.jit
+def _linear_bwd_dw_kernel(
+    dy_ptr,       # (M, N) float32 gradient of y
+    z_ptr,        # (M, N) float32 pre-activation
+    x_ptr,        # (M, K) float32 input
+    mean_ptr,     # (G, K) (HAS_NORM)
+    scale_ptr,    # (G, K) (HAS_NORM)
+    beta_ptr,     # (K,) (HAS_NORM)
+    dw_ptr,       # (S, N, K) float32 partial weight gradients, written
+    db_ptr,       # (S, N) float32 partial bias gradients, written
+    stride_dy, stride_z, stride_x,
+    M, R, K, N, rows_per_split,
+    HAS_NORM: tl.constexpr, ACT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    split = tl.program_id(2)
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = n < N
+    k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    k_mask = k < K
+    if HAS_NORM:
+        beta = tl.load(beta_ptr + k, mask=k_mask, other=0.0)
+    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    db = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    start = split.to(tl.int64) * rows_per_split
+    for m0 in range(0, rows_per_split, BLOCK_M):
+        rows = start + m0 + tl.arange(0, BLOCK_M)
+        row_mask = rows < M
+        nm = n_mask[:, None] & row_mask[None, :]
+        dy = tl.load(dy_ptr + rows[None, :] * stride_dy + n[:, None], mask=nm, other=0.0)
+        z = tl.load(z_ptr + rows[None, :] * stride_z + n[:, None], mask=nm, other=0.0)
+        dz_t = dy * _act_grad(z, ACT)                                           # (BLOCK_N, BLOCK_M)
+        mk = row_mask[:, None] & k_mask[None, :]
+        x = tl.load(x_ptr + rows[:, None] * stride_x + k[None, :], mask=mk, other=0.0)
+        if HAS_NORM:
+            g = rows // R
+            mean = tl.load(mean_ptr + g[:, None] * K + k[None, :], mask=mk, other=0.0)
+            scale = tl.load(scale_ptr + g[:, None] * K + k[None, :], mask=mk, other=0.0)
+            x = tl.where(mk, (x - mean) * scale + beta[None, :], 0.0)
+        acc = tl.dot(dz_t.to(DOT_DTYPE), x.to(DOT_DTYPE), acc, input_precision=PRECISION)
+        db += tl.sum(dz_t, axis=1)
+    tl.store(dw_ptr + (split * N + n[:, None]).to(tl.int64) * K + k[None, :], acc,
+             mask=n_mask[:, None] & k_mask[None, :])
+    if pid_k == 0:
+        tl.store(db_ptr + split * N + n, db, mask=n_mask)
+
+
+def _strided(t: torch.Tensor) -> torch.Tensor:
+    """A 2-D float32 tensor with unit column stride (row stride is passed to the kernels)."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def linear_forward(x, weight, bias, act, norm, groups, res_mode, residual, config: LaunchConfig,
+                   store_z=True):
+    """(z or None, out) for x (G*R, K); norm is (mean (G,K), scale (G,K), beta (K,)) or None."""
+    rows, k_size = x.shape
+    n_size = weight.shape[0]
+    r_size = rows // groups
+    if res_mode == RES_CONCAT and n_size != k_size:
+        raise ValueError(f"a concat block needs square weights, got {tuple(weight.shape)}")
+    out = config_module.kernel_output(rows, n_size * (2 if res_mode == RES_CONCAT else 1),
+                                      device=x.device)
+    z = config_module.kernel_output(rows, n_size, device=x.device) if store_z else out
+    meta = config.linear(k_size, n_size)
+    tiles = triton.cdiv(r_size, meta["BLOCK_M"])
+    mean, scale, beta = norm if norm is not None else (x, x, x)
+    res = residual if residual is not None else x
+    grid = (groups * tiles, triton.cdiv(n_size, meta["BLOCK_N"]))
+    _linear_fwd_kernel[grid](
+        x, weight, bias, mean, scale, beta, res, z, out,
+        x.stride(0), res.stride(0), z.stride(0), out.stride(0),
+        r_size, k_size, n_size, tiles,
+        HAS_NORM=norm is not None, RES_MODE=res_mode, STORE_Z=store_z, ACT=act, **meta)
+    return (z if store_z else None), out
+
+
+def linear_backward(dy, z, x, weight, act, norm, groups, config: LaunchConfig, need_dx=True):
+    """(dx, dweight, dbias, dmean, dscale, dbeta); the last three are None without a norm."""
+    rows, k_size = x.shape
+    n_size = weight.shape[0]
+    r_size = rows // groups
+    device = x.device
+    mean, scale, beta = norm if norm is not None else (x, x, x)
+    dx = dmean = dscale = dbeta = None
+    if need_dx or norm is not None:
+        meta = config.linear_dx(k_size, n_size)
+        tiles = triton.cdiv(r_size, meta["BLOCK_M"])
+        dx = config_module.kernel_output(rows, k_size, device=device)
+        s1 = s2 = dx  # unused without a norm
+        if norm is not None:
+            s1 = config_module.kernel_output(groups * tiles, k_size, device=device)
+            s2 = config_module.kernel_output(groups * tiles, k_size, device=device)
+        grid = (groups * tiles, triton.cdiv(k_size, meta["BLOCK_K"]))
+        _linear_bwd_dx_kernel[grid](
+            dy, z, weight, x, mean, scale, dx, s1, s2,
+            dy.stride(0), z.stride(0), x.stride(0), dx.stride(0),
+            r_size, k_size, n_size, tiles,
+            HAS_NORM=norm is not None, ACT=act, **meta)
+        if norm is not None:
+            s1 = s1.view(groups, tiles, k_size).sum(1)
+            s2 = s2.view(groups, tiles, k_size).sum(1)
+            dmean, dscale, dbeta = -scale * s1, s2, s1.sum(0)
+    meta = config.linear_dw(k_size, n_size)
+    splits, rows_per_split = config.row_splits(rows, meta["BLOCK_M"],
+                                               triton.cdiv(n_size, meta["BLOCK_N"])
+                                               * triton.cdiv(k_size, meta["BLOCK_K"]))
+    dw = config_module.kernel_output(splits, n_size, k_size, device=device)
+    db = config_module.kernel_output(splits, n_size, device=device)
+    grid = (triton.cdiv(n_size, meta["BLOCK_N"]), triton.cdiv(k_size, meta["BLOCK_K"]), splits)
+    _linear_bwd_dw_kernel[grid](
+        dy, z, x, mean, scale, beta, dw, db,
+        dy.stride(0), z.stride(0), x.stride(0),
+        rows, r_size, k_size, n_size, rows_per_split,
+        HAS_NORM=norm is not None, ACT=act, **meta)
+    return dx, dw.sum(0), db.sum(0), dmean, dscale, dbeta
+
+
+class FusedLinear(torch.autograd.Function):
+    """out = [r +|⊕] act(norm(x) @ W^T + b); see the module docstring."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, mean, scale, beta, residual, act, groups, res_mode, config):
+        norm = (mean, scale, beta) if mean is not None else None
+        # Without any gradient to compute, the pre-activation need not be stored.
+        z, out = linear_forward(x, weight, bias, act, norm, groups, res_mode, residual, config,
+                                store_z=any(ctx.needs_input_grad))
+        ctx.save_for_backward(x, weight, z, mean, scale, beta)
+        ctx.meta = (act, groups, res_mode, config)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, weight, z, mean, scale, beta = ctx.saved_tensors
+        act, groups, res_mode, config = ctx.meta
+        norm = (mean, scale, beta) if mean is not None else None
+        n_size = weight.shape[0]
+        dout = _strided(dout.float())
+        dy = dout[:, n_size:] if res_mode == RES_CONCAT else dout
+        dres = None
+        if res_mode == RES_ADD:
+            dres = dout
+        elif res_mode == RES_CONCAT:
+            dres = dout[:, :n_size]
+        dx, dw, db, dmean, dscale, dbeta = linear_backward(
+            dy, z, x, weight, act, norm, groups, config, need_dx=ctx.needs_input_grad[0])
+        return dx, dw, db, dmean, dscale, dbeta, dres, None, None, None, None
+
+
+def fused_linear(x, weight, bias, act, config, norm=None, groups=1, res_mode=RES_NONE,
+                 residual=None):
+    mean, scale, beta = norm if norm is not None else (None, None, None)
+    return FusedLinear.apply(x, weight, bias, mean, scale, beta, residual, act, groups, res_mode,
+                             config)
