@@ -1,0 +1,550 @@
+#!/usr/bin/env python
+"""Train the seed's RPG-tile autoencoder (CNN encoder -> code -> implicit decoder) with fastinr.
+
+    python examples/rpg_autoencoder.py                            # DCSS tiles, defaults below
+    python examples/rpg_autoencoder.py --tiles sheets/ more.png:16 --max-inputs 200000
+    python examples/rpg_autoencoder.py --activation-out sigmoid --batch-norm image   # the seed
+    python examples/rpg_autoencoder.py --output runs/rpg --resume   # continue a stopped run
+    torchrun --nproc_per_node=2 examples/rpg_autoencoder.py        # DistributedDataParallel
+
+Data: 3 x 32 x 32 tiles cut from the Dungeon Crawl Stone Soup sheets (`apt-get install
+crawl-tiles-data`) or from --tiles; every 10th tile is validation (500 of them), training tiles
+get a random shift of up to 4 px and random flips. Model: the seed's CNN encoder (or resnet18)
+and ImageManifoldDecoder(code, 3, hidden 256, 2 blocks of 2 layers, gelu, frequencies (7, 17)).
+The default output is linear (bias started at 0.5) without BatchNorm: the seed's sigmoid output
+collapses to black on these tiles and its per-image BatchNorm is poor in eval mode.
+Training: L1, Adam 1e-3, cosine schedule over the run, batch 64, budget in training images.
+
+The output folder gets metrics.csv, loss.png, reconstructions.png, summary.json and
+checkpoint.pt (written atomically at intervals and on Ctrl-C; --resume continues it exactly).
+"""
+import argparse
+import hashlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+try:
+    import fastinr
+except ImportError:  # running from a source checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import fastinr
+from fastinr.activations import ACTIVATIONS, canonical_activation
+from fastinr.backend import BACKENDS, resolve_backend
+from fastinr.data import augment_batch, load_tiles_uint8, split_tiles, stream_indices
+from fastinr.models import ENCODERS, RESNET_WEIGHTS, EncoderDecoder, build_encoder
+from fastinr.training import (COLLAPSE_RATIO, GracefulStop, atomic_write, init_distributed,
+                              is_collapsed, load_checkpoint, plot_losses, plot_reconstructions,
+                              psnr_from_mse, reconstruction_spread, rng_states, save_checkpoint,
+                              set_rng_states, write_csv)
+
+SHAPE = (3, 32, 32)
+GPU_DEFAULT_MAX_INPUTS = 1_000_000  # the seed's budget
+# Measured with the default model, batch 64, on a 2-core CPU: ~38 training images/s with the
+# torch backend when nearly idle; 9 images/s with the native backend while other jobs shared the
+# cores (10,240 images then took 22 minutes in all, validation ~3 of them). 6,400 images (100
+# steps) keep a busy machine under 20 minutes with margin.
+CPU_DEFAULT_MAX_INPUTS = 6_400
+CPU_BUSY_IMAGES_PER_SECOND = 9
+VALIDATIONS_PER_RUN = 10  # default --val-every: each costs ~1/3 of a training image per tile
+RENDER_SCALE = 4
+NUM_PICTURES = 8
+EVAL_CHUNK = 128
+BATCH_NORM_MODES = ("none", "image", "batch")
+# Settings that may change when a run is resumed; everything else must match the checkpoint.
+RUNTIME_KEYS = ("output", "resume", "device", "backend", "tiles", "quiet")
+METRIC_COLUMNS = ["images", "step", "train_l1", "val_l1", "val_psnr", "val_spread", "lr",
+                  "images_per_second", "elapsed_s"]
+EXIT_INTERRUPTED = 130
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except None and switches (their help says what happens)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or isinstance(action.default, bool):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=_HelpFormatter)
+    data = p.add_argument_group("data")
+    data.add_argument("--tiles", nargs="+", metavar="PATH", default=None,
+                      help="tile sheets (PNG) or folders of PNGs instead of the DCSS sheets; "
+                           "PATH:16 cuts a 16 px grid (default grid 32), other sizes are "
+                           "resized to 32x32 with nearest-neighbour")
+    model = p.add_argument_group("model")
+    model.add_argument("--encoder", choices=ENCODERS, default="conv",
+                       help="conv: the seed's 3-layer CNN; resnet18: torchvision resnet18 trunk")
+    model.add_argument("--encoder-weights", choices=RESNET_WEIGHTS, default="none",
+                       help="resnet18 init; imagenet only loads weights already on disk")
+    code = model.add_mutually_exclusive_group()
+    code.add_argument("--compression-ratio", type=float, default=30.0,
+                      help="input values per code value: code size = 3*32*32 // ratio "
+                           "(30 -> 102, the seed's code size)")
+    code.add_argument("--code-size", type=int, default=None, help="code size (overrides the ratio)")
+    model.add_argument("--hidden", type=int, default=256, help="decoder width")
+    model.add_argument("--blocks", type=int, default=2, help="decoder residual blocks")
+    model.add_argument("--layers-per-block", type=int, default=2,
+                       help="Linear + activation layers per block")
+    model.add_argument("--activation", default="gelu", help=f"one of {', '.join(ACTIVATIONS)}")
+    model.add_argument("--activation-out", default="none",
+                       help="decoder output activation; none = linear with bias started at 0.5 "
+                            "(the seed: sigmoid)")
+    model.add_argument("--batch-norm", choices=BATCH_NORM_MODES, default="none",
+                       help="BatchNorm in the decoder blocks: none, image (the seed's per-image "
+                            "statistics) or batch (statistics over the whole batch)")
+    model.add_argument("--freqs", default="7,17", help="positional embedding frequencies")
+    model.add_argument("--backend", choices=("auto",) + BACKENDS, default="auto",
+                       help="fastinr decoder backend")
+    train = p.add_argument_group("training")
+    train.add_argument("--max-inputs", type=int, default=None,
+                       help=f"training images (default {GPU_DEFAULT_MAX_INPUTS:,} on a GPU, "
+                            f"{CPU_DEFAULT_MAX_INPUTS:,} on a CPU)")
+    train.add_argument("--batch-size", type=int, default=64,
+                       help="global batch, split across torchrun processes")
+    train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    train.add_argument("--val-every", type=int, default=None,
+                       help=f"validate every this many training images (default: "
+                            f"{VALIDATIONS_PER_RUN} times a run)")
+    train.add_argument("--checkpoint-every", type=int, default=None,
+                       help="write the checkpoint every this many images (default: at every "
+                            "validation); a killed run loses at most this much")
+    train.add_argument("--seed", type=int, default=0,
+                       help="model init, data order and augmentation")
+    train.add_argument("--deterministic", action="store_true",
+                       help="deterministic GPU kernels (slower); CPU runs are deterministic anyway")
+    run = p.add_argument_group("run")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    run.add_argument("--output", default="runs/rpg_autoencoder", help="output folder")
+    run.add_argument("--resume", action="store_true",
+                     help="continue from OUTPUT/checkpoint.pt with its settings")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def explicit_keys(parser: argparse.ArgumentParser, argv) -> set:
+    """Names of the settings given on the command line (to check them against a checkpoint)."""
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def resolve_config(args: argparse.Namespace, parser, device: torch.device) -> dict:
+    """Validated settings, with derived values filled in (code size, budget)."""
+    cfg = vars(args).copy()
+    try:
+        cfg["activation"] = canonical_activation(cfg["activation"], "--activation")
+        cfg["activation_out"] = canonical_activation(cfg["activation_out"], "--activation-out")
+        cfg["freqs"] = [float(f) for f in str(cfg["freqs"]).split(",") if f.strip()]
+    except ValueError as err:
+        parser.error(str(err))
+    if cfg["code_size"] is None:
+        if cfg["compression_ratio"] <= 0:
+            parser.error(f"--compression-ratio must be > 0, got {cfg['compression_ratio']}")
+        cfg["code_size"] = int(math.prod(SHAPE) // cfg["compression_ratio"])
+    if cfg["max_inputs"] is None:
+        cfg["max_inputs"] = (GPU_DEFAULT_MAX_INPUTS if device.type == "cuda"
+                             else CPU_DEFAULT_MAX_INPUTS)
+    for key in ("code_size", "hidden", "batch_size", "max_inputs"):
+        if cfg[key] < 1:
+            parser.error(f"--{key.replace('_', '-')} must be >= 1, got {cfg[key]}")
+    for key in ("blocks", "layers_per_block"):
+        if cfg[key] < 0:
+            parser.error(f"--{key.replace('_', '-')} must be >= 0, got {cfg[key]}")
+    for key in ("val_every", "checkpoint_every"):
+        if cfg[key] is not None and cfg[key] < 1:
+            parser.error(f"--{key.replace('_', '-')} must be >= 1 images, got {cfg[key]}")
+    if not cfg["freqs"]:
+        parser.error("--freqs needs at least one frequency, e.g. 7,17")
+    if cfg["lr"] <= 0:
+        parser.error(f"--lr must be > 0, got {cfg['lr']}")
+    return cfg
+
+
+def resolve_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit(f"error: --device {name}: CUDA is not available on this machine")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+    return device
+
+
+def build_model(cfg: dict) -> EncoderDecoder:
+    encoder = build_encoder(cfg["encoder"], SHAPE, cfg["code_size"], cfg["encoder_weights"])
+    decoder = fastinr.ImageManifoldDecoder(
+        cfg["code_size"], SHAPE[0], num_hidden=cfg["hidden"], num_blocks=cfg["blocks"],
+        num_layers_per_block=cfg["layers_per_block"], pos_embedding_freqs=cfg["freqs"],
+        batch_norm=cfg["batch_norm"] != "none", default_shape=SHAPE[1:],
+        activation=cfg["activation"], activation_out=cfg["activation_out"],
+        batch_norm_stats="batch" if cfg["batch_norm"] == "batch" else "image",
+        backend=cfg["backend"])
+    if cfg["activation_out"] == "none":
+        with torch.no_grad():  # start at mid grey, the middle of the [0, 1] target range
+            decoder.pos_to_color.linear_out.bias.fill_(0.5)
+    return EncoderDecoder(encoder, decoder)
+
+
+def batch_for_step(step: int, cfg: dict, train_tiles: torch.Tensor, generator: torch.Generator,
+                   rank: int, world_size: int) -> torch.Tensor:
+    """This rank's share of the augmented global batch of `step`.
+
+    Every rank builds and augments the whole global batch (cheap: tiles are in memory) so the
+    augmentation generator advances identically everywhere and matches a single-process run.
+    """
+    batch = cfg["batch_size"]
+    idx = stream_indices(step * batch, batch, len(train_tiles), cfg["seed"])
+    images = train_tiles[idx.to(train_tiles.device)].float().div_(255.0)
+    images = augment_batch(images, generator)
+    share = batch // world_size
+    return images[rank * share:(rank + 1) * share]
+
+
+def train_step(model, optimizer, scheduler, images: torch.Tensor) -> torch.Tensor:
+    """One optimizer step on the L1 reconstruction loss; returns the loss (detached)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = F.l1_loss(model(images), images)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return loss.detach()
+
+
+@torch.no_grad()
+def evaluate(model, val_tiles: torch.Tensor) -> dict:
+    """Validation L1, PSNR and spread in eval mode, outputs clamped to [0, 1]."""
+    was_training = model.training
+    model.eval()
+    abs_sum = sq_sum = 0.0
+    recons = []
+    for start in range(0, len(val_tiles), EVAL_CHUNK):
+        images = val_tiles[start:start + EVAL_CHUNK].float().div_(255.0)
+        recon = model(images).clamp_(0, 1)
+        diff = recon - images
+        abs_sum += diff.abs().sum().item()
+        sq_sum += diff.square().sum().item()
+        recons.append(recon)
+    model.train(was_training)
+    count = val_tiles.numel()
+    recons = torch.cat(recons)
+    return {"val_l1": abs_sum / count, "val_psnr": psnr_from_mse(sq_sum / count),
+            "val_spread": reconstruction_spread(recons) if len(recons) > 1 else None}
+
+
+@torch.no_grad()
+def pictures(model, val_tiles: torch.Tensor, path: Path) -> None:
+    was_training = model.training
+    model.eval()
+    pick = torch.linspace(0, len(val_tiles) - 1, min(NUM_PICTURES, len(val_tiles))).round().long()
+    images = val_tiles[pick.to(val_tiles.device)].float().div_(255.0)
+    codes = model.encoder(images)
+    recon = model.decoder(codes).clamp_(0, 1)
+    size = (RENDER_SCALE * SHAPE[1], RENDER_SCALE * SHAPE[2])
+    render = model.decoder(codes, size).clamp_(0, 1)
+    model.train(was_training)
+    plot_reconstructions(images.cpu(), recon.cpu(), render.cpu(), path, scale=RENDER_SCALE)
+
+
+def collapse_message(cfg: dict, spread: float, target_spread: float) -> str:
+    if cfg["activation_out"] == "sigmoid":
+        cause = ("the sigmoid output collapsed to black: about half the pixels of these tiles are "
+                 "exactly 0, so the sigmoid saturates near 0 and its gradient vanishes; use the "
+                 "linear output (--activation-out none, the default)")
+    else:
+        hints = ["a lower --lr", "a larger model (--hidden, --blocks)"]
+        if cfg["batch_norm"] != "none":
+            hints.insert(0, "--batch-norm none")
+        cause = ("the decoder ignores its code: on tiles that are mostly exactly 0 a code-blind "
+                 "decoder's L1 optimum is a near-black picture; try " + ", ".join(hints))
+    return (f"COLLAPSED: the validation reconstructions do not depend on the input (their spread "
+            f"over the validation tiles is {spread:.2e}, under {COLLAPSE_RATIO:.0%} of the tiles' "
+            f"own {target_spread:.2f}); {cause}")
+
+
+def load_data(cfg: dict, dist, parser):
+    """(train, val) uint8 tiles on the CPU and a fingerprint of the whole tile set."""
+    def load():
+        try:
+            return load_tiles_uint8(cfg["tiles"])
+        except (FileNotFoundError, ValueError) as err:
+            raise SystemExit(f"error: {err}")
+    if dist.is_main:  # builds the cache once; the other ranks then read it
+        tiles = load()
+    dist.barrier()
+    if not dist.is_main:
+        tiles = load()
+    fingerprint = hashlib.sha256(tiles.numpy().tobytes()).hexdigest()
+    train, val = split_tiles(tiles)
+    if len(train) == 0 or len(val) < 1:
+        parser.error(f"need at least 2 tiles for a training and a validation set, got {len(tiles)}")
+    return train, val, fingerprint
+
+
+def configure(argv):
+    """Parse, resolve settings and device, join the process group, open the checkpoint."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    given = explicit_keys(build_parser(), argv)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    checkpoint_path = Path(args.output) / "checkpoint.pt"
+    checkpoint = None
+    if args.resume:
+        try:
+            checkpoint = load_checkpoint(checkpoint_path)
+        except (FileNotFoundError, ValueError) as err:
+            parser.error(f"--resume: {err}")
+        cfg = dict(checkpoint["config"])
+        changed = [k for k in sorted(given) if k not in RUNTIME_KEYS
+                   and _normalized(k, getattr(args, k)) != cfg.get(k)]
+        if changed:
+            parser.error("--resume continues the saved run; these settings differ from its "
+                         "checkpoint: " + ", ".join(f"--{k.replace('_', '-')}" for k in changed)
+                         + " (start a new run with another --output to change them)")
+        cfg.update({k: getattr(args, k) for k in RUNTIME_KEYS if k in given})
+        cfg.update(output=args.output, resume=True)
+        device = resolve_device(cfg["device"], local_rank)
+    else:
+        if checkpoint_path.exists():
+            parser.error(f"{checkpoint_path} exists; pass --resume to continue that run, or "
+                         "choose another --output")
+        device = resolve_device(args.device, local_rank)
+        cfg = resolve_config(args, parser, device)
+    dist = init_distributed(device.type)
+    if cfg["batch_size"] % dist.world_size:
+        parser.error(f"--batch-size {cfg['batch_size']} must be divisible by the number of "
+                     f"processes ({dist.world_size})")
+    return parser, cfg, device, dist, checkpoint
+
+
+def _normalized(key, value):
+    """A command-line value in the form saved in the config (for the resume check)."""
+    if key in ("activation", "activation_out"):
+        return canonical_activation(value, "--" + key.replace("_", "-"))
+    if key == "freqs":
+        return [float(f) for f in str(value).split(",") if f.strip()]
+    return value
+
+
+def set_seeds(seed: int, deterministic: bool, device: torch.device) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+    if deterministic and device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def describe_run(cfg, model, backend, device, dist, n_train, n_val, total_steps, step) -> str:
+    counts = {name: sum(p.numel() for p in part.parameters())
+              for name, part in (("encoder", model.encoder), ("decoder", model.decoder))}
+    batch = cfg["batch_size"]
+    lines = [
+        f"tiles: {n_train} training, {n_val} validation "
+        f"({', '.join(cfg['tiles']) if cfg['tiles'] else 'DCSS sheets'})",
+        f"model: {cfg['encoder']} encoder ({counts['encoder']:,} parameters) -> code "
+        f"{cfg['code_size']} -> decoder ({counts['decoder']:,} parameters, hidden {cfg['hidden']}, "
+        f"{cfg['blocks']}x{cfg['layers_per_block']} layers, output {cfg['activation_out']}, "
+        f"BatchNorm {cfg['batch_norm']}); backend {backend} on {device}"
+        + (f"; {dist.world_size} processes" if dist.enabled else ""),
+    ]
+    budget = f"budget {total_steps * batch:,} training images ({total_steps:,} steps of {batch})"
+    if device.type == "cpu" and cfg["max_inputs"] == CPU_DEFAULT_MAX_INPUTS:
+        minutes = CPU_DEFAULT_MAX_INPUTS / CPU_BUSY_IMAGES_PER_SECOND / 60
+        budget += (f": the CPU default, sized to finish in under 20 minutes on a busy 2-core CPU "
+                   f"(about {minutes:.0f} minutes of training at {CPU_BUSY_IMAGES_PER_SECOND} "
+                   f"images/s, a few on an idle one); the seed's budget, --max-inputs "
+                   f"{GPU_DEFAULT_MAX_INPUTS}, is meant for a GPU")
+    lines.append(budget + (f"; resuming at {step * batch:,} images" if step else ""))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    from tqdm import tqdm
+
+    parser, cfg, device, dist, checkpoint = configure(argv)
+    try:
+        return run(parser, cfg, device, dist, checkpoint, tqdm)
+    finally:
+        dist.close()
+
+
+def run(parser, cfg, device, dist, checkpoint, tqdm) -> int:
+    output = Path(cfg["output"])
+    set_seeds(cfg["seed"], cfg["deterministic"], device)
+    # A saturated sigmoid (the seed's collapse) drives values into the denormal range, where
+    # CPU float math is ~5x slower; flushing them to zero changes nothing measurable.
+    torch.set_flush_denormal(True)
+    train_cpu, val_cpu, fingerprint = load_data(cfg, dist, parser)
+    if checkpoint is not None and checkpoint["data_fingerprint"] != fingerprint:
+        parser.error("--resume: the tiles differ from the ones the checkpoint was trained on "
+                     "(same sources and sheets needed)")
+    train_tiles, val_tiles = train_cpu.to(device), val_cpu.to(device)
+    target_spread = reconstruction_spread(val_cpu.float() / 255) if len(val_cpu) > 1 else 0.0
+    if dist.is_main:
+        output.mkdir(parents=True, exist_ok=True)
+
+    try:
+        model = build_model(cfg).to(device)
+    except FileNotFoundError as err:  # resnet18 ImageNet weights not on disk
+        raise SystemExit(f"error: {err}")
+    backend, _ = resolve_backend(cfg["backend"], device)
+    train_model = model
+    if dist.enabled:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    batch = cfg["batch_size"]
+    total_steps = -(-cfg["max_inputs"] // batch)
+    val_steps = (max(1, round(cfg["val_every"] / batch)) if cfg["val_every"]
+                 else max(1, total_steps // VALIDATIONS_PER_RUN))
+    ckpt_steps = (max(1, round(cfg["checkpoint_every"] / batch)) if cfg["checkpoint_every"]
+                  else val_steps)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    generator = torch.Generator().manual_seed(cfg["seed"] + 1)  # augmentation
+    # Sum of per-rank batch losses and their count since the last validation (over all ranks
+    # when saved, so a resumed run reports the same interval mean).
+    loss_acc = torch.zeros(2, dtype=torch.float64, device=device)
+    step, history, train_seconds, collapse = 0, [], 0.0, None
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        set_rng_states(checkpoint["rng"])
+        generator.set_state(checkpoint["augment_rng"])
+        step, history = checkpoint["step"], checkpoint["history"]
+        train_seconds, collapse = checkpoint["train_seconds"], checkpoint["collapse"]
+        if dist.is_main:
+            loss_acc.copy_(checkpoint["loss_acc"])
+
+    say = tqdm.write if dist.is_main else (lambda *a, **k: None)
+    if dist.is_main:
+        say(describe_run(cfg, model, backend, device, dist, len(train_cpu), len(val_cpu),
+                         total_steps, step))
+
+    def log_validation(interval_seconds, interval_images):
+        nonlocal collapse
+        totals = dist.all_reduce_sum(loss_acc.clone())
+        loss_acc.zero_()
+        if not dist.is_main:
+            return None
+        row = {"images": step * batch, "step": step,
+               "train_l1": (totals[0] / totals[1]).item() if totals[1] > 0 else None,
+               **evaluate(model, val_tiles), "lr": optimizer.param_groups[0]["lr"],
+               "images_per_second": (interval_images / interval_seconds if interval_seconds
+                                     else None),
+               "elapsed_s": train_seconds}
+        history.append(row)
+        # The state of the latest validation (a fresh model is not judged); said when it starts.
+        was_collapsed = collapse is not None
+        collapse = (collapse_message(cfg, row["val_spread"], target_spread)
+                    if step > 0 and row["val_spread"] is not None
+                    and is_collapsed(row["val_spread"], target_spread) else None)
+        if collapse and not was_collapsed:
+            say(collapse)
+        write_csv(output / "metrics.csv", history, METRIC_COLUMNS)
+        plot_losses(history, output / "loss.png", title="RPG tiles autoencoder")
+        return row
+
+    def write_checkpoint():
+        totals = dist.all_reduce_sum(loss_acc.clone())
+        if dist.is_main:
+            save_checkpoint(output / "checkpoint.pt", {
+                "config": cfg, "step": step, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": rng_states(), "augment_rng": generator.get_state(), "loss_acc": totals.cpu(),
+                "history": history, "train_seconds": train_seconds, "collapse": collapse,
+                "data_fingerprint": fingerprint})
+        dist.barrier()
+
+    if step == 0:
+        log_validation(0.0, 0)
+    last = history[-1] if history else {}
+    bar = tqdm(total=total_steps * batch, initial=step * batch, unit="img", unit_scale=True,
+               dynamic_ncols=True, disable=cfg["quiet"] or not dist.is_main, smoothing=0.05)
+    bar.set_postfix(val_l1=_fmt(last.get("val_l1")))
+    # Training time only (validation, pictures and checkpoints excluded) for images/s.
+    segment_start, val_seconds, val_start_step = time.perf_counter(), 0.0, step
+    with GracefulStop() as stop:
+        while step < total_steps:
+            images = batch_for_step(step, cfg, train_tiles, generator, dist.rank, dist.world_size)
+            loss = train_step(train_model, optimizer, scheduler, images)
+            loss_acc += torch.stack([loss.double(), loss.new_ones((), dtype=torch.float64)])
+            step += 1
+            bar.update(batch)
+            # Every rank must stop at the same step; asking the others costs a host sync, so
+            # a distributed run asks every 8 steps (a single process checks every step).
+            stopped = (dist.any(stop.requested, device) if step % 8 == 0 or step == total_steps
+                       else False) if dist.enabled else stop.requested
+            due_val = step % val_steps == 0 or step == total_steps
+            due_ckpt = step % ckpt_steps == 0 or step == total_steps or stopped
+            if step % 25 == 0 and dist.is_main:
+                bar.set_postfix(train_l1=_fmt(loss.item()), val_l1=_fmt(last.get("val_l1")))
+            if due_val or due_ckpt:
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                seconds = time.perf_counter() - segment_start
+                train_seconds += seconds
+                val_seconds += seconds
+                if due_val:
+                    last = log_validation(val_seconds, (step - val_start_step) * batch) or last
+                    val_seconds, val_start_step = 0.0, step
+                    if dist.is_main:
+                        bar.set_postfix(train_l1=_fmt(last.get("train_l1")),
+                                        val_l1=_fmt(last.get("val_l1")))
+                if due_ckpt:
+                    write_checkpoint()
+                segment_start = time.perf_counter()
+            if stopped:
+                break
+    bar.close()
+
+    if dist.is_main:
+        pictures(model, val_tiles, output / "reconstructions.png")
+        final = history[-1]
+        status = "finished" if step >= total_steps else "interrupted"
+        summary = {
+            "status": status, "images": step * batch, "steps": step,
+            "val_l1": final["val_l1"], "val_psnr": final["val_psnr"],
+            "val_spread": final["val_spread"], "val_tiles_spread": target_spread,
+            "val_at_images": final["images"],
+            "collapsed": collapse is not None, "collapse_message": collapse,
+            "images_per_second": step * batch / train_seconds if train_seconds else None,
+            "train_seconds": train_seconds, "device": str(device), "backend": backend,
+            "world_size": dist.world_size,
+            "tiles": {"train": len(train_cpu), "val": len(val_cpu), "fingerprint": fingerprint},
+            "torch": torch.__version__, "config": cfg,
+        }
+        atomic_write(output / "summary.json",
+                     lambda f: f.write(json.dumps(summary, indent=2) + "\n"), mode="w")
+        if status == "interrupted":
+            say(f"stopped by {stop.signal_name} at {step * batch:,} images; checkpoint saved. "
+                f"Continue with: --output {output} --resume")
+        else:
+            say(f"done: validation L1 {final['val_l1']:.4f}, PSNR {final['val_psnr']:.2f} dB, "
+                f"{summary['images_per_second']:.1f} images/s; outputs in {output}")
+        if collapse:
+            say(collapse)
+    return 0 if step >= total_steps else EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

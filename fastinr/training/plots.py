@@ -1,0 +1,71 @@
+"""Pictures of a training run (matplotlib, headless).
+
+* `plot_losses`: train and validation L1 against training images.
+* `plot_reconstructions`: one row per image: original | reconstruction | the decoder's render at
+  `scale` times the resolution | a nearest-neighbour upscale of the original by the same factor.
+"""
+from typing import Dict, Sequence
+
+import torch
+
+from fastinr.training.atomic import atomic_write
+
+__all__ = ["plot_losses", "plot_reconstructions"]
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_losses(rows: Sequence[Dict], path, title: str = "") -> None:
+    """rows: dicts with `images`, and `train_l1` and/or `val_l1` (None where not measured)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key, label in (("train_l1", "train L1 (augmented, mean since the previous point)"),
+                       ("val_l1", "validation L1")):
+        points = [(r["images"], r[key]) for r in rows if r.get(key) is not None]
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="o" if len(points) < 30 else None, label=label)
+    ax.set_xlabel("training images")
+    ax.set_ylabel("L1")
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    plt.close(fig)
+
+
+def _to_hwc(image: torch.Tensor):
+    return image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+
+
+def plot_reconstructions(originals: torch.Tensor, reconstructions: torch.Tensor,
+                         renders: torch.Tensor, path, scale: int = 4) -> None:
+    """originals, reconstructions (N, 3, H, W); renders (N, 3, scale*H, scale*W); all in [0, 1]."""
+    if not (len(originals) == len(reconstructions) == len(renders)) or len(originals) == 0:
+        raise ValueError("need the same positive number of originals, reconstructions and renders")
+    plt = _pyplot()
+    nearest = originals.repeat_interleave(scale, -2).repeat_interleave(scale, -1)
+    columns = (("original", originals), ("reconstruction", reconstructions),
+               (f"render {renders.shape[-2]}x{renders.shape[-1]}", renders),
+               (f"original, nearest {scale}x", nearest))
+    n = len(originals)
+    fig, axes = plt.subplots(n, len(columns), figsize=(2.2 * len(columns), 2.2 * n), squeeze=False)
+    for row in range(n):
+        for col, (name, images) in enumerate(columns):
+            ax = axes[row][col]
+            ax.imshow(_to_hwc(images[row]), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(name, fontsize=9)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    plt.close(fig)

@@ -1,0 +1,289 @@
+"""End-to-end tests of examples/rpg_autoencoder.py on small generated tile sheets.
+
+Runs are tiny (a small decoder, batch 16, a few hundred images) and in-process, except the
+two-process DistributedDataParallel run, which goes through torchrun (gloo on the CPU).
+"""
+import csv
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+import fastinr.data.tiles as tiles_mod
+from fastinr.models import ConvEncoder, ResNet18Encoder, build_encoder
+from fastinr.training import load_checkpoint, save_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "rpg_autoencoder.py"
+OUTPUTS = {"metrics.csv", "loss.png", "reconstructions.png", "summary.json", "checkpoint.pt"}
+TIMING = {"images_per_second", "elapsed_s"}
+STEPS, BATCH, VAL_EVERY_STEPS = 20, 16, 6
+
+
+@pytest.fixture(scope="module")
+def example():
+    spec = importlib.util.spec_from_file_location("rpg_autoencoder_example", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def sprite_sheet(path, n, seed, cols=16):
+    """n sprite-like RGBA 32x32 tiles: transparent background, a few opaque rectangles."""
+    rng = np.random.default_rng(seed)
+    rows = -(-n // cols)
+    sheet = np.zeros((rows * 32, cols * 32, 4), np.uint8)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        cell = sheet[r * 32:(r + 1) * 32, c * 32:(c + 1) * 32]
+        for _ in range(rng.integers(1, 4)):
+            y0, x0 = rng.integers(0, 24, 2)
+            h, w = rng.integers(4, 16, 2)
+            cell[y0:y0 + h, x0:x0 + w, :3] = rng.integers(0, 256, 3)
+            cell[y0:y0 + h, x0:x0 + w, 3] = 255
+    PIL.Image.fromarray(sheet, "RGBA").save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def run_env(tmp_path_factory):
+    """A sheet of 200 generated tiles, a private tile cache and a fresh data seed."""
+    root = tmp_path_factory.mktemp("example")
+    seed = int(torch.randint(0, 2 ** 31, ()).item())
+    sheet = sprite_sheet(root / "sprites.png", 200, seed)
+    cache = root / "cache"
+    old = os.environ.get("FASTINR_CACHE_DIR")
+    os.environ["FASTINR_CACHE_DIR"] = str(cache)
+    yield {"root": root, "sheet": sheet, "seed": seed % 1000}
+    if old is None:
+        os.environ.pop("FASTINR_CACHE_DIR", None)
+    else:
+        os.environ["FASTINR_CACHE_DIR"] = old
+
+
+def small_args(env, output, **extra):
+    args = {"--tiles": str(env["sheet"]), "--hidden": "32", "--blocks": "1",
+            "--layers-per-block": "1", "--batch-size": str(BATCH),
+            "--max-inputs": str(STEPS * BATCH), "--val-every": str(VAL_EVERY_STEPS * BATCH),
+            "--seed": str(env["seed"]), "--device": "cpu", "--output": str(output),
+            # The reference backend: these tests are about the example, not the kernels.
+            "--backend": "torch"}
+    args.update(extra)
+    flat = [item for pair in args.items() for item in pair]
+    return flat + ["--quiet"]
+
+
+def read_metrics(output):
+    with open(output / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def straight_run(example, run_env):
+    """One uninterrupted run; the reference for the resume and distributed tests."""
+    output = run_env["root"] / "straight"
+    assert example.main(small_args(run_env, output)) == 0
+    return output
+
+
+def test_end_to_end_writes_outputs_and_learns(straight_run):
+    assert {p.name for p in straight_run.iterdir()} == OUTPUTS  # no temporary files left
+    rows = read_metrics(straight_run)
+    steps = [int(r["step"]) for r in rows]
+    assert steps == [0, 6, 12, 18, 20]
+    assert rows[0]["train_l1"] == "" and all(r["train_l1"] for r in rows[1:])
+    val = [float(r["val_l1"]) for r in rows]
+    assert val[-1] < val[0]  # trained below the value at initialization
+    summary = json.loads((straight_run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["images"] == STEPS * BATCH
+    assert summary["val_l1"] == pytest.approx(val[-1])
+    assert summary["val_psnr"] == pytest.approx(float(rows[-1]["val_psnr"]))
+    assert summary["device"] == "cpu" and summary["backend"] in ("torch", "native", "triton")
+    assert summary["images_per_second"] > 0 and not summary["collapsed"]
+    assert summary["config"]["hidden"] == 32 and summary["config"]["activation_out"] == "none"
+    assert summary["config"]["batch_norm"] == "none" and summary["config"]["code_size"] == 102
+    assert summary["tiles"]["train"] + summary["tiles"]["val"] <= 200
+    for name, min_size in (("loss.png", 200), ("reconstructions.png", 400)):
+        with PIL.Image.open(straight_run / name) as image:
+            assert min(image.size) >= min_size
+    state = load_checkpoint(straight_run / "checkpoint.pt")
+    assert state["step"] == STEPS
+    # The linear output starts at mid grey: the model keeps the seed's state_dict layout.
+    assert "decoder.pos_to_color.linear_out.bias" in state["model"]
+    assert "encoder.convolution.layers.0.weight" in state["model"]
+
+
+def assert_same_run(a: Path, b: Path):
+    sa, sb = load_checkpoint(a / "checkpoint.pt"), load_checkpoint(b / "checkpoint.pt")
+    assert sa["step"] == sb["step"]
+    for key, value in sa["model"].items():
+        assert torch.equal(value, sb["model"][key]), key
+    for pa, pb in zip(sa["optimizer"]["state"].values(), sb["optimizer"]["state"].values()):
+        assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    assert torch.equal(sa["augment_rng"], sb["augment_rng"])
+    ra, rb = read_metrics(a), read_metrics(b)
+    assert [{k: v for k, v in r.items() if k not in TIMING} for r in ra] == \
+        [{k: v for k, v in r.items() if k not in TIMING} for r in rb]
+    ja, jb = (json.loads((p / "summary.json").read_text()) for p in (a, b))
+    assert (ja["val_l1"], ja["val_psnr"]) == (jb["val_l1"], jb["val_psnr"])
+
+
+def interrupt_at(example, monkeypatch, call, action):
+    real = example.train_step
+    calls = []
+
+    def step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            action()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(example, "train_step", step)
+
+
+def test_ctrl_c_checkpoints_and_resume_matches(example, run_env, straight_run, monkeypatch):
+    output = run_env["root"] / "ctrl_c"
+    interrupt_at(example, monkeypatch, 8, lambda: signal.raise_signal(signal.SIGINT))
+    assert example.main(small_args(run_env, output)) == example.EXIT_INTERRUPTED
+    assert load_checkpoint(output / "checkpoint.pt")["step"] == 8  # the step in flight finishes
+    assert json.loads((output / "summary.json").read_text())["status"] == "interrupted"
+    monkeypatch.undo()
+    assert example.main(["--output", str(output), "--resume", "--quiet"]) == 0
+    assert_same_run(straight_run, output)
+
+
+def test_killed_run_loses_at_most_one_interval(example, run_env, straight_run, monkeypatch):
+    output = run_env["root"] / "killed"
+    args = small_args(run_env, output, **{"--checkpoint-every": str(4 * BATCH)})
+
+    def kill():
+        raise KeyboardInterrupt  # no clean stop: what a hard kill leaves behind
+
+    interrupt_at(example, monkeypatch, 11, kill)
+    with pytest.raises(KeyboardInterrupt):
+        example.main(args)
+    assert load_checkpoint(output / "checkpoint.pt")["step"] == 8  # last interval checkpoint
+    monkeypatch.undo()
+    assert example.main(["--output", str(output), "--resume", "--quiet"]) == 0
+    assert_same_run(straight_run, output)
+
+
+def test_resume_refuses_changed_settings(example, straight_run, capsys):
+    with pytest.raises(SystemExit):
+        example.main(["--output", str(straight_run), "--resume", "--hidden", "64", "--quiet"])
+    assert "--hidden" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a fresh run never overwrites a checkpoint
+        example.main(["--output", str(straight_run), "--quiet"])
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_collapse_is_reported(example, run_env, monkeypatch):
+    """A decoder whose reconstructions ignore the input is flagged, naming cause and flag."""
+    build = example.build_model
+
+    def code_blind(cfg):
+        model = build(cfg)
+        model.encoder.linear.weight.data.zero_()
+        model.encoder.linear.weight.requires_grad_(False)
+        model.encoder.linear.bias.requires_grad_(False)
+        return model
+
+    monkeypatch.setattr(example, "build_model", code_blind)
+    output = run_env["root"] / "collapsed"
+    args = small_args(run_env, output, **{"--max-inputs": str(4 * BATCH),
+                                          "--val-every": str(2 * BATCH)})
+    assert example.main(args + ["--activation-out", "sigmoid"]) == 0
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["collapsed"] and summary["val_spread"] < 1e-6
+    assert summary["val_tiles_spread"] > 0.05
+    assert "sigmoid" in summary["collapse_message"]
+    assert "--activation-out none" in summary["collapse_message"]
+    linear = example.collapse_message({"activation_out": "none", "batch_norm": "image"}, 1e-5, 0.2)
+    assert "ignores its code" in linear and "--batch-norm none" in linear
+
+
+def test_missing_tiles_message(example, tmp_path, monkeypatch):
+    monkeypatch.setattr(tiles_mod, "_dpkg_tile_dirs", lambda: [])
+    monkeypatch.setattr(tiles_mod, "KNOWN_TILE_DIRS", (str(tmp_path),))
+    with pytest.raises(SystemExit) as info:
+        example.main(["--output", str(tmp_path / "out"), "--device", "cpu", "--quiet"])
+    message = str(info.value.code)
+    assert "apt-get install crawl-tiles-data" in message and "--tiles" in message
+
+
+def test_corrupt_tile_file_named(example, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(SystemExit) as info:
+        example.main(["--tiles", str(bad), "--output", str(tmp_path / "out"), "--device", "cpu",
+                      "--quiet"])
+    assert str(bad) in str(info.value.code)
+
+
+def test_two_process_gloo_matches_single_process(run_env, straight_run):
+    output = run_env["root"] / "ddp"
+    env = dict(os.environ,
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(EXAMPLE)] + small_args(run_env, output)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert {p.name for p in output.iterdir()} == OUTPUTS  # rank 0 alone writes, no leftovers
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["images"] == STEPS * BATCH
+    # Same global batches and augmentation as one process; only float summation order differs.
+    one = load_checkpoint(straight_run / "checkpoint.pt")["model"]
+    two = load_checkpoint(output / "checkpoint.pt")["model"]
+    for key, value in one.items():
+        torch.testing.assert_close(two[key], value, atol=1e-4, rtol=0, msg=key)
+    single = json.loads((straight_run / "summary.json").read_text())
+    assert summary["val_l1"] == pytest.approx(single["val_l1"], abs=1e-4)
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def test_conv_encoder_is_the_seeds():
+    encoder = ConvEncoder((3, 32, 32), 102)
+    assert encoder.linear.in_features == 32 * 26 * 26 == 21632
+    assert [type(m).__name__ for m in encoder.convolution.layers] == ["Conv2d", "ReLU"] * 3
+    assert encoder(torch.rand(5, 3, 32, 32)).shape == (5, 102)
+    with pytest.raises(ValueError, match="code_size"):
+        ConvEncoder((3, 32, 32), 0)
+    with pytest.raises(ValueError, match="too small"):
+        ConvEncoder((3, 6, 6), 8)
+
+
+def test_resnet18_encoder(tmp_path, monkeypatch):
+    encoder = build_encoder("resnet18", (3, 32, 32), 40)
+    assert encoder.linear.in_features == 512
+    assert encoder(torch.rand(3, 3, 32, 32)).shape == (3, 40)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="not on disk"):
+        ResNet18Encoder((3, 32, 32), 40, weights="imagenet")
+    with pytest.raises(ValueError, match="encoder must be one of"):
+        build_encoder("vgg")
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, {"a": torch.arange(3)})
+
+    def torn(obj, f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", torn)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"a": torch.arange(5)})
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(path)["a"], torch.arange(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
