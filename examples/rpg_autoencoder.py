@@ -3,7 +3,8 @@
 
     python examples/rpg_autoencoder.py                            # DCSS tiles, defaults below
     python examples/rpg_autoencoder.py --tiles sheets/ more.png:16 --max-inputs 200000
-    python examples/rpg_autoencoder.py --activation-out sigmoid --batch-norm image   # the seed
+    python examples/rpg_autoencoder.py --preset seed              # the seed exactly (collapses)
+    python examples/rpg_autoencoder.py --decoder inr --conditioning film --grid-size 4 --subpixel
     python examples/rpg_autoencoder.py --output runs/rpg --resume   # continue a stopped run
     torchrun --nproc_per_node=2 examples/rpg_autoencoder.py        # DistributedDataParallel
 
@@ -14,6 +15,10 @@ and ImageManifoldDecoder(code, 3, hidden 256, 2 blocks of 2 layers, gelu, freque
 The default output is linear (bias started at 0.5) without BatchNorm: the seed's sigmoid output
 collapses to black on these tiles and its per-image BatchNorm is poor in eval mode.
 Training: L1, Adam 1e-3, cosine schedule over the run, batch 64, budget in training images.
+--decoder inr selects fastinr.INRDecoder (conditioning, normalization, output, embedding, local
+latent grid with an encoder grid head, sub-pixel training) and --decoder conv the ConvDecoder
+baseline, both at the same code size; --preset seed|baseline sets the seed's or the default's
+output and normalization (explicit flags override).
 
 The output folder gets metrics.csv, loss.png, reconstructions.png, summary.json and
 checkpoint.pt (written atomically at intervals and on Ctrl-C; --resume continues it exactly).
@@ -39,12 +44,16 @@ except ImportError:  # running from a source checkout without `pip install -e .`
     import fastinr
 from fastinr.activations import ACTIVATIONS, canonical_activation
 from fastinr.backend import BACKENDS, resolve_backend
+from fastinr.conv_decoder import ConvDecoder
 from fastinr.data import augment_batch, load_tiles_uint8, split_tiles, stream_indices
-from fastinr.models import ENCODERS, RESNET_WEIGHTS, EncoderDecoder, build_encoder
+from fastinr.embedding import pixel_coordinates
+from fastinr.inr_decoder import CONDITIONINGS, EMBEDDINGS, NORMS, OUTPUTS, INRDecoder
+from fastinr.models import (DECODERS, ENCODERS, RESNET_WEIGHTS, EncoderDecoder, build_encoder,
+                            decoder_macs_per_pixel)
 from fastinr.training import (COLLAPSE_RATIO, GracefulStop, atomic_write, init_distributed,
                               is_collapsed, load_checkpoint, plot_losses, plot_reconstructions,
                               psnr_from_mse, reconstruction_spread, rng_states, save_checkpoint,
-                              set_rng_states, write_csv)
+                              set_rng_states, sobel_edge_l1_sum, write_csv)
 
 SHAPE = (3, 32, 32)
 GPU_DEFAULT_MAX_INPUTS = 1_000_000  # the seed's budget
@@ -59,9 +68,23 @@ RENDER_SCALE = 4
 NUM_PICTURES = 8
 EVAL_CHUNK = 128
 BATCH_NORM_MODES = ("none", "image", "batch")
+# Presets set these defaults; flags given on the command line override them. "baseline" is the
+# parser's own defaults. (A "sharp" preset is defined once the campaign of docs/experiments.md
+# has picked the best variant.)
+PRESETS = {"seed": {"activation_out": "sigmoid", "batch_norm": "image"},
+           "baseline": {"activation_out": "none", "batch_norm": "none"}}
+# --decoder inr without --norm / --inr-output follows --batch-norm / --activation-out.
+INR_NORM_FROM_BATCH_NORM = {"none": "none", "image": "image-bn", "batch": "batch-bn"}
+INR_OUTPUT_FROM_ACTIVATION_OUT = {"none": "linear", "sigmoid": "sigmoid"}
+# Settings added with --decoder; a checkpoint written before them gets these values on --resume.
+DECODER_DEFAULTS = {"preset": "baseline", "decoder": "seed", "conditioning": "concat",
+                    "norm": None, "inr_output": None, "embedding": "seed", "num_freqs": 6,
+                    "max_freq": None, "sigma": 10.0, "grid_size": 0, "grid_channels": 6,
+                    "subpixel": False, "conv_channels": 64}
 # Settings that may change when a run is resumed; everything else must match the checkpoint.
 RUNTIME_KEYS = ("output", "resume", "device", "backend", "tiles", "quiet")
-METRIC_COLUMNS = ["images", "step", "train_l1", "val_l1", "val_psnr", "val_spread", "lr",
+METRIC_COLUMNS = ["images", "step", "train_l1", "val_l1", "val_psnr", "val_edge_l1", "val_spread",
+                  "lr",
                   "images_per_second", "elapsed_s"]
 EXIT_INTERRUPTED = 130
 
@@ -84,6 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
                            "PATH:16 cuts a 16 px grid (default grid 32), other sizes are "
                            "resized to 32x32 with nearest-neighbour")
     model = p.add_argument_group("model")
+    model.add_argument("--preset", choices=tuple(PRESETS), default="baseline",
+                       help="seed: the seed exactly (sigmoid output, per-image BatchNorm; it "
+                            "collapses to black on these tiles); baseline: the seed's "
+                            "architecture with the linear output and no BatchNorm. Sets the "
+                            "defaults of --activation-out and --batch-norm (explicit flags win)")
+    model.add_argument("--decoder", choices=DECODERS, default="seed",
+                       help="seed: fastinr.ImageManifoldDecoder (fused backends); inr: "
+                            "fastinr.INRDecoder, the sharper-decoder variants (reference PyTorch "
+                            "path); conv: the ConvDecoder baseline (same code size; "
+                            "--conv-channels sets its width, the MLP flags --hidden, --blocks, "
+                            "--activation, --freqs do not apply)")
     model.add_argument("--encoder", choices=ENCODERS, default="conv",
                        help="conv: the seed's 3-layer CNN; resnet18: torchvision resnet18 trunk")
     model.add_argument("--encoder-weights", choices=RESNET_WEIGHTS, default="none",
@@ -106,7 +140,36 @@ def build_parser() -> argparse.ArgumentParser:
                             "statistics) or batch (statistics over the whole batch)")
     model.add_argument("--freqs", default="7,17", help="positional embedding frequencies")
     model.add_argument("--backend", choices=("auto",) + BACKENDS, default="auto",
-                       help="fastinr decoder backend")
+                       help="fastinr decoder backend (--decoder seed; inr and conv run in "
+                            "plain PyTorch)")
+    inr = p.add_argument_group("--decoder inr")
+    inr.add_argument("--conditioning", choices=CONDITIONINGS, default="concat",
+                     help="code into the MLP: concat (the seed), shift or film modulation of "
+                          "every hidden layer by the global part of the code")
+    inr.add_argument("--norm", choices=NORMS, default=None,
+                     help="image-bn (the seed), instance (per-image statistics in eval too), "
+                          "batch-bn, layer, none (default: from --batch-norm)")
+    inr.add_argument("--inr-output", choices=OUTPUTS, default=None,
+                     help="output: linear (+0.5), sigmoid, wide-sigmoid (default: from "
+                          "--activation-out: none -> linear, sigmoid -> sigmoid)")
+    inr.add_argument("--embedding", choices=EMBEDDINGS, default="seed",
+                     help="seed: the frequencies of --freqs; log: --num-freqs log-spaced up to "
+                          "--max-freq; gaussian: --num-freqs Gaussian Fourier features of scale "
+                          "--sigma")
+    inr.add_argument("--num-freqs", type=int, default=6, help="frequencies of log / gaussian")
+    inr.add_argument("--max-freq", type=float, default=None,
+                     help="top log frequency (default: the Nyquist frequency of 32 pixels)")
+    inr.add_argument("--sigma", type=float, default=10.0, help="gaussian embedding scale")
+    inr.add_argument("--grid-size", type=int, default=0,
+                     help="local latent grid g x g x --grid-channels taken from the code (0: "
+                          "none); the rest of the code is global: 4 -> 102 = 4x4x6 + 6. The "
+                          "encoder then gets a grid head on its CNN body's spatial features")
+    inr.add_argument("--grid-channels", type=int, default=6, help="channels per grid cell")
+    inr.add_argument("--subpixel", action="store_true",
+                     help="train on one random point inside every pixel (nearest-pixel target) "
+                          "instead of the pixel centres; validation stays on the pixel grid")
+    conv = p.add_argument_group("--decoder conv")
+    conv.add_argument("--conv-channels", type=int, default=64, help="conv decoder channels")
     train = p.add_argument_group("training")
     train.add_argument("--max-inputs", type=int, default=None,
                        help=f"training images (default {GPU_DEFAULT_MAX_INPUTS:,} on a GPU, "
@@ -143,12 +206,25 @@ def explicit_keys(parser: argparse.ArgumentParser, argv) -> set:
 def resolve_config(args: argparse.Namespace, parser, device: torch.device) -> dict:
     """Validated settings, with derived values filled in (code size, budget)."""
     cfg = vars(args).copy()
+    if cfg["decoder"] == "inr":
+        if cfg["norm"] is None:
+            cfg["norm"] = INR_NORM_FROM_BATCH_NORM[cfg["batch_norm"]]
     try:
         cfg["activation"] = canonical_activation(cfg["activation"], "--activation")
         cfg["activation_out"] = canonical_activation(cfg["activation_out"], "--activation-out")
         cfg["freqs"] = [float(f) for f in str(cfg["freqs"]).split(",") if f.strip()]
     except ValueError as err:
         parser.error(str(err))
+    if cfg["decoder"] == "inr" and cfg["inr_output"] is None:
+        if cfg["activation_out"] not in INR_OUTPUT_FROM_ACTIVATION_OUT:
+            parser.error(f"--decoder inr: --activation-out {cfg['activation_out']} has no INR "
+                         f"output; choose --inr-output from {', '.join(OUTPUTS)}")
+        cfg["inr_output"] = INR_OUTPUT_FROM_ACTIVATION_OUT[cfg["activation_out"]]
+    if cfg["decoder"] != "seed" and cfg["backend"] not in ("auto", "torch"):
+        parser.error(f"--backend {cfg['backend']}: the {cfg['decoder']} decoder has only the "
+                     "PyTorch path (--backend auto or torch)")
+    if cfg["subpixel"] and cfg["decoder"] != "inr":
+        parser.error("--subpixel queries points inside pixels: it needs --decoder inr")
     if cfg["code_size"] is None:
         if cfg["compression_ratio"] <= 0:
             parser.error(f"--compression-ratio must be > 0, got {cfg['compression_ratio']}")
@@ -167,6 +243,19 @@ def resolve_config(args: argparse.Namespace, parser, device: torch.device) -> di
             parser.error(f"--{key.replace('_', '-')} must be >= 1 images, got {cfg[key]}")
     if not cfg["freqs"]:
         parser.error("--freqs needs at least one frequency, e.g. 7,17")
+    for key in ("num_freqs", "grid_channels", "conv_channels"):
+        if cfg[key] < 1:
+            parser.error(f"--{key.replace('_', '-')} must be >= 1, got {cfg[key]}")
+    if cfg["grid_size"] < 0:
+        parser.error(f"--grid-size must be >= 0, got {cfg['grid_size']}")
+    if cfg["grid_size"] and cfg["decoder"] != "inr":
+        parser.error("--grid-size: only --decoder inr has a local latent grid")
+    if cfg["grid_size"] and cfg["grid_size"] ** 2 * cfg["grid_channels"] >= cfg["code_size"]:
+        parser.error(f"--grid-size {cfg['grid_size']} x --grid-channels {cfg['grid_channels']} "
+                     f"= {cfg['grid_size'] ** 2 * cfg['grid_channels']} floats leave no global "
+                     f"part in the code of {cfg['code_size']}")
+    if cfg["sigma"] <= 0 or (cfg["max_freq"] is not None and cfg["max_freq"] <= 0):
+        parser.error("--sigma and --max-freq must be > 0")
     if cfg["lr"] <= 0:
         parser.error(f"--lr must be > 0, got {cfg['lr']}")
     return cfg
@@ -185,7 +274,21 @@ def resolve_device(name: str, local_rank: int) -> torch.device:
 
 
 def build_model(cfg: dict) -> EncoderDecoder:
-    encoder = build_encoder(cfg["encoder"], SHAPE, cfg["code_size"], cfg["encoder_weights"])
+    grid = (cfg["grid_size"], cfg["grid_channels"]) if cfg["decoder"] == "inr" else (0, 0)
+    encoder = build_encoder(cfg["encoder"], SHAPE, cfg["code_size"], cfg["encoder_weights"], *grid)
+    if cfg["decoder"] == "inr":
+        decoder = INRDecoder(
+            cfg["code_size"], SHAPE[0], hidden=cfg["hidden"], num_blocks=cfg["blocks"],
+            layers_per_block=cfg["layers_per_block"], activation=cfg["activation"],
+            conditioning=cfg["conditioning"], norm=cfg["norm"], output=cfg["inr_output"],
+            embedding=cfg["embedding"], freqs=cfg["freqs"], num_freqs=cfg["num_freqs"],
+            max_freq=cfg["max_freq"], train_size=SHAPE[1], sigma=cfg["sigma"],
+            grid_size=cfg["grid_size"], grid_channels=cfg["grid_channels"],
+            default_shape=SHAPE[1:], seed=cfg["seed"])
+        return EncoderDecoder(encoder, decoder)
+    if cfg["decoder"] == "conv":
+        return EncoderDecoder(encoder, ConvDecoder(cfg["code_size"], SHAPE[0],
+                                                   channels=cfg["conv_channels"], size=SHAPE[1]))
     decoder = fastinr.ImageManifoldDecoder(
         cfg["code_size"], SHAPE[0], num_hidden=cfg["hidden"], num_blocks=cfg["blocks"],
         num_layers_per_block=cfg["layers_per_block"], pos_embedding_freqs=cfg["freqs"],
@@ -214,10 +317,34 @@ def batch_for_step(step: int, cfg: dict, train_tiles: torch.Tensor, generator: t
     return images[rank * share:(rank + 1) * share]
 
 
-def train_step(model, optimizer, scheduler, images: torch.Tensor) -> torch.Tensor:
-    """One optimizer step on the L1 reconstruction loss; returns the loss (detached)."""
+def subpixel_coords(step: int, cfg: dict, rank: int, world_size: int,
+                    device: torch.device) -> torch.Tensor:
+    """(share, H*W, 2): one uniform random point inside every pixel of every image of the batch.
+
+    Pixel (i, j) gets a point within half a pixel of its centre, so its target is that pixel (the
+    nearest one). Drawn from a generator seeded by the step: the same on every rank and after a
+    resume, and independent of every other random stream.
+    """
+    height, width = SHAPE[1:]
+    generator = torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + step)
+    pixel = torch.tensor([2 / (width - 1), 2 / (height - 1)])   # pixel centres span [-1, 1]
+    jitter = (torch.rand(cfg["batch_size"], height * width, 2, generator=generator) - 0.5) * pixel
+    share = cfg["batch_size"] // world_size
+    coords = pixel_coordinates(height, width) + jitter[rank * share:(rank + 1) * share]
+    return coords.to(device)
+
+
+def train_step(model, optimizer, scheduler, images: torch.Tensor,
+               coords: torch.Tensor = None) -> torch.Tensor:
+    """One optimizer step on the L1 reconstruction loss; returns the loss (detached).
+
+    With `coords` (B, H*W, 2), one query point per pixel in row-major order, the target of each
+    point is its pixel."""
     optimizer.zero_grad(set_to_none=True)
-    loss = F.l1_loss(model(images), images)
+    if coords is None:
+        loss = F.l1_loss(model(images), images)
+    else:
+        loss = F.l1_loss(model(images, coords=coords), images.flatten(2))
     loss.backward()
     optimizer.step()
     scheduler.step()
@@ -225,11 +352,15 @@ def train_step(model, optimizer, scheduler, images: torch.Tensor) -> torch.Tenso
 
 
 @torch.no_grad()
-def evaluate(model, val_tiles: torch.Tensor) -> dict:
-    """Validation L1, PSNR and spread in eval mode, outputs clamped to [0, 1]."""
+def evaluate(model, val_tiles: torch.Tensor, train_mode: bool = False) -> dict:
+    """Validation L1, PSNR, Sobel-edge L1 and spread, outputs clamped to [0, 1].
+
+    In eval mode, or with `train_mode` in training mode (BatchNorm then normalizes with the
+    statistics of what it sees; every buffer it updates is restored afterwards)."""
     was_training = model.training
-    model.eval()
-    abs_sum = sq_sum = 0.0
+    buffers = [b.clone() for b in model.buffers()] if train_mode else None
+    model.train(train_mode)
+    abs_sum = sq_sum = edge_sum = edge_count = 0.0
     recons = []
     for start in range(0, len(val_tiles), EVAL_CHUNK):
         images = val_tiles[start:start + EVAL_CHUNK].float().div_(255.0)
@@ -237,12 +368,24 @@ def evaluate(model, val_tiles: torch.Tensor) -> dict:
         diff = recon - images
         abs_sum += diff.abs().sum().item()
         sq_sum += diff.square().sum().item()
+        edge = sobel_edge_l1_sum(recon, images)
+        edge_sum, edge_count = edge_sum + edge[0], edge_count + edge[1]
         recons.append(recon)
     model.train(was_training)
+    if buffers is not None:
+        for buffer, saved in zip(model.buffers(), buffers):
+            buffer.copy_(saved)
     count = val_tiles.numel()
     recons = torch.cat(recons)
     return {"val_l1": abs_sum / count, "val_psnr": psnr_from_mse(sq_sum / count),
+            "val_edge_l1": edge_sum / edge_count,
             "val_spread": reconstruction_spread(recons) if len(recons) > 1 else None}
+
+
+def per_image_batch_norm(cfg: dict) -> bool:
+    """Whether the decoder has the seed's per-image BatchNorm (running statistics in eval)."""
+    return (cfg["decoder"] == "seed" and cfg["batch_norm"] == "image") or \
+        (cfg["decoder"] == "inr" and cfg["norm"] == "image-bn")
 
 
 @torch.no_grad()
@@ -252,21 +395,26 @@ def pictures(model, val_tiles: torch.Tensor, path: Path) -> None:
     pick = torch.linspace(0, len(val_tiles) - 1, min(NUM_PICTURES, len(val_tiles))).round().long()
     images = val_tiles[pick.to(val_tiles.device)].float().div_(255.0)
     codes = model.encoder(images)
-    recon = model.decoder(codes).clamp_(0, 1)
+    recon = model.decode(codes).clamp_(0, 1)
     size = (RENDER_SCALE * SHAPE[1], RENDER_SCALE * SHAPE[2])
-    render = model.decoder(codes, size).clamp_(0, 1)
+    render = model.decode(codes, size).clamp_(0, 1)  # the conv decoder: a bilinear resample
     model.train(was_training)
     plot_reconstructions(images.cpu(), recon.cpu(), render.cpu(), path, scale=RENDER_SCALE)
 
 
 def collapse_message(cfg: dict, spread: float, target_spread: float) -> str:
-    if cfg["activation_out"] == "sigmoid":
+    inr = cfg.get("decoder") == "inr"
+    if (cfg.get("inr_output") if inr else cfg["activation_out"]) == "sigmoid":
         cause = ("the sigmoid output collapsed to black: about half the pixels of these tiles are "
                  "exactly 0, so the sigmoid saturates near 0 and its gradient vanishes; use the "
-                 "linear output (--activation-out none, the default)")
+                 "linear output ("
+                 + ("--inr-output linear" if inr else "--activation-out none, the default") + ")")
     else:
-        hints = ["a lower --lr", "a larger model (--hidden, --blocks)"]
-        if cfg["batch_norm"] != "none":
+        hints = ["a lower --lr", "a wider decoder (--conv-channels)"
+                 if cfg.get("decoder") == "conv" else "a larger model (--hidden, --blocks)"]
+        if inr and cfg.get("norm") not in (None, "none"):
+            hints.insert(0, "--norm none")
+        elif not inr and cfg["batch_norm"] != "none":
             hints.insert(0, "--batch-norm none")
         cause = ("the decoder ignores its code: on tiles that are mostly exactly 0 a code-blind "
                  "decoder's L1 optimum is a near-black picture; try " + ", ".join(hints))
@@ -307,7 +455,7 @@ def configure(argv):
             checkpoint = load_checkpoint(checkpoint_path)
         except (FileNotFoundError, ValueError) as err:
             parser.error(f"--resume: {err}")
-        cfg = dict(checkpoint["config"])
+        cfg = {**DECODER_DEFAULTS, **checkpoint["config"]}
         changed = [k for k in sorted(given) if k not in RUNTIME_KEYS
                    and _normalized(k, getattr(args, k)) != cfg.get(k)]
         if changed:
@@ -321,6 +469,9 @@ def configure(argv):
         if checkpoint_path.exists():
             parser.error(f"{checkpoint_path} exists; pass --resume to continue that run, or "
                          "choose another --output")
+        for key, value in PRESETS[args.preset].items():
+            if key not in given:
+                setattr(args, key, value)
         device = resolve_device(args.device, local_rank)
         cfg = resolve_config(args, parser, device)
     dist = init_distributed(device.type)
@@ -353,6 +504,19 @@ def _fmt(value) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+def describe_decoder(cfg: dict) -> str:
+    if cfg["decoder"] == "conv":
+        return f"conv ({cfg['conv_channels']} channels)"
+    layers = f"hidden {cfg['hidden']}, {cfg['blocks']}x{cfg['layers_per_block']} layers"
+    if cfg["decoder"] == "seed":
+        return (f"seed ({layers}, output {cfg['activation_out']}, BatchNorm {cfg['batch_norm']})")
+    grid = (f", grid {cfg['grid_size']}x{cfg['grid_size']}x{cfg['grid_channels']}"
+            if cfg["grid_size"] else "")
+    return (f"inr ({layers}, {cfg['conditioning']}, norm {cfg['norm']}, output "
+            f"{cfg['inr_output']}, embedding {cfg['embedding']}{grid}"
+            + (", sub-pixel training" if cfg["subpixel"] else "") + ")")
+
+
 def describe_run(cfg, model, backend, device, dist, n_train, n_val, total_steps, step) -> str:
     counts = {name: sum(p.numel() for p in part.parameters())
               for name, part in (("encoder", model.encoder), ("decoder", model.decoder))}
@@ -361,9 +525,9 @@ def describe_run(cfg, model, backend, device, dist, n_train, n_val, total_steps,
         f"tiles: {n_train} training, {n_val} validation "
         f"({', '.join(cfg['tiles']) if cfg['tiles'] else 'DCSS sheets'})",
         f"model: {cfg['encoder']} encoder ({counts['encoder']:,} parameters) -> code "
-        f"{cfg['code_size']} -> decoder ({counts['decoder']:,} parameters, hidden {cfg['hidden']}, "
-        f"{cfg['blocks']}x{cfg['layers_per_block']} layers, output {cfg['activation_out']}, "
-        f"BatchNorm {cfg['batch_norm']}); backend {backend} on {device}"
+        f"{cfg['code_size']} -> {describe_decoder(cfg)} decoder ({counts['decoder']:,} "
+        f"parameters, {decoder_macs_per_pixel(model.decoder, SHAPE[1:]):,.0f} MACs per pixel); "
+        f"backend {backend} on {device}"
         + (f"; {dist.world_size} processes" if dist.enabled else ""),
     ]
     budget = f"budget {total_steps * batch:,} training images ({total_steps:,} steps of {batch})"
@@ -406,7 +570,8 @@ def run(parser, cfg, device, dist, checkpoint, tqdm) -> int:
         model = build_model(cfg).to(device)
     except FileNotFoundError as err:  # resnet18 ImageNet weights not on disk
         raise SystemExit(f"error: {err}")
-    backend, _ = resolve_backend(cfg["backend"], device)
+    backend = (resolve_backend(cfg["backend"], device)[0] if cfg["decoder"] == "seed"
+               else "torch")
     train_model = model
     if dist.enabled:
         train_model = torch.nn.parallel.DistributedDataParallel(
@@ -486,7 +651,9 @@ def run(parser, cfg, device, dist, checkpoint, tqdm) -> int:
     with GracefulStop() as stop:
         while step < total_steps:
             images = batch_for_step(step, cfg, train_tiles, generator, dist.rank, dist.world_size)
-            loss = train_step(train_model, optimizer, scheduler, images)
+            coords = (subpixel_coords(step, cfg, dist.rank, dist.world_size, device)
+                      if cfg["subpixel"] else None)
+            loss = train_step(train_model, optimizer, scheduler, images, coords)
             loss_acc += torch.stack([loss.double(), loss.new_ones((), dtype=torch.float64)])
             step += 1
             bar.update(batch)
@@ -520,10 +687,18 @@ def run(parser, cfg, device, dist, checkpoint, tqdm) -> int:
     if dist.is_main:
         pictures(model, val_tiles, output / "reconstructions.png")
         final = history[-1]
+        # The per-image BatchNorm hypothesis: the seed's eval mode (running statistics) against
+        # its training mode (each image's own statistics) on the same final weights.
+        bn_train = (evaluate(model, val_tiles, train_mode=True)
+                    if per_image_batch_norm(cfg) else None)
         status = "finished" if step >= total_steps else "interrupted"
         summary = {
             "status": status, "images": step * batch, "steps": step,
             "val_l1": final["val_l1"], "val_psnr": final["val_psnr"],
+            "val_edge_l1": final.get("val_edge_l1"),  # absent in older checkpoints
+            "val_l1_bn_train_mode": bn_train and bn_train["val_l1"],
+            "val_psnr_bn_train_mode": bn_train and bn_train["val_psnr"],
+            "decoder_macs_per_pixel": decoder_macs_per_pixel(model.decoder, SHAPE[1:]),
             "val_spread": final["val_spread"], "val_tiles_spread": target_spread,
             "val_at_images": final["images"],
             "collapsed": collapse is not None, "collapse_message": collapse,

@@ -1,7 +1,8 @@
-"""Models for the examples: encoders and the encoder + implicit decoder autoencoder."""
+"""Models for the examples: encoders, decoders by name and the encoder + decoder autoencoder."""
 from fastinr.models.autoencoder import EncoderDecoder
+from fastinr.models.decoders import DECODERS, decoder_macs_per_pixel
 from fastinr.models.encoders import (ENCODERS, RESNET_WEIGHTS, ConvEncoder, ResNet18Encoder,
                                      build_encoder, resnet18_weights_path)
 
-__all__ = ["ENCODERS", "RESNET_WEIGHTS", "ConvEncoder", "EncoderDecoder", "ResNet18Encoder",
-           "build_encoder", "resnet18_weights_path"]
+__all__ = ["DECODERS", "ENCODERS", "RESNET_WEIGHTS", "ConvEncoder", "EncoderDecoder",
+           "ResNet18Encoder", "build_encoder", "decoder_macs_per_pixel", "resnet18_weights_path"]

@@ -4,10 +4,10 @@ from fastinr.training.checkpoint import load_checkpoint, rng_states, save_checkp
 from fastinr.training.distributed import Distributed, init_distributed
 from fastinr.training.interrupt import GracefulStop
 from fastinr.training.metrics import (COLLAPSE_RATIO, is_collapsed, psnr_from_mse,
-                                      reconstruction_spread, write_csv)
+                                      reconstruction_spread, sobel_edge_l1_sum, write_csv)
 from fastinr.training.plots import plot_losses, plot_reconstructions
 
 __all__ = ["COLLAPSE_RATIO", "Distributed", "GracefulStop", "atomic_write", "init_distributed",
            "is_collapsed", "load_checkpoint", "plot_losses", "plot_reconstructions",
            "psnr_from_mse", "reconstruction_spread", "rng_states", "save_checkpoint",
-           "set_rng_states", "write_csv"]
+           "set_rng_states", "sobel_edge_l1_sum", "write_csv"]

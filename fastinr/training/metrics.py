@@ -5,6 +5,8 @@ For images in [0, 1] (outputs are clamped to [0, 1] first):
     psnr = 10 log10(1 / mean (x - y)^2)    over all pixels of the set (not per-image PSNRs averaged)
     spread = mean over pixels of the std over images: ~0 for reconstructions that do not depend
              on the input (a collapsed decoder), while the tiles themselves measure ~0.2.
+    edge_l1 = mean |sobel(x) - sobel(y)| over both directions, channels and interior pixels:
+             the L1 of the Sobel gradients, which a blurry reconstruction misses most.
 """
 import csv
 import io
@@ -15,7 +17,8 @@ import torch
 
 from fastinr.training.atomic import atomic_write
 
-__all__ = ["COLLAPSE_RATIO", "is_collapsed", "psnr_from_mse", "reconstruction_spread", "write_csv"]
+__all__ = ["COLLAPSE_RATIO", "is_collapsed", "psnr_from_mse", "reconstruction_spread",
+           "sobel_edge_l1_sum", "write_csv"]
 
 # Spread of the reconstructions relative to that of the tiles. Measured on the DCSS tiles (spread
 # 0.23): the seed's collapsed sigmoid 5e-6 (ratio 2e-5) 640 images in, a fresh model 1e-3, a
@@ -37,6 +40,23 @@ def reconstruction_spread(reconstructions: torch.Tensor) -> float:
     if reconstructions.shape[0] < 2:
         raise ValueError("reconstruction_spread needs at least two reconstructions")
     return reconstructions.float().std(dim=0).mean().item()
+
+
+def sobel_edge_l1_sum(recon: torch.Tensor, target: torch.Tensor):
+    """(sum, count) of |sobel(recon) - sobel(target)| for images (B, C, H, W), both directions.
+
+    Valid convolution only (no padding), so image borders add no artificial edges; a sum and a
+    count so that chunks of a validation set add up exactly.
+    """
+    if recon.shape != target.shape or recon.ndim != 4 or min(recon.shape[-2:]) < 3:
+        raise ValueError(f"recon and target must be the same (B, C, H>=3, W>=3) shape, got "
+                         f"{tuple(recon.shape)} and {tuple(target.shape)}")
+    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]],
+                      device=recon.device, dtype=torch.float32)
+    kernels = torch.stack([kx, kx.t()])[:, None]                         # (2, 1, 3, 3)
+    diff = (recon.float() - target.float()).flatten(0, 1)[:, None]       # linear: sobel(x - y)
+    grads = torch.nn.functional.conv2d(diff, kernels)
+    return grads.abs().sum().item(), grads.numel()
 
 
 def write_csv(path, rows: Sequence[Dict], columns: List[str]) -> None:

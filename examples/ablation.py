@@ -1,0 +1,274 @@
+#!/usr/bin/env python
+"""The sharper-decoder ablation ladder: every variant for N seeds at one budget, then a table.
+
+    python examples/ablation.py --output runs/ablation --seeds 2 --hidden 128 --max-inputs 100000
+    python examples/ablation.py --output runs/ablation --seeds 2 --hidden 256 --max-inputs 1000000
+    python examples/ablation.py --output runs/ablation --aggregate-only   # table and curves only
+
+Each run is examples/rpg_autoencoder.py in a subprocess, in OUTPUT/<variant>/seed<k>: a finished
+run (summary.json says so) is skipped, a stopped one is resumed, so rerunning the same command
+continues the campaign. Arguments after `--` go to every run unchanged (e.g. `-- --tiles x.png
+--device cpu`). All runs share the code size (102 floats), validation tiles, augmentation and
+schedule. The ladder (each rung adds to the previous unless it says otherwise):
+
+    seed            the seed exactly: sigmoid output, per-image BatchNorm (--preset seed)
+    seed-linear     + linear output
+    baseline        + no BatchNorm (--preset baseline: the example's default)
+    instance        per-image statistics in training AND evaluation (INRDecoder norm instance)
+    film            instance + FiLM conditioning
+    grid            instance + 4x4x6 local grid (+ 6 global floats)
+    film-grid       instance + FiLM + grid
+    <best>-log, <best>-gaussian   the embedding sweep on the best INR rung by validation L1
+    conv            the ConvDecoder baseline
+
+Aggregation writes OUTPUT/results.md (validation L1 in eval mode, PSNR, Sobel-edge L1, decoder
+MACs per pixel, training images/s: mean ± standard deviation over the seeds; and for the
+variants with per-image BatchNorm (seed, seed-linear) the validation L1 with it in training vs
+eval mode), OUTPUT/curves.png (validation
+L1 against training images, every variant, mean over seeds) and OUTPUT/best_vs_seed.png (the
+reconstruction and 4x-render grids of the best variant and the seed config side by side).
+"""
+import argparse
+import csv
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+EXAMPLE = Path(__file__).resolve().parent / "rpg_autoencoder.py"
+INR_INSTANCE = ["--decoder", "inr", "--norm", "instance", "--inr-output", "linear"]
+GRID = ["--grid-size", "4", "--grid-channels", "6"]
+LADDER = [
+    ("seed", ["--preset", "seed"]),
+    ("seed-linear", ["--preset", "seed", "--activation-out", "none"]),
+    ("baseline", ["--preset", "baseline"]),
+    ("instance", INR_INSTANCE),
+    ("film", INR_INSTANCE + ["--conditioning", "film"]),
+    ("grid", INR_INSTANCE + GRID),
+    ("film-grid", INR_INSTANCE + ["--conditioning", "film"] + GRID),
+]
+# The embedding sweep is run on the best of these (they have an INRDecoder).
+SWEEP_BASES = ("instance", "film", "grid", "film-grid")
+EMBEDDINGS = [("log", ["--embedding", "log", "--num-freqs", "6"]),
+              ("gaussian", ["--embedding", "gaussian", "--num-freqs", "16", "--sigma", "10"])]
+CONV = ("conv", ["--decoder", "conv"])
+
+
+def run_dir(root: Path, name: str, seed: int) -> Path:
+    return root / name / f"seed{seed}"
+
+
+def read_summary(folder: Path):
+    path = folder / "summary.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:  # written atomically, so only a foreign file gets here
+        return None
+
+
+def is_finished(folder: Path) -> bool:
+    summary = read_summary(folder)
+    return summary is not None and summary.get("status") == "finished"
+
+
+def run_command(folder: Path, variant_args, seed: int, common) -> list:
+    """The example's command line for one run: resume it if it has a checkpoint."""
+    if (folder / "checkpoint.pt").exists():
+        return [sys.executable, str(EXAMPLE), "--output", str(folder), "--resume", "--quiet"]
+    return ([sys.executable, str(EXAMPLE), "--output", str(folder), "--seed", str(seed)]
+            + list(variant_args) + list(common) + ["--quiet"])
+
+
+def run_variant(root: Path, name: str, variant_args, seeds, common, dry_run=False) -> None:
+    for seed in seeds:
+        folder = run_dir(root, name, seed)
+        if is_finished(folder):
+            print(f"[skip] {name} seed {seed}: finished", flush=True)
+            continue
+        cmd = run_command(folder, variant_args, seed, common)
+        print(f"[run] {name} seed {seed}: {' '.join(cmd[1:])}", flush=True)
+        if dry_run:
+            continue
+        proc = subprocess.run(cmd)
+        if proc.returncode != 0:
+            raise SystemExit(f"error: {name} seed {seed} exited with {proc.returncode}; its "
+                             f"output is in {folder} (rerun this command to resume it)")
+
+
+def variant_runs(root: Path, name: str):
+    """Summaries and metrics rows of the finished runs of a variant, by seed folder."""
+    runs = []
+    for folder in sorted((root / name).glob("seed*")):
+        summary = read_summary(folder)
+        if summary is None or summary.get("status") != "finished":
+            continue
+        with open(folder / "metrics.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        runs.append((folder, summary, rows))
+    return runs
+
+
+def mean_spread(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _cell(values, digits):
+    mean, spread = mean_spread(values)
+    if mean is None:
+        return "-"
+    return f"{mean:.{digits}f} ± {spread:.{digits}f}"
+
+
+def best_variant(root: Path, names):
+    """The name among `names` with the lowest mean validation L1 (None if none finished)."""
+    scored = []
+    for name in names:
+        mean, _ = mean_spread([s["val_l1"] for _, s, _ in variant_runs(root, name)])
+        if mean is not None:
+            scored.append((mean, name))
+    return min(scored)[1] if scored else None
+
+
+def aggregate(root: Path, names) -> str:
+    """Write results.md, curves.png (and best_vs_seed.png when both exist); return the table."""
+    root = Path(root)
+    lines = ["| variant | seeds | val L1 (eval) | PSNR dB | Sobel-edge L1 | decoder MACs/px | "
+             "train images/s |", "|---|---|---|---|---|---|---|"]
+    curves = {}
+    for name in names:
+        runs = variant_runs(root, name)
+        if not runs:
+            continue
+        summaries = [s for _, s, _ in runs]
+        macs = summaries[0].get("decoder_macs_per_pixel")
+        lines.append(
+            f"| {name} | {len(runs)} | {_cell([s['val_l1'] for s in summaries], 4)} | "
+            f"{_cell([s['val_psnr'] for s in summaries], 2)} | "
+            f"{_cell([s.get('val_edge_l1') for s in summaries], 4)} | "
+            f"{'-' if macs is None else f'{macs:,.0f}'} | "
+            f"{_cell([s.get('images_per_second') for s in summaries], 1)} |")
+        curves[name] = [[(int(r["images"]), float(r["val_l1"])) for r in rows if r["val_l1"]]
+                        for _, _, rows in runs]
+    budgets = sorted({s["images"] for n in names for _, s, _ in variant_runs(root, n)})
+    text = [f"Budget: {', '.join(f'{b:,}' for b in budgets) or '-'} training images per run; "
+            "mean ± standard deviation over seeds.", "", *lines, ""]
+    # The per-image BatchNorm hypothesis, on every variant that has it (seed, seed-linear).
+    for name in names:
+        runs = variant_runs(root, name)
+        bn_train = [s.get("val_l1_bn_train_mode") for _, s, _ in runs]
+        if runs and all(v is not None for v in bn_train):
+            bn_eval = _cell([s["val_l1"] for _, s, _ in runs], 4)
+            text += [f"{name} (per-image BatchNorm), validation L1 on the same final weights: "
+                     f"eval mode (running statistics) {bn_eval}, training mode (each image's "
+                     f"own statistics) {_cell(bn_train, 4)}.", ""]
+    seed_runs = variant_runs(root, "seed")
+    collapsed = [n for n in names for _, s, _ in variant_runs(root, n) if s.get("collapsed")]
+    if collapsed:
+        text += ["Collapsed runs (reconstructions independent of the input): "
+                 + ", ".join(sorted(set(collapsed))) + ".", ""]
+    table = "\n".join(text)
+    (root / "results.md").write_text(table)
+    if curves:
+        plot_curves(curves, root / "curves.png")
+    best = best_variant(root, [n for n in names if n != "seed"])
+    if best and seed_runs:
+        side_by_side(variant_runs(root, best)[0][0] / "reconstructions.png", best,
+                     seed_runs[0][0] / "reconstructions.png", "seed", root / "best_vs_seed.png")
+    return table
+
+
+def plot_curves(curves, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, runs in curves.items():
+        # Mean over the seeds at the validation points they share.
+        points = {}
+        for run in runs:
+            for images, value in run:
+                points.setdefault(images, []).append(value)
+        xs = sorted(x for x in points if len(points[x]) == len(runs))
+        ax.plot(xs, [statistics.fmean(points[x]) for x in xs], marker="o" if len(xs) < 30 else None,
+                label=f"{name} ({len(runs)} seeds)")
+    ax.set_xlabel("training images")
+    ax.set_ylabel("validation L1 (eval mode)")
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def side_by_side(left: Path, left_name: str, right: Path, right_name: str, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    images = [plt.imread(str(p)) for p in (left, right)]
+    fig, axes = plt.subplots(1, 2, figsize=(14, 8))
+    for ax, image, name in zip(axes, images, (left_name, right_name)):
+        ax.imshow(image)
+        ax.set_title(name)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--output", default="runs/ablation", help="campaign folder")
+    p.add_argument("--seeds", type=int, default=2, help="seeds per variant (0, 1, ...)")
+    p.add_argument("--hidden", type=int, default=128, help="decoder width of every run")
+    p.add_argument("--max-inputs", type=int, default=100_000, help="training images per run")
+    p.add_argument("--only", default=None,
+                   help="comma-separated variant names to run (default: the whole ladder)")
+    p.add_argument("--aggregate-only", action="store_true", help="no runs: table and plots")
+    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    p.add_argument("common", nargs=argparse.REMAINDER,
+                   help="after --: arguments for every run of the example")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.seeds < 1 or args.hidden < 1 or args.max_inputs < 1:
+        raise SystemExit("error: --seeds, --hidden and --max-inputs must be >= 1")
+    common = [a for a in args.common if a != "--"] if args.common else []
+    common = ["--hidden", str(args.hidden), "--max-inputs", str(args.max_inputs)] + common
+    root = Path(args.output)
+    root.mkdir(parents=True, exist_ok=True)
+    seeds = range(args.seeds)
+    ladder = LADDER + [CONV]
+    known = [n for n, _ in ladder] + [f"{b}-{e}" for b in SWEEP_BASES for e, _ in EMBEDDINGS]
+    only = None if args.only is None else [n.strip() for n in args.only.split(",") if n.strip()]
+    if only is not None and set(only) - set(known):
+        raise SystemExit(f"error: --only: unknown variants {sorted(set(only) - set(known))}; "
+                         f"known: {', '.join(known)}")
+    if not args.aggregate_only:
+        for name, variant in ladder:
+            if only is None or name in only:
+                run_variant(root, name, variant, seeds, common, args.dry_run)
+        best = best_variant(root, SWEEP_BASES)
+        for base, variant in LADDER:
+            if base != best:
+                continue
+            for emb, emb_args in EMBEDDINGS:
+                name = f"{base}-{emb}"
+                if only is None or name in only:
+                    run_variant(root, name, variant + emb_args, seeds, common, args.dry_run)
+    names = [n for n in known if (root / n).is_dir()]
+    print(aggregate(root, names))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""The example with the sharper-decoder variants (--decoder inr / conv, presets) and the
+ablation script's planning and aggregation, on tiny runs over generated tile sheets."""
+import importlib.util
+import json
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastinr.embedding import pixel_coordinates
+from fastinr.models import ConvEncoder
+from fastinr.training import load_checkpoint, save_checkpoint, sobel_edge_l1_sum
+from tests.test_example import (OUTPUTS, assert_same_run, example, interrupt_at,  # noqa: F401
+                                read_metrics, run_env, small_args)
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS, BATCH = 10, 16
+INR = {"--decoder": "inr", "--conditioning": "film", "--grid-size": "4", "--grid-channels": "6",
+       "--norm": "instance"}
+
+
+def tiny(env, output, **extra):
+    args = {"--max-inputs": str(STEPS * BATCH), "--val-every": str(4 * BATCH), **extra}
+    return small_args(env, output, **args) + (["--subpixel"] if extra.get("--decoder") == "inr"
+                                              else [])
+
+
+@pytest.fixture(scope="module")
+def ablation():
+    spec = importlib.util.spec_from_file_location("ablation_example", ROOT / "examples" /
+                                                  "ablation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def inr_run(example, run_env):
+    output = run_env["root"] / "inr"
+    assert example.main(tiny(run_env, output, **INR)) == 0
+    return output
+
+
+@pytest.fixture(scope="module")
+def conv_run(example, run_env):
+    output = run_env["root"] / "conv"
+    assert example.main(tiny(run_env, output, **{"--decoder": "conv", "--conv-channels": "8"})) == 0
+    return output
+
+
+def check_learned_outputs(output):
+    assert {p.name for p in output.iterdir()} == OUTPUTS
+    rows = read_metrics(output)
+    assert [int(r["step"]) for r in rows] == [0, 4, 8, 10]
+    val = [float(r["val_l1"]) for r in rows]
+    assert val[-1] < val[0]
+    assert all(float(r["val_edge_l1"]) > 0 for r in rows)
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["val_l1"] == pytest.approx(val[-1])
+    assert summary["decoder_macs_per_pixel"] > 0 and summary["backend"] == "torch"
+    return summary
+
+
+def test_inr_grid_film_subpixel_run(inr_run):
+    summary = check_learned_outputs(inr_run)
+    cfg = summary["config"]
+    assert (cfg["decoder"], cfg["conditioning"], cfg["norm"], cfg["inr_output"]) == \
+        ("inr", "film", "instance", "linear")
+    assert cfg["subpixel"] and cfg["grid_size"] == 4 and cfg["code_size"] == 102
+    assert summary["val_l1_bn_train_mode"] is None  # no per-image BatchNorm here
+    model = load_checkpoint(inr_run / "checkpoint.pt")["model"]
+    # The encoder's grid head makes the 96 grid floats, its Linear the 6 global ones.
+    assert model["encoder.grid_head.conv.weight"].shape == (6, 32, 1, 1)
+    assert model["encoder.linear.weight"].shape[0] == 102 - 96
+    assert "decoder.grid_in.weight" in model and "decoder.modulation.weight" in model
+
+
+def test_inr_resume_matches(example, run_env, inr_run, monkeypatch):
+    output = run_env["root"] / "inr_ctrl_c"
+    interrupt_at(example, monkeypatch, 6, lambda: signal.raise_signal(signal.SIGINT))
+    assert example.main(tiny(run_env, output, **INR)) == example.EXIT_INTERRUPTED
+    monkeypatch.undo()
+    assert example.main(["--output", str(output), "--resume", "--quiet"]) == 0
+    assert_same_run(inr_run, output)
+
+
+def test_conv_decoder_run(conv_run):
+    summary = check_learned_outputs(conv_run)
+    assert summary["config"]["decoder"] == "conv"
+    assert "decoder.project.weight" in load_checkpoint(conv_run / "checkpoint.pt")["model"]
+
+
+def test_seed_preset_records_batch_norm_train_and_eval(example, run_env):
+    output = run_env["root"] / "seed_preset"
+    args = small_args(run_env, output, **{"--max-inputs": str(2 * BATCH),
+                                          "--val-every": str(2 * BATCH), "--preset": "seed"})
+    assert example.main(args) == 0
+    summary = json.loads((output / "summary.json").read_text())
+    assert (summary["config"]["activation_out"], summary["config"]["batch_norm"]) == \
+        ("sigmoid", "image")
+    assert summary["val_l1_bn_train_mode"] is not None
+    assert summary["val_l1_bn_train_mode"] != summary["val_l1"]  # other statistics, other L1
+    # Measuring in training mode leaves the running statistics as they were.
+    saved = load_checkpoint(output / "checkpoint.pt")["model"]
+    model = example.build_model(summary["config"])
+    model.load_state_dict(saved)
+    tiles = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    example.evaluate(model, tiles, train_mode=True)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, saved[key]), key
+
+
+def test_preset_is_overridden_by_explicit_flags(example):
+    _, cfg, *_ = example.configure(["--preset", "seed", "--activation-out", "none",
+                                    "--output", "/nonexistent/never-written", "--device", "cpu"])
+    assert (cfg["activation_out"], cfg["batch_norm"]) == ("none", "image")
+    _, cfg, *_ = example.configure(["--decoder", "inr", "--preset", "seed",
+                                    "--output", "/nonexistent/never-written", "--device", "cpu"])
+    assert (cfg["norm"], cfg["inr_output"]) == ("image-bn", "sigmoid")
+    _, cfg, *_ = example.configure(["--output", "/nonexistent/never-written", "--device", "cpu"])
+    assert (cfg["preset"], cfg["decoder"], cfg["activation_out"], cfg["batch_norm"]) == \
+        ("baseline", "seed", "none", "none")   # the default is unchanged
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--subpixel"], "--decoder inr"),
+    (["--decoder", "inr", "--grid-size", "5"], "leave no global part"),
+    (["--decoder", "conv", "--backend", "native"], "PyTorch path"),
+    (["--grid-size", "4"], "only --decoder inr"),
+    (["--decoder", "inr", "--activation-out", "tanh"], "--inr-output"),
+])
+def test_bad_variant_flags(example, argv, message, capsys):
+    with pytest.raises(SystemExit):
+        example.configure(argv + ["--output", "/nonexistent/never-written", "--device", "cpu"])
+    assert message in capsys.readouterr().err
+
+
+def test_subpixel_points_stay_in_their_pixel(example):
+    cfg = {"seed": 3, "batch_size": 4}
+    coords = example.subpixel_coords(7, cfg, 0, 1, torch.device("cpu"))
+    centres = pixel_coordinates(32, 32)
+    assert coords.shape == (4, 1024, 2)
+    offset = (coords - centres) * (31 / 2)          # in pixels
+    assert offset.abs().max() <= 0.5 and offset.abs().max() > 0.4 and offset.std() > 0.2
+    assert torch.equal(coords, example.subpixel_coords(7, cfg, 0, 1, torch.device("cpu")))
+    halves = [example.subpixel_coords(7, cfg, r, 2, torch.device("cpu")) for r in (0, 1)]
+    assert torch.equal(torch.cat(halves), coords)   # ranks share one global draw
+
+
+def test_grid_encoder_layout():
+    encoder = ConvEncoder((3, 32, 32), 102, grid_size=4, grid_channels=6)
+    images = torch.rand(2, 3, 32, 32)
+    codes = encoder(images)
+    assert codes.shape == (2, 102)
+    features = encoder.convolution(images)
+    pooled = torch.nn.functional.adaptive_avg_pool2d(features, 4)
+    grid = encoder.grid_head.conv(pooled)                       # (2, 6, 4, 4)
+    torch.testing.assert_close(codes[:, :96].reshape(2, 6, 4, 4), grid)
+    torch.testing.assert_close(codes[:, 96:], encoder.linear(features.flatten(1)))
+    with pytest.raises(ValueError, match="no global part"):
+        ConvEncoder((3, 32, 32), 96, grid_size=4, grid_channels=6)
+
+
+def test_sobel_edge_l1():
+    target = torch.zeros(1, 1, 5, 5)
+    target[..., 2:] = 1.0                                     # a vertical edge
+    total, count = sobel_edge_l1_sum(torch.zeros_like(target), target)
+    assert count == 2 * 9 and total == pytest.approx(4 * 6)   # 6 of 9 x-responses are 4
+    assert sobel_edge_l1_sum(target, target)[0] == 0
+    with pytest.raises(ValueError, match="same"):
+        sobel_edge_l1_sum(target, target[..., :4])
+
+
+def test_ablation_plans_skips_and_aggregates(ablation, inr_run, conv_run, tmp_path, capsys):
+    root = tmp_path / "campaign"
+    for name, run in (("film-grid", inr_run), ("conv", conv_run)):
+        shutil.copytree(run, ablation.run_dir(root, name, 0))
+    shutil.copytree(conv_run, ablation.run_dir(root, "conv", 1))
+    table = ablation.aggregate(root, ["seed", "film-grid", "conv"])
+    inr_l1 = json.loads((inr_run / "summary.json").read_text())["val_l1"]
+    conv_l1 = json.loads((conv_run / "summary.json").read_text())["val_l1"]
+    assert f"| film-grid | 1 | {inr_l1:.4f} ± 0.0000 |" in table
+    assert f"| conv | 2 | {conv_l1:.4f} ± 0.0000 |" in table
+    assert "| seed |" not in table
+    assert (root / "results.md").read_text() == table
+    assert (root / "curves.png").stat().st_size > 1000
+    assert ablation.best_variant(root, ["film-grid", "conv"]) == \
+        ("film-grid" if inr_l1 < conv_l1 else "conv")
+    # Finished runs are skipped, a stopped one is resumed, a missing one is started.
+    (ablation.run_dir(root, "grid", 0)).mkdir(parents=True)
+    (ablation.run_dir(root, "grid", 0) / "checkpoint.pt").write_bytes(b"")
+    capsys.readouterr()
+    ablation.run_variant(root, "conv", ["--decoder", "conv"], range(3), ["--hidden", "8"],
+                         dry_run=True)
+    ablation.run_variant(root, "grid", ["--grid-size", "4"], range(1), [], dry_run=True)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("[skip] conv seed 0") and out[1].startswith("[skip] conv seed 1")
+    assert out[2].startswith("[run] conv seed 2") and "--seed 2 --decoder conv --hidden 8" in out[2]
+    assert out[3].startswith("[run] grid seed 0") and "--resume" in out[3]
+
+
+def test_resume_of_a_checkpoint_from_before_the_variants(example, run_env):
+    """A checkpoint whose config lacks the decoder settings resumes as the seed decoder."""
+    output = run_env["root"] / "old_style"
+    args = small_args(run_env, output, **{"--max-inputs": str(2 * BATCH),
+                                          "--val-every": str(BATCH)})
+    assert example.main(args) == 0
+    state = load_checkpoint(output / "checkpoint.pt")
+    assert not any(key.startswith("encoder.grid_head") for key in state["model"])
+    for key in example.DECODER_DEFAULTS:
+        state["config"].pop(key)
+    state["step"] = 1  # one step left to train
+    save_checkpoint(output / "checkpoint.pt", state)
+    assert example.main(["--output", str(output), "--resume", "--quiet"]) == 0
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["config"]["decoder"] == "seed"
