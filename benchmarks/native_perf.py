@@ -1,0 +1,185 @@
+"""Side-by-side CPU measurement of the native backend against the seed loop and torch.
+
+    python benchmarks/native_perf.py [--repeat 5] [--no-compiled]
+
+1. Training step (forward + backward + Adam), the seed configuration: batch 64, 32x32, code 102,
+   hidden 256, 2 blocks x 2 layers, BatchNorm per image. Providers: seed-loop
+   (tests/seed_decoder.py), torch (batched reference), compiled (torch.compile of the reference),
+   native.
+2. Eval render of 16 codes at 256x256: seed-loop, torch, native; and the peak-RSS growth of each
+   render in a fresh subprocess.
+Times are medians over rounds that call every provider once (the load of a shared machine
+changes during a run); GFLOP/s counts the seed's FLOPs (first layer on code ⊕ embedding per pixel) and
+is compared with a measured sgemm rate (torch.mm, 4096x256 @ 256x256) on the same threads.
+"""
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import fastinr  # noqa: E402
+from tests.seed_decoder import SeedImageManifoldDecoder  # noqa: E402
+
+CODE, HIDDEN, BLOCKS, LAYERS, OUT, FREQS = 102, 256, 2, 2, 3, (7, 17)
+
+
+def make_model(provider):
+    kwargs = dict(num_hidden=HIDDEN, num_blocks=BLOCKS, num_layers_per_block=LAYERS,
+                  pos_embedding_freqs=FREQS)
+    if provider == "seed-loop":
+        return SeedImageManifoldDecoder(CODE, OUT, **kwargs)
+    model = fastinr.ImageManifoldDecoder(CODE, OUT, backend="native" if provider == "native" else "torch",
+                                         **kwargs)
+    return torch.compile(model) if provider == "compiled" else model
+
+
+def flops_per_pixel():
+    emb = (2 * len(FREQS) + 1) * 2
+    return 2 * ((CODE + emb) * HIDDEN + BLOCKS * LAYERS * HIDDEN * HIDDEN + HIDDEN * OUT)
+
+
+def median_time(fn, repeat, warmup=1):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def interleaved(functions, repeat, warmup=1):
+    """Median seconds of each function, timed in rounds (one call of each per round) so that a
+    change of machine load during the run hits every provider alike."""
+    for fn in functions.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in functions}
+    for _ in range(repeat):
+        for name, fn in functions.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def sgemm_rate(repeat):
+    a, b = torch.randn(4096, 256), torch.randn(256, 256)
+    seconds = median_time(lambda: torch.mm(a, b), repeat * 4, warmup=3)
+    return 2 * 4096 * 256 * 256 / seconds / 1e9
+
+
+def train_step(provider, batch, shape):
+    model = make_model(provider)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    codes = torch.randn(batch, CODE, requires_grad=True)
+    target = torch.rand(batch, OUT, *shape)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.mse_loss(model(codes, shape), target)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def render(provider, batch, shape):
+    model = make_model(provider).eval()
+    codes = torch.randn(batch, CODE)
+
+    def run():
+        with torch.no_grad():
+            return model(codes, shape)
+    return run
+
+
+def _status_kib(field):
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def rss_child(provider, batch, size):
+    """Peak-RSS growth (MiB) of one render in this fresh process, after a warm-up on a tiny shape.
+
+    The peak (VmHWM) is reset first (Linux: clear_refs 5), so the import's transient peak does not
+    hide the render's; growth = peak during the render - resident size before it."""
+    run_small = render(provider, 1, (4, 4))
+    run_small()
+    run = render(provider, batch, (size, size))
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+    before = _status_kib("VmRSS")
+    colors = run()
+    peak = _status_kib("VmHWM")
+    assert colors.shape == (batch, OUT, size, size)
+    print((peak - before) / 1024.0)
+
+
+def rss_growth(provider, batch, size):
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--rss-child", provider,
+                          "--render-batch", str(batch), "--render-size", str(size)],
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--render-batch", type=int, default=16)
+    parser.add_argument("--render-size", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--no-compiled", action="store_true", help="skip torch.compile (slow to build)")
+    parser.add_argument("--rss-child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rss_child:
+        rss_child(args.rss_child, args.render_batch, args.render_size)
+        return
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from fastinr import _C
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, native float kernels "
+          f"{_C.elementwise_isa()}, tile {_C.tile_rows()} rows")
+    rate = sgemm_rate(args.repeat)
+    print(f"sgemm (torch.mm 4096x256 @ 256x256): {rate:.1f} GFLOP/s")
+
+    shape = (32, 32)
+    pixels = args.batch * shape[0] * shape[1]
+    providers = ["seed-loop", "torch"] + ([] if args.no_compiled else ["compiled"]) + ["native"]
+    print(f"\ntraining step, batch {args.batch} at {shape[0]}x{shape[1]}, BatchNorm per image "
+          f"(median of {args.repeat})")
+    results = interleaved({provider: train_step(provider, args.batch, shape) for provider in providers},
+                          args.repeat, warmup=2)
+    for provider, seconds in results.items():
+        gflops = 3 * flops_per_pixel() * pixels / seconds / 1e9
+        print(f"  {provider:10s} {seconds * 1e3:9.1f} ms  {pixels / seconds / 1e6:7.2f} Mpx/s  "
+              f"{gflops:6.1f} GFLOP/s ({gflops / rate:4.2f}x sgemm)  "
+              f"speed-up vs seed-loop {results['seed-loop'] / seconds:5.2f}x")
+
+    size, batch = args.render_size, args.render_batch
+    print(f"\neval render, {batch} codes at {size}x{size} (median of {args.repeat}), peak-RSS growth "
+          "in a fresh process")
+    render_results = interleaved({provider: render(provider, batch, (size, size))
+                                  for provider in ["seed-loop", "torch", "native"]}, args.repeat)
+    for provider, seconds in render_results.items():
+        pixels = batch * size * size
+        gflops = flops_per_pixel() * pixels / seconds / 1e9
+        rss = rss_growth(provider, batch, size)
+        print(f"  {provider:10s} {seconds * 1e3:9.1f} ms  {pixels / seconds / 1e6:7.2f} Mpx/s  "
+              f"{gflops:6.1f} GFLOP/s ({gflops / rate:4.2f}x sgemm)  peak-RSS growth {rss:8.1f} MiB  "
+              f"speed-up vs seed-loop {render_results['seed-loop'] / seconds:5.2f}x")
+    print(f"\nsgemm at the end: {sgemm_rate(args.repeat):.1f} GFLOP/s (the start's was {rate:.1f})")
+
+
+if __name__ == "__main__":
+    main()

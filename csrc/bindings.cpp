@@ -1,0 +1,352 @@
+// fastinr._C: checks tensors, allocates outputs and calls the compute core (decoder_cpu, and the
+// CUDA render when built with nvcc). The only file that knows about Python.
+#include <torch/extension.h>
+
+#include <string>
+#include <vector>
+
+#include "decoder_cpu.h"
+#include "elementwise.h"
+
+#ifdef FASTINR_WITH_CUDA
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "decoder_cuda.h"
+#endif
+
+namespace fastinr {
+namespace {
+
+using torch::Tensor;
+
+Act parse_act(const std::string& name, const char* argument) {
+  static const std::vector<std::pair<std::string, Act>> names = {
+      {"gelu", Act::gelu}, {"relu", Act::relu}, {"relu6", Act::relu6}, {"silu", Act::silu},
+      {"tanh", Act::tanh}, {"sigmoid", Act::sigmoid}, {"none", Act::none}};
+  for (const auto& [key, act] : names)
+    if (key == name) return act;
+  TORCH_CHECK_VALUE(false, argument, " must be one of gelu, relu, relu6, silu, tanh, sigmoid, none; got '",
+                    name, "'");
+}
+
+NormStats parse_norm_stats(const std::string& name) {
+  if (name == "image") return NormStats::image;
+  if (name == "batch") return NormStats::batch;
+  if (name == "running") return NormStats::running;
+  TORCH_CHECK_VALUE(false, "norm_stats must be 'image', 'batch' or 'running'; got '", name, "'");
+}
+
+// The Python-side description of the decoder, and the parameters in DecoderParams.flat() order.
+struct Arguments {
+  DecoderConfig cfg;
+  Tensor codes;
+  std::vector<Tensor> params, running;  // running: mean_0, var_0, mean_1, var_1, ...
+};
+
+void check_tensor(const Tensor& t, const std::string& name, const Tensor& like, std::vector<int64_t> shape) {
+  TORCH_CHECK_VALUE(t.device() == like.device(), name, " is on ", t.device(), " but codes are on ", like.device());
+  TORCH_CHECK_TYPE(t.scalar_type() == like.scalar_type(), name, " has dtype ", t.scalar_type(),
+                   " but codes have ", like.scalar_type());
+  TORCH_CHECK_VALUE(t.sizes() == c10::IntArrayRef(shape), name, " must have shape ", c10::IntArrayRef(shape),
+                    ", got ", t.sizes());
+}
+
+Arguments parse(const Tensor& codes, std::vector<Tensor> params, std::vector<Tensor> running, int64_t height,
+                int64_t width, std::vector<double> freqs, std::vector<bool> concat, int64_t layers,
+                bool batch_norm, const std::string& activation, const std::string& activation_out, double eps,
+                const std::string& norm_stats) {
+  Arguments args;
+  DecoderConfig& cfg = args.cfg;
+  TORCH_CHECK_VALUE(codes.dim() == 2, "codes must have shape (B, C), got ", codes.sizes());
+  TORCH_CHECK_TYPE(codes.scalar_type() == torch::kFloat32 || codes.scalar_type() == torch::kFloat64,
+                   "codes must be float32 or float64, got ", codes.scalar_type());
+  TORCH_CHECK_VALUE(codes.size(0) >= 1 && codes.size(1) >= 1, "codes must have B >= 1 and C >= 1, got ",
+                    codes.sizes());
+  TORCH_CHECK_VALUE(height >= 1 && width >= 1, "shape must be (H, W) with two positive ints, got (", height,
+                    ", ", width, ")");
+  TORCH_CHECK_VALUE(layers >= 0, "layers_per_block must be >= 0, got ", layers);
+  TORCH_CHECK_VALUE(eps > 0, "eps must be > 0, got ", eps);
+  cfg.batch = codes.size(0);
+  cfg.code_size = codes.size(1);
+  cfg.height = height;
+  cfg.width = width;
+  cfg.freqs = std::move(freqs);
+  cfg.concat = std::move(concat);
+  cfg.layers = layers;
+  cfg.batch_norm = batch_norm;
+  cfg.act = parse_act(activation, "activation");
+  cfg.act_out = parse_act(activation_out, "activation_out");
+  cfg.eps = eps;
+  cfg.norm_stats = parse_norm_stats(norm_stats);
+  const int64_t nb = cfg.num_blocks(), n_norm = batch_norm ? nb : 0;
+  const size_t expected = 2 + 2 * n_norm + 2 * nb * layers + 2;
+  TORCH_CHECK_VALUE(params.size() == expected, "params must hold ", expected,
+                    " tensors (DecoderParams.flat() for this spec), got ", params.size());
+  TORCH_CHECK_VALUE(params[1].dim() == 1 && params[1].size(0) >= 1, "params.b_in must have shape (hidden,), got ",
+                    params[1].sizes());
+  cfg.hidden = params[1].size(0);
+  TORCH_CHECK_VALUE(params.back().dim() == 1 && params.back().size(0) >= 1,
+                    "params.b_out must have shape (out_channels,), got ", params.back().sizes());
+  cfg.out_channels = params.back().size(0);
+  TORCH_CHECK_VALUE(cfg.rows() < (int64_t(1) << 40), "too many pixels: ", cfg.rows());
+  size_t k = 0;
+  auto take = [&](const std::string& name, std::vector<int64_t> shape) {
+    check_tensor(params[k], "params." + name, codes, shape);
+    args.params.push_back(params[k++].contiguous());
+  };
+  take("w_in", {cfg.hidden, cfg.code_size + cfg.emb_size()});
+  take("b_in", {cfg.hidden});
+  for (int64_t i = 0; i < n_norm; ++i) take("norm_weight[" + std::to_string(i) + "]", {cfg.block_width(i)});
+  for (int64_t i = 0; i < n_norm; ++i) take("norm_bias[" + std::to_string(i) + "]", {cfg.block_width(i)});
+  for (int64_t i = 0; i < nb; ++i) {
+    const int64_t w = cfg.block_width(i);
+    for (int64_t l = 0; l < layers; ++l)
+      take("weights[" + std::to_string(i) + "][" + std::to_string(l) + "]", {w, w});
+    for (int64_t l = 0; l < layers; ++l) take("biases[" + std::to_string(i) + "][" + std::to_string(l) + "]", {w});
+  }
+  take("w_out", {cfg.out_channels, cfg.out_width()});
+  take("b_out", {cfg.out_channels});
+  if (batch_norm && cfg.norm_stats == NormStats::running) {
+    TORCH_CHECK_VALUE(running.size() == static_cast<size_t>(2 * nb), "running must hold (mean, var) for each of the ",
+                      nb, " blocks with norm_stats='running', got ", running.size(), " tensors");
+    for (int64_t i = 0; i < nb; ++i)
+      for (int m = 0; m < 2; ++m) {
+        const Tensor& t = running[2 * i + m];
+        check_tensor(t, std::string("running[") + std::to_string(i) + "]." + (m ? "var" : "mean"), codes,
+                     {cfg.block_width(i)});
+        args.running.push_back(t.contiguous());
+      }
+  }
+  if (batch_norm && cfg.norm_stats != NormStats::running && nb > 0) {
+    const int64_t count = cfg.norm_stats == NormStats::image ? cfg.pixels() : cfg.rows();
+    TORCH_CHECK_VALUE(count >= 2, "BatchNorm with ", norm_stats, " statistics needs more than one value per channel, got ",
+                      cfg.batch, " image(s) of ", cfg.pixels(), " pixel(s); use a larger shape or eval mode");
+  }
+  args.codes = codes.contiguous();
+  return args;
+}
+
+template <typename T>
+DecoderWeights<T> weights_of(const Arguments& args) {
+  const DecoderConfig& cfg = args.cfg;
+  DecoderWeights<T> w;
+  auto ptr = [](const Tensor& t) { return t.data_ptr<T>(); };
+  size_t k = 0;
+  w.w_in = ptr(args.params[k++]);
+  w.b_in = ptr(args.params[k++]);
+  const int64_t nb = cfg.num_blocks(), n_norm = cfg.batch_norm ? nb : 0;
+  for (int64_t i = 0; i < n_norm; ++i) w.norm_weight.push_back(ptr(args.params[k++]));
+  for (int64_t i = 0; i < n_norm; ++i) w.norm_bias.push_back(ptr(args.params[k++]));
+  for (int64_t i = 0; i < nb; ++i) {
+    for (int64_t l = 0; l < cfg.layers; ++l) w.weight.push_back(ptr(args.params[k++]));
+    for (int64_t l = 0; l < cfg.layers; ++l) w.bias.push_back(ptr(args.params[k++]));
+  }
+  w.w_out = ptr(args.params[k++]);
+  w.b_out = ptr(args.params[k++]);
+  for (size_t i = 0; i < args.running.size(); i += 2) {
+    w.running_mean.push_back(ptr(args.running[i]));
+    w.running_var.push_back(ptr(args.running[i + 1]));
+  }
+  return w;
+}
+
+// Saved tensors, in this order: z_in, hidden[0..nb], z[i*L+l], z_out, mean[i], rstd[i].
+std::vector<Tensor> allocate_saved(const DecoderConfig& cfg, const Tensor& like) {
+  const int64_t n = cfg.rows(), nb = cfg.num_blocks();
+  std::vector<Tensor> saved;
+  saved.push_back(torch::empty({n, cfg.hidden}, like.options()));
+  for (int64_t i = 0; i <= nb; ++i) saved.push_back(torch::empty({n, cfg.block_width(i)}, like.options()));
+  for (int64_t i = 0; i < nb; ++i)
+    for (int64_t l = 0; l < cfg.layers; ++l) saved.push_back(torch::empty({n, cfg.block_width(i)}, like.options()));
+  saved.push_back(torch::empty({n, cfg.out_channels}, like.options()));
+  if (cfg.batch_stats())
+    for (int m = 0; m < 2; ++m)
+      for (int64_t i = 0; i < nb; ++i)
+        saved.push_back(torch::empty({cfg.groups(), cfg.block_width(i)}, like.options().dtype(torch::kFloat64)));
+  return saved;
+}
+
+template <typename T>
+DecoderSaved<T> saved_view(const DecoderConfig& cfg, const std::vector<Tensor>& saved) {
+  const int64_t nb = cfg.num_blocks();
+  const size_t expected = 1 + (nb + 1) + nb * cfg.layers + 1 + (cfg.batch_stats() ? 2 * nb : 0);
+  TORCH_CHECK_VALUE(saved.size() == expected, "saved must hold the ", expected,
+                    " tensors returned by forward(save=True), got ", saved.size());
+  DecoderSaved<T> s;
+  size_t k = 0;
+  s.z_in = saved[k++].data_ptr<T>();
+  for (int64_t i = 0; i <= nb; ++i) s.hidden.push_back(saved[k++].data_ptr<T>());
+  for (int64_t i = 0; i < nb * cfg.layers; ++i) s.z.push_back(saved[k++].data_ptr<T>());
+  s.z_out = saved[k++].data_ptr<T>();
+  if (cfg.batch_stats()) {
+    for (int64_t i = 0; i < nb; ++i) s.mean.push_back(saved[k++].data_ptr<double>());
+    for (int64_t i = 0; i < nb; ++i) s.rstd.push_back(saved[k++].data_ptr<double>());
+  }
+  return s;
+}
+
+#ifdef FASTINR_WITH_CUDA
+// The eval render on CUDA: code_proj and the transposed weights are prepared with torch ops here.
+void render_on_cuda(const Arguments& args, Tensor& colors) {
+  const DecoderConfig& cfg = args.cfg;
+  const int64_t nb = cfg.num_blocks(), L = cfg.layers;
+  TORCH_CHECK_VALUE(nb <= kRenderMaxBlocks && nb * L <= kRenderMaxLayers &&
+                        static_cast<int64_t>(cfg.freqs.size()) <= kRenderMaxFreqs,
+                    "the CUDA render supports up to ", kRenderMaxBlocks, " blocks, ", kRenderMaxLayers,
+                    " linear layers in all and ", kRenderMaxFreqs, " frequencies");
+  c10::cuda::CUDAGuard guard(args.codes.device());
+  const Tensor& w_in = args.params[0];
+  std::vector<Tensor> keep;  // owns the prepared tensors until the stream is done with them
+  auto hold = [&](Tensor t) { keep.push_back(t.contiguous()); return keep.back(); };
+  Tensor code_proj = hold(torch::addmm(args.params[1], args.codes, w_in.narrow(1, 0, cfg.code_size).t()));
+  Tensor w_pos_t = hold(w_in.narrow(1, cfg.code_size, cfg.emb_size()).t());
+  AT_DISPATCH_FLOATING_TYPES(args.codes.scalar_type(), "fastinr_render_cuda", [&] {
+    RenderArgs<scalar_t> r{};
+    r.batch = cfg.batch;
+    r.height = cfg.height;
+    r.width = cfg.width;
+    r.hidden = cfg.hidden;
+    r.out_channels = cfg.out_channels;
+    r.emb_size = cfg.emb_size();
+    r.layers = L;
+    r.num_blocks = nb;
+    r.num_freqs = static_cast<int>(cfg.freqs.size());
+    for (size_t f = 0; f < cfg.freqs.size(); ++f) r.freqs[f] = cfg.freqs[f];
+    for (int64_t i = 0; i < nb; ++i) r.concat[i] = cfg.concat[i];
+    r.batch_norm = cfg.batch_norm;
+    r.act = cfg.act;
+    r.act_out = cfg.act_out;
+    r.eps = cfg.eps;
+    r.code_proj = code_proj.data_ptr<scalar_t>();
+    r.w_pos_t = w_pos_t.data_ptr<scalar_t>();
+    size_t k = 2;
+    const int64_t n_norm = cfg.batch_norm ? nb : 0;
+    for (int64_t i = 0; i < n_norm; ++i) r.norm_weight[i] = args.params[k++].data_ptr<scalar_t>();
+    for (int64_t i = 0; i < n_norm; ++i) r.norm_bias[i] = args.params[k++].data_ptr<scalar_t>();
+    for (int64_t i = 0; i < n_norm; ++i) {
+      r.running_mean[i] = args.running[2 * i].data_ptr<scalar_t>();
+      r.running_var[i] = args.running[2 * i + 1].data_ptr<scalar_t>();
+    }
+    for (int64_t i = 0; i < nb; ++i) {
+      for (int64_t l = 0; l < L; ++l) r.weight_t[i * L + l] = hold(args.params[k++].t()).data_ptr<scalar_t>();
+      for (int64_t l = 0; l < L; ++l) r.bias[i * L + l] = args.params[k++].data_ptr<scalar_t>();
+    }
+    r.w_out_t = hold(args.params[k++].t()).data_ptr<scalar_t>();
+    r.b_out = args.params[k++].data_ptr<scalar_t>();
+    r.colors = colors.data_ptr<scalar_t>();
+    const cudaError_t err = render_cuda<scalar_t>(r, c10::cuda::getCurrentCUDAStream().stream());
+    TORCH_CHECK(err == cudaSuccess, "fastinr CUDA render failed: ", cudaGetErrorString(err));
+  });
+  // The caching allocator reuses `keep` only after work queued before its free has run on this stream.
+}
+#endif
+
+std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>> forward(
+    const Tensor& codes, std::vector<Tensor> params, std::vector<Tensor> running, int64_t height, int64_t width,
+    std::vector<double> freqs, std::vector<bool> concat, int64_t layers, bool batch_norm,
+    const std::string& activation, const std::string& activation_out, double eps, const std::string& norm_stats,
+    bool save) {
+  Arguments args = parse(codes, std::move(params), std::move(running), height, width, std::move(freqs),
+                         std::move(concat), layers, batch_norm, activation, activation_out, eps, norm_stats);
+  const DecoderConfig& cfg = args.cfg;
+#ifdef FASTINR_WITH_CUDA
+  if (codes.is_cuda()) {
+    TORCH_CHECK_VALUE(!save && !cfg.batch_stats(), "the CUDA path of the native backend only renders "
+                      "(no gradients, BatchNorm with running statistics or none)");
+    Tensor colors = torch::empty({cfg.batch, cfg.out_channels, height, width}, codes.options());
+    render_on_cuda(args, colors);
+    return {colors, {}, {}, {}};
+  }
+#endif
+  TORCH_CHECK_VALUE(codes.device().is_cpu(), "codes must be a CPU tensor for this build of fastinr._C, got ",
+                    codes.device());
+  Tensor colors = torch::empty({cfg.batch, cfg.out_channels, height, width}, codes.options());
+  std::vector<Tensor> means, vars, saved;
+  if (cfg.batch_stats()) {
+    for (int64_t i = 0; i < cfg.num_blocks(); ++i) {
+      std::vector<int64_t> shape = {cfg.groups(), cfg.block_width(i)};
+      means.push_back(torch::empty(shape, codes.options()));
+      vars.push_back(torch::empty(shape, codes.options()));
+    }
+  }
+  if (save) saved = allocate_saved(cfg, codes);
+  AT_DISPATCH_FLOATING_TYPES(codes.scalar_type(), "fastinr_forward", [&] {
+    DecoderWeights<scalar_t> w = weights_of<scalar_t>(args);
+    DecoderStats<scalar_t> stats;
+    for (size_t i = 0; i < means.size(); ++i) {
+      stats.mean.push_back(means[i].data_ptr<scalar_t>());
+      stats.var.push_back(vars[i].data_ptr<scalar_t>());
+    }
+    DecoderSaved<scalar_t> s;
+    if (save) s = saved_view<scalar_t>(cfg, saved);
+    pybind11::gil_scoped_release no_gil;
+    decoder_forward_cpu<scalar_t>(cfg, args.codes.data_ptr<scalar_t>(), w, colors.data_ptr<scalar_t>(), stats,
+                                  save ? &s : nullptr);
+  });
+  return {colors, means, vars, saved};
+}
+
+std::vector<Tensor> backward(const Tensor& grad_colors, const Tensor& codes, std::vector<Tensor> params,
+                             std::vector<Tensor> running, const std::vector<Tensor>& saved, int64_t height,
+                             int64_t width, std::vector<double> freqs, std::vector<bool> concat, int64_t layers,
+                             bool batch_norm, const std::string& activation, const std::string& activation_out,
+                             double eps, const std::string& norm_stats) {
+  Arguments args = parse(codes, std::move(params), std::move(running), height, width, std::move(freqs),
+                         std::move(concat), layers, batch_norm, activation, activation_out, eps, norm_stats);
+  const DecoderConfig& cfg = args.cfg;
+  TORCH_CHECK_VALUE(codes.device().is_cpu(), "backward runs on the CPU only, got codes on ", codes.device());
+  check_tensor(grad_colors, "grad_colors", codes, {cfg.batch, cfg.out_channels, height, width});
+  Tensor grad = grad_colors.contiguous();
+  std::vector<Tensor> grads;
+  grads.push_back(torch::empty_like(args.codes));
+  for (const Tensor& p : args.params) grads.push_back(torch::empty_like(p));
+  AT_DISPATCH_FLOATING_TYPES(codes.scalar_type(), "fastinr_backward", [&] {
+    DecoderWeights<scalar_t> w = weights_of<scalar_t>(args);
+    DecoderSaved<scalar_t> s = saved_view<scalar_t>(cfg, saved);
+    DecoderGrads<scalar_t> g;
+    size_t k = 0;
+    auto ptr = [&]() { return grads[k++].data_ptr<scalar_t>(); };
+    g.codes = ptr();
+    g.w_in = ptr();
+    g.b_in = ptr();
+    const int64_t nb = cfg.num_blocks(), n_norm = cfg.batch_norm ? nb : 0;
+    for (int64_t i = 0; i < n_norm; ++i) g.norm_weight.push_back(ptr());
+    for (int64_t i = 0; i < n_norm; ++i) g.norm_bias.push_back(ptr());
+    for (int64_t i = 0; i < nb; ++i) {
+      for (int64_t l = 0; l < cfg.layers; ++l) g.weight.push_back(ptr());
+      for (int64_t l = 0; l < cfg.layers; ++l) g.bias.push_back(ptr());
+    }
+    g.w_out = ptr();
+    g.b_out = ptr();
+    pybind11::gil_scoped_release no_gil;
+    decoder_backward_cpu<scalar_t>(cfg, grad.data_ptr<scalar_t>(), args.codes.data_ptr<scalar_t>(), w, s, g);
+  });
+  return grads;
+}
+
+bool built_with_cuda() {
+#ifdef FASTINR_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+}  // namespace fastinr
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "fastinr native decoder: fused CPU forward/backward (and a CUDA render when built with nvcc)";
+  m.def("forward", &fastinr::forward, "colors, stats means, stats vars, saved tensors", py::arg("codes"),
+        py::arg("params"), py::arg("running"), py::arg("height"), py::arg("width"), py::arg("freqs"),
+        py::arg("concat"), py::arg("layers"), py::arg("batch_norm"), py::arg("activation"),
+        py::arg("activation_out"), py::arg("eps"), py::arg("norm_stats"), py::arg("save"));
+  m.def("backward", &fastinr::backward, "gradients of codes and of every params tensor", py::arg("grad_colors"),
+        py::arg("codes"), py::arg("params"), py::arg("running"), py::arg("saved"), py::arg("height"),
+        py::arg("width"), py::arg("freqs"), py::arg("concat"), py::arg("layers"), py::arg("batch_norm"),
+        py::arg("activation"), py::arg("activation_out"), py::arg("eps"), py::arg("norm_stats"));
+  m.def("built_with_cuda", &fastinr::built_with_cuda);
+  m.def("elementwise_isa", &fastinr::elementwise_isa, "float activation kernels in use: avx2 or generic");
+  m.def("tile_rows", &fastinr::decoder_tile_rows);
+}

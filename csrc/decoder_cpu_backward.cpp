@@ -1,0 +1,317 @@
+// Fused backward of the decoder on the CPU: the forward's passes in reverse. With batch statistics
+// a pass stops at each BatchNorm (its input gradient needs per-group sums of dx and dx * xhat) and
+// the next pass finishes it. Weight gradients are accumulated per thread, then summed.
+#include <omp.h>
+
+#include "decoder_cpu.h"
+#include "decoder_cpu_common.h"
+#include "gemm.h"
+
+namespace fastinr {
+namespace {
+
+using namespace detail;
+
+// Offsets of every weight gradient in one flat per-thread accumulator.
+struct GradLayout {
+  std::vector<int64_t> weight, bias, gamma, beta;
+  int64_t w_out = 0, b_out = 0, w_pos = 0, size = 0;
+  explicit GradLayout(const DecoderConfig& cfg) {
+    auto take = [this](int64_t n) { int64_t at = size; size += n; return at; };
+    for (int64_t i = 0; i < cfg.num_blocks(); ++i) {
+      const int64_t w = cfg.block_width(i);
+      for (int64_t l = 0; l < cfg.layers; ++l) {
+        weight.push_back(take(w * w));
+        bias.push_back(take(w));
+      }
+      if (cfg.batch_norm) {
+        gamma.push_back(take(w));
+        beta.push_back(take(w));
+      }
+    }
+    w_out = take(cfg.out_channels * cfg.out_width());
+    b_out = take(cfg.out_channels);
+    w_pos = take(cfg.hidden * cfg.emb_size());
+  }
+};
+
+template <typename T>
+class Backward {
+ public:
+  Backward(const DecoderConfig& cfg, const T* grad_colors, const T* codes, const DecoderWeights<T>& wts,
+           const DecoderSaved<T>& saved, const DecoderGrads<T>& grads)
+      : cfg_(cfg), grad_colors_(grad_colors), codes_(codes), wts_(wts), saved_(saved), grads_(grads),
+        tiles_(make_tiles(cfg)), nb_(cfg.num_blocks()), layout_(cfg), norms_(nb_) {
+    for (int64_t i = 0; i < nb_ && cfg.batch_norm; ++i) {
+      if (cfg.batch_stats()) {
+        const int64_t w = cfg.block_width(i), count = cfg.groups() * w;
+        norms_[i].mean.assign(saved.mean[i], saved.mean[i] + count);
+        norms_[i].rstd.assign(saved.rstd[i], saved.rstd[i] + count);
+        norms_[i].set(cfg.groups(), w, wts.norm_weight[i], wts.norm_bias[i]);
+      } else {
+        norms_[i] = running_norm(cfg, wts, i);
+      }
+    }
+    if (cfg.batch_stats() && nb_ > 0) {
+      for (auto* e : {&carry0_, &carry1_}) e->resize(cfg.rows() * max_width(cfg));
+    }
+    dcode_tile_.assign(tiles_.size() * cfg.hidden, 0.0);
+  }
+
+  void run() {
+    const int threads = omp_get_max_threads();
+    acc_.assign(static_cast<size_t>(threads) * layout_.size, T(0));
+    int64_t start = nb_;
+    for (;;) {
+      pass(start);
+      // a pass started at `start` ends at block start-1 when that block has batch statistics
+      if (!cfg_.batch_stats() || start == 0) break;
+      --start;
+      finish_sums(start);
+      carry_in_ = 1 - carry_in_;
+    }
+    reduce(threads);
+  }
+
+ private:
+  void pass(int64_t start) {
+    if (cfg_.batch_stats() && start > 0) {
+      const int64_t w = cfg_.block_width(start - 1);
+      sums_.resize(tiles_.size(), w);
+    }
+    const int64_t count = static_cast<int64_t>(tiles_.size());
+#pragma omp parallel
+    {
+      Scratch<T> scratch(cfg_);
+      T* acc = &acc_[static_cast<size_t>(omp_get_thread_num()) * layout_.size];
+#pragma omp for schedule(static)
+      for (int64_t t = 0; t < count; ++t) run_tile(t, start, scratch, acc);
+    }
+  }
+
+  T* carry(int which) { return (which == 0 ? carry0_ : carry1_).data(); }
+
+  // Sums of dx0 and dx0 * xhat per group -> the constants of the BatchNorm input gradient:
+  // dh = carry - c1 - xhat * c2, carry = direct + rstd * gamma * dx0 (stored by the tile).
+  void finish_sums(int64_t i) {
+    const int64_t w = cfg_.block_width(i), groups = cfg_.groups();
+    std::vector<double> s1(groups * w, 0.0), s2(groups * w, 0.0), count(groups, 0.0);
+    for (size_t t = 0; t < tiles_.size(); ++t) {
+      const int64_t g = group_of(cfg_, tiles_[t]);
+      count[g] += static_cast<double>(tiles_[t].rows);
+      for (int64_t c = 0; c < w; ++c) {
+        s1[g * w + c] += sums_.mean[t * w + c];
+        s2[g * w + c] += sums_.m2[t * w + c];
+      }
+    }
+    c1_.resize(groups * w);
+    c2_.resize(groups * w);
+    const T* gamma = wts_.norm_weight[i];
+    for (int64_t g = 0; g < groups; ++g)
+      for (int64_t c = 0; c < w; ++c) {
+        const double k = norms_[i].rstd[g * w + c] * gamma[c] / count[g];
+        c1_[g * w + c] = static_cast<T>(k * s1[g * w + c]);
+        c2_[g * w + c] = static_cast<T>(k * s2[g * w + c]);
+      }
+  }
+
+  void run_tile(int64_t t, int64_t start, Scratch<T>& s, T* acc) {
+    const Tile& tile = tiles_[t];
+    const int64_t n = tile.rows, r0 = tile.r0, L = cfg_.layers, g = group_of(cfg_, tile);
+    T* G = s.g0.data();
+    int64_t i;
+    if (start == nb_) {
+      const int64_t o = cfg_.out_channels, wo = cfg_.out_width(), pixels = cfg_.pixels();
+      T* dz = s.out0.data();
+      for (int64_t c = 0; c < o; ++c) {
+        const T* src = grad_colors_ + (tile.image * o + c) * pixels + tile.p0;
+        for (int64_t j = 0; j < n; ++j) dz[j * o + c] = src[j];
+      }
+      act_backward(cfg_.act_out, saved_.z_out + r0 * o, dz, dz, n * o);
+      gemm(true, false, o, wo, n, T(1), dz, o, saved_.hidden[nb_] + r0 * wo, wo, T(1), acc + layout_.w_out, wo);
+      add_colsum(dz, n, o, o, acc + layout_.b_out);
+      gemm(false, false, n, wo, o, T(1), dz, o, wts_.w_out, wo, T(0), G, wo);
+      i = nb_ - 1;
+    } else {
+      const int64_t w = cfg_.block_width(start);
+      const T* in = carry(carry_in_) + r0 * w;
+      const T* h = saved_.hidden[start] + r0 * w;
+      const double* mean = &norms_[start].mean[g * w];
+      const double* rstd = &norms_[start].rstd[g * w];
+      const T* c1 = &c1_[g * w];
+      const T* c2 = &c2_[g * w];
+      for (int64_t j = 0; j < n; ++j)
+        for (int64_t c = 0; c < w; ++c) {
+          const T xhat = (h[j * w + c] - static_cast<T>(mean[c])) * static_cast<T>(rstd[c]);
+          G[j * w + c] = in[j * w + c] - c1[c] - xhat * c2[c];
+        }
+      i = start - 1;
+    }
+    for (; i >= 0; --i) {
+      const int64_t w = cfg_.block_width(i), wn = cfg_.block_width(i + 1);
+      const T* h = saved_.hidden[i] + r0 * w;
+      const T* dA = cfg_.concat[i] ? G + w : G;   // gradient of the block output y
+      int64_t ld = wn;
+      bool have_dact = false;  // s.dact holds act'(z_l), computed with layer l+1's input
+      for (int64_t l = L - 1; l >= 0; --l) {
+        T* dz = s.la.data();
+        const T* z = saved_.z[i * L + l] + r0 * w;
+        if (have_dact) {
+          const T* d = s.dact.data();
+          for (int64_t k = 0; k < n * w; ++k) dz[k] = dA[k] * d[k];
+        } else if (ld == w) {
+          act_backward(cfg_.act, z, dA, dz, n * w);
+        } else {
+          for (int64_t j = 0; j < n; ++j) act_backward(cfg_.act, z + j * w, dA + j * ld, dz + j * w, w);
+        }
+        const T* x;
+        if (l > 0) {
+          act_forward_grad(cfg_.act, saved_.z[i * L + l - 1] + r0 * w, s.lb.data(), s.dact.data(), n * w);
+          have_dact = true;
+          x = s.lb.data();
+        } else if (cfg_.batch_norm) {
+          normalized(i, g, h, n, w, s.lb.data());
+          x = s.lb.data();
+        } else {
+          x = h;
+        }
+        gemm(true, false, w, w, n, T(1), dz, w, x, w, T(1), acc + layout_.weight[i * L + l], w);
+        add_colsum(dz, n, w, w, acc + layout_.bias[i * L + l]);
+        gemm(false, false, n, w, w, T(1), dz, w, wts_.weight[i * L + l], w, T(0), s.lc.data(), w);
+        dA = s.lc.data();
+        ld = w;
+      }
+      // dA (ld) is now the gradient of the normalised input x0; G[:, :w] (ld wn) the direct path.
+      T* next = G == s.g0.data() ? s.g1.data() : s.g0.data();
+      if (!cfg_.batch_norm) {
+        for (int64_t j = 0; j < n; ++j)
+          for (int64_t c = 0; c < w; ++c) next[j * w + c] = G[j * wn + c] + dA[j * ld + c];
+      } else {
+        const double* mean = &norms_[i].mean[(norms_[i].groups > 1 ? g : 0) * w];
+        const double* rstd = &norms_[i].rstd[(norms_[i].groups > 1 ? g : 0) * w];
+        const T* gamma = wts_.norm_weight[i];
+        std::vector<double> sum_dx(w, 0.0), sum_dx_xhat(w, 0.0);
+        const bool batch = cfg_.batch_stats();
+        T* out = batch ? carry(1 - carry_in_) + r0 * w : next;
+        for (int64_t j = 0; j < n; ++j)
+          for (int64_t c = 0; c < w; ++c) {
+            const T dx = dA[j * ld + c];
+            const T r = static_cast<T>(rstd[c]);
+            const T xhat = (h[j * w + c] - static_cast<T>(mean[c])) * r;
+            sum_dx[c] += dx;
+            sum_dx_xhat[c] += dx * xhat;
+            out[j * w + c] = G[j * wn + c] + dx * gamma[c] * r;
+          }
+        T* dgamma = acc + layout_.gamma[i];
+        T* dbeta = acc + layout_.beta[i];
+        for (int64_t c = 0; c < w; ++c) {
+          dgamma[c] += static_cast<T>(sum_dx_xhat[c]);
+          dbeta[c] += static_cast<T>(sum_dx[c]);
+        }
+        if (batch) {
+          std::copy(sum_dx.begin(), sum_dx.end(), &sums_.mean[t * w]);
+          std::copy(sum_dx_xhat.begin(), sum_dx_xhat.end(), &sums_.m2[t * w]);
+          return;
+        }
+      }
+      G = next;
+    }
+    // Input layer: h0 = act(code_proj[b] + emb W_pos^T).
+    const int64_t h = cfg_.hidden, e = cfg_.emb_size();
+    T* dz = s.la.data();
+    act_backward(cfg_.act, saved_.z_in + r0 * h, G, dz, n * h);
+    double* dcode = &dcode_tile_[t * h];
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t c = 0; c < h; ++c) dcode[c] += dz[j * h + c];
+    embedding_rows(cfg_, tile.p0, n, s.emb.data());
+    gemm(true, false, h, e, n, T(1), dz, h, s.emb.data(), e, T(1), acc + layout_.w_pos, e);
+  }
+
+  void normalized(int64_t i, int64_t g, const T* h, int64_t n, int64_t w, T* dst) const {
+    const int64_t k = norms_[i].groups > 1 ? g : 0;
+    const T* scale = &norms_[i].scale[k * w];
+    const T* shift = &norms_[i].shift[k * w];
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t c = 0; c < w; ++c) dst[j * w + c] = h[j * w + c] * scale[c] + shift[c];
+  }
+
+  static void add_colsum(const T* x, int64_t n, int64_t w, int64_t ld, T* dst) {
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t c = 0; c < w; ++c) dst[c] += x[j * ld + c];
+  }
+
+  void reduce(int threads) {
+    auto sum_into = [&](int64_t offset, T* dst, int64_t rows, int64_t cols, int64_t ld) {
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < cols; ++c) {
+          T total = T(0);
+          for (int k = 0; k < threads; ++k) total += acc_[static_cast<size_t>(k) * layout_.size + offset + r * cols + c];
+          dst[r * ld + c] = total;
+        }
+    };
+    const int64_t L = cfg_.layers;
+    for (int64_t i = 0; i < nb_; ++i) {
+      const int64_t w = cfg_.block_width(i);
+      for (int64_t l = 0; l < L; ++l) {
+        sum_into(layout_.weight[i * L + l], grads_.weight[i * L + l], w, w, w);
+        sum_into(layout_.bias[i * L + l], grads_.bias[i * L + l], 1, w, w);
+      }
+      if (cfg_.batch_norm) {
+        sum_into(layout_.gamma[i], grads_.norm_weight[i], 1, w, w);
+        sum_into(layout_.beta[i], grads_.norm_bias[i], 1, w, w);
+      }
+    }
+    const int64_t o = cfg_.out_channels, wo = cfg_.out_width(), h = cfg_.hidden, c = cfg_.code_size,
+                  e = cfg_.emb_size();
+    sum_into(layout_.w_out, grads_.w_out, o, wo, wo);
+    sum_into(layout_.b_out, grads_.b_out, 1, o, o);
+    sum_into(layout_.w_pos, grads_.w_in + c, h, e, c + e);
+    // d code_proj per image -> codes, W_code and b_in.
+    std::vector<T> dcode(cfg_.batch * h);
+    std::vector<double> db(h, 0.0);
+    std::vector<double> per_image(cfg_.batch * h, 0.0);
+    for (size_t t = 0; t < tiles_.size(); ++t)
+      for (int64_t k = 0; k < h; ++k) per_image[tiles_[t].image * h + k] += dcode_tile_[t * h + k];
+    for (int64_t b = 0; b < cfg_.batch; ++b)
+      for (int64_t k = 0; k < h; ++k) {
+        dcode[b * h + k] = static_cast<T>(per_image[b * h + k]);
+        db[k] += per_image[b * h + k];
+      }
+    for (int64_t k = 0; k < h; ++k) grads_.b_in[k] = static_cast<T>(db[k]);
+    gemm(false, false, cfg_.batch, c, h, T(1), dcode.data(), h, wts_.w_in, c + e, T(0), grads_.codes, c);
+    gemm(true, false, h, c, cfg_.batch, T(1), dcode.data(), h, codes_, c, T(0), grads_.w_in, c + e);
+  }
+
+  const DecoderConfig& cfg_;
+  const T* grad_colors_;
+  const T* codes_;
+  const DecoderWeights<T>& wts_;
+  const DecoderSaved<T>& saved_;
+  const DecoderGrads<T>& grads_;
+  std::vector<Tile> tiles_;
+  int64_t nb_;
+  GradLayout layout_;
+  std::vector<BlockNorm<T>> norms_;
+  std::vector<T> carry0_, carry1_, c1_, c2_, acc_;
+  int carry_in_ = 0;   // which carry buffer the next pass reads; it writes the other
+  TileMoments sums_;   // per tile: sum of dx0 ("mean") and of dx0 * xhat ("m2")
+  std::vector<double> dcode_tile_;
+};
+
+}  // namespace
+
+template <typename T>
+void decoder_backward_cpu(const DecoderConfig& cfg, const T* grad_colors, const T* codes,
+                          const DecoderWeights<T>& weights, const DecoderSaved<T>& saved,
+                          const DecoderGrads<T>& grads) {
+  Backward<T>(cfg, grad_colors, codes, weights, saved, grads).run();
+}
+
+template void decoder_backward_cpu<float>(const DecoderConfig&, const float*, const float*,
+                                          const DecoderWeights<float>&, const DecoderSaved<float>&,
+                                          const DecoderGrads<float>&);
+template void decoder_backward_cpu<double>(const DecoderConfig&, const double*, const double*,
+                                           const DecoderWeights<double>&, const DecoderSaved<double>&,
+                                           const DecoderGrads<double>&);
+
+}  // namespace fastinr

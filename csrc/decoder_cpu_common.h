@@ -1,0 +1,141 @@
+// Pieces shared by the CPU forward and backward (internal to csrc/decoder_cpu_*.cpp): row tiles,
+// the positional embedding of a tile, per-tile moments, per-thread scratch, BatchNorm constants.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "decoder_cpu.h"
+
+namespace fastinr {
+namespace detail {
+
+struct Tile {
+  int64_t image, p0, rows, r0;
+};
+
+inline std::vector<Tile> make_tiles(const DecoderConfig& cfg) {
+  const int64_t step = decoder_tile_rows(), pixels = cfg.pixels();
+  std::vector<Tile> tiles;
+  for (int64_t b = 0; b < cfg.batch; ++b)
+    for (int64_t p0 = 0; p0 < pixels; p0 += step)
+      tiles.push_back({b, p0, std::min(step, pixels - p0), b * pixels + p0});
+  return tiles;
+}
+
+inline int64_t max_width(const DecoderConfig& cfg) {
+  int64_t w = 0;
+  for (int64_t i = 0; i <= cfg.num_blocks(); ++i) w = std::max(w, cfg.block_width(i));
+  return w;
+}
+
+// torch.linspace(-1, 1, steps)[i] as torch computes it in dtype T (both halves symmetric).
+template <typename T>
+T linspace_value(int64_t i, int64_t steps) {
+  if (steps == 1) return T(-1);
+  const T step = T(2) / static_cast<T>(steps - 1);
+  return i < steps / 2 ? T(-1) + step * static_cast<T>(i) : T(1) - step * static_cast<T>(steps - i - 1);
+}
+
+// Rows p0 .. p0+n of the positional embedding, in fastinr.embedding's order.
+template <typename T>
+void embedding_rows(const DecoderConfig& cfg, int64_t p0, int64_t n, T* out) {
+  const int64_t e = cfg.emb_size(), nf = static_cast<int64_t>(cfg.freqs.size());
+  for (int64_t j = 0; j < n; ++j) {
+    const int64_t p = p0 + j;
+    const T xy[2] = {linspace_value<T>(p % cfg.width, cfg.width), linspace_value<T>(p / cfg.width, cfg.height)};
+    T* row = out + j * e;
+    row[0] = xy[0];
+    row[1] = xy[1];
+    for (int64_t f = 0; f < nf; ++f) {
+      for (int c = 0; c < 2; ++c) {
+        const T arg = xy[c] * static_cast<T>(cfg.freqs[f]);
+        row[2 + 2 * f + c] = static_cast<T>(std::sin(static_cast<double>(arg)));
+        row[2 + 2 * nf + 2 * f + c] = static_cast<T>(std::cos(static_cast<double>(arg)));
+      }
+    }
+  }
+}
+
+template <typename T>
+void fill_rows(T* dst, const T* row, int64_t n, int64_t w) {
+  for (int64_t j = 0; j < n; ++j) std::memcpy(dst + j * w, row, sizeof(T) * w);
+}
+
+// Per-tile (count, mean, M2) of a block input, merged in tile order into per-group statistics.
+struct TileMoments {
+  std::vector<double> mean, m2;
+  void resize(size_t tiles, int64_t w) {
+    mean.assign(tiles * w, 0.0);
+    m2.assign(tiles * w, 0.0);
+  }
+};
+
+template <typename T>
+void tile_moments(const T* x, int64_t n, int64_t w, double* mean, double* m2) {
+  for (int64_t c = 0; c < w; ++c) mean[c] = 0.0, m2[c] = 0.0;
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t c = 0; c < w; ++c) mean[c] += x[j * w + c];
+  for (int64_t c = 0; c < w; ++c) mean[c] /= static_cast<double>(n);
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t c = 0; c < w; ++c) {
+      const double d = x[j * w + c] - mean[c];
+      m2[c] += d * d;
+    }
+}
+
+// Group of a tile for the statistics: its image with per-image statistics, else the whole batch.
+inline int64_t group_of(const DecoderConfig& cfg, const Tile& tile) {
+  return cfg.norm_stats == NormStats::image ? tile.image : 0;
+}
+
+template <typename T>
+struct Scratch {
+  std::vector<T> emb, h0, h1, la, lb, lc, dact, g0, g1, out0, out1;
+  explicit Scratch(const DecoderConfig& cfg) {
+    const int64_t t = decoder_tile_rows(), w = max_width(cfg);
+    emb.resize(t * cfg.emb_size());
+    for (auto* v : {&h0, &h1, &la, &lb, &lc, &dact, &g0, &g1}) v->resize(t * w);
+    out0.resize(t * cfg.out_channels);
+    out1.resize(t * cfg.out_channels);
+  }
+};
+
+// Per-block normalisation as x * scale + shift, and the mean / rstd behind it, per group.
+template <typename T>
+struct BlockNorm {
+  std::vector<double> mean, rstd;   // (groups, w)
+  std::vector<T> scale, shift;      // (groups, w)
+  int64_t groups = 0;
+
+  void set(int64_t g_count, int64_t w, const T* gamma, const T* beta) {
+    groups = g_count;
+    scale.resize(groups * w);
+    shift.resize(groups * w);
+    for (int64_t g = 0; g < groups; ++g)
+      for (int64_t c = 0; c < w; ++c) {
+        const T s = gamma[c] * static_cast<T>(rstd[g * w + c]);
+        scale[g * w + c] = s;
+        shift[g * w + c] = beta[c] - static_cast<T>(mean[g * w + c]) * s;
+      }
+  }
+};
+
+template <typename T>
+BlockNorm<T> running_norm(const DecoderConfig& cfg, const DecoderWeights<T>& wts, int64_t i) {
+  const int64_t w = cfg.block_width(i);
+  BlockNorm<T> norm;
+  norm.mean.resize(w);
+  norm.rstd.resize(w);
+  for (int64_t c = 0; c < w; ++c) {
+    norm.mean[c] = wts.running_mean[i][c];
+    // rsqrt in the tensor's dtype, as the reference computes it
+    norm.rstd[c] = static_cast<double>(T(1) / std::sqrt(wts.running_var[i][c] + static_cast<T>(cfg.eps)));
+  }
+  norm.set(1, w, wts.norm_weight[i], wts.norm_bias[i]);
+  return norm;
+}
+
+}  // namespace detail
+}  // namespace fastinr

@@ -1,0 +1,204 @@
+// Fused forward of the decoder on the CPU (see decoder_cpu.h for the math and the pass plan).
+//
+// OpenMP over row tiles with a static schedule. Block statistics are reduced per tile and merged
+// in tile order (Chan et al.), so they do not depend on the thread count.
+#include <omp.h>
+
+#include "decoder_cpu.h"
+#include "decoder_cpu_common.h"
+#include "gemm.h"
+
+namespace fastinr {
+
+int64_t DecoderConfig::block_width(int64_t i) const {
+  int64_t width = hidden;
+  for (int64_t k = 0; k < i; ++k) width *= concat[k] ? 2 : 1;
+  return width;
+}
+
+int64_t decoder_tile_rows() { return 128; }
+
+namespace {
+
+using namespace detail;
+
+template <typename T>
+class Forward {
+ public:
+  Forward(const DecoderConfig& cfg, const T* codes, const DecoderWeights<T>& wts, T* colors,
+          const DecoderStats<T>& stats, DecoderSaved<T>* saved)
+      : cfg_(cfg), wts_(wts), colors_(colors), stats_(stats), saved_(saved), tiles_(make_tiles(cfg)),
+        nb_(cfg.num_blocks()), norms_(nb_) {
+    const int64_t h = cfg.hidden, c = cfg.code_size, e = cfg.emb_size();
+    code_proj_.resize(cfg.batch * h);
+    for (int64_t b = 0; b < cfg.batch; ++b) std::memcpy(&code_proj_[b * h], wts.b_in, sizeof(T) * h);
+    gemm(false, true, cfg.batch, h, c, T(1), codes, c, wts.w_in, c + e, T(1), code_proj_.data(), h);
+    hidden_.resize(nb_ + 1, nullptr);
+    for (int64_t i = 0; i <= nb_; ++i) {
+      if (saved_) {
+        hidden_[i] = saved_->hidden[i];
+      } else if (cfg.batch_stats() && i < nb_) {  // a later pass reads it back
+        owned_.emplace_back(cfg.rows() * cfg.block_width(i));
+        hidden_[i] = owned_.back().data();
+      }
+    }
+    if (cfg.batch_norm && !cfg.batch_stats())
+      for (int64_t i = 0; i < nb_; ++i) norms_[i] = running_norm(cfg, wts, i);
+  }
+
+  void run() {
+    pass(-1);
+    if (!cfg_.batch_stats()) return;
+    for (int64_t s = 0; s < nb_; ++s) {
+      finish_stats(s);
+      pass(s);
+    }
+  }
+
+ private:
+  void pass(int64_t start) {
+    if (start + 1 < nb_ && cfg_.batch_stats()) moments_.resize(tiles_.size(), cfg_.block_width(start + 1));
+    const int64_t count = static_cast<int64_t>(tiles_.size());
+#pragma omp parallel
+    {
+      Scratch<T> scratch(cfg_);
+#pragma omp for schedule(static)
+      for (int64_t t = 0; t < count; ++t) run_tile(t, start, scratch);
+    }
+  }
+
+  void finish_stats(int64_t i) {
+    const int64_t w = cfg_.block_width(i), groups = cfg_.groups();
+    BlockNorm<T>& norm = norms_[i];
+    norm.mean.assign(groups * w, 0.0);
+    norm.rstd.assign(groups * w, 0.0);
+    std::vector<double> m2(groups * w, 0.0), count(groups, 0.0);
+    for (size_t t = 0; t < tiles_.size(); ++t) {
+      const int64_t g = group_of(cfg_, tiles_[t]);
+      const double nb = static_cast<double>(tiles_[t].rows), na = count[g], n = na + nb;
+      for (int64_t c = 0; c < w; ++c) {
+        double& mean = norm.mean[g * w + c];
+        const double delta = moments_.mean[t * w + c] - mean;
+        mean += delta * nb / n;
+        m2[g * w + c] += moments_.m2[t * w + c] + delta * delta * na * nb / n;
+      }
+      count[g] = n;
+    }
+    for (int64_t g = 0; g < groups; ++g)
+      for (int64_t c = 0; c < w; ++c) {
+        const double n = count[g], var = m2[g * w + c] / n;
+        norm.rstd[g * w + c] = 1.0 / std::sqrt(var + cfg_.eps);
+        stats_.mean[i][g * w + c] = static_cast<T>(norm.mean[g * w + c]);
+        stats_.var[i][g * w + c] = static_cast<T>(m2[g * w + c] / std::max(n - 1.0, 1.0));
+      }
+    norm.set(groups, w, wts_.norm_weight[i], wts_.norm_bias[i]);
+    if (saved_) {
+      std::copy(norm.mean.begin(), norm.mean.end(), saved_->mean[i]);
+      std::copy(norm.rstd.begin(), norm.rstd.end(), saved_->rstd[i]);
+    }
+  }
+
+  void run_tile(int64_t t, int64_t start, Scratch<T>& s) {
+    const Tile& tile = tiles_[t];
+    const int64_t n = tile.rows, r0 = tile.r0, L = cfg_.layers;
+    T* cur;
+    int64_t i;
+    if (start < 0) {
+      const int64_t h = cfg_.hidden, c = cfg_.code_size, e = cfg_.emb_size();
+      T* z = saved_ ? saved_->z_in + r0 * h : s.la.data();
+      fill_rows(z, &code_proj_[tile.image * h], n, h);
+      embedding_rows(cfg_, tile.p0, n, s.emb.data());
+      gemm(false, true, n, h, e, T(1), s.emb.data(), e, wts_.w_in + c, c + e, T(1), z, h);
+      cur = hidden_[0] ? hidden_[0] + r0 * h : s.h0.data();
+      act_forward(cfg_.act, z, cur, n * h);
+      i = 0;
+      if (nb_ > 0 && cfg_.batch_stats()) {
+        tile_moments(cur, n, h, &moments_.mean[t * h], &moments_.m2[t * h]);
+        return;
+      }
+    } else {
+      i = start;
+      cur = hidden_[i] + r0 * cfg_.block_width(i);
+    }
+    for (;; ++i) {
+      if (i == nb_) {
+        output(tile, cur, s);
+        return;
+      }
+      const int64_t w = cfg_.block_width(i), wn = cfg_.block_width(i + 1);
+      const T* x = cur;
+      if (cfg_.batch_norm) {
+        const int64_t g = group_of(cfg_, tile);
+        const T* scale = &norms_[i].scale[(norms_[i].groups > 1 ? g : 0) * w];
+        const T* shift = &norms_[i].shift[(norms_[i].groups > 1 ? g : 0) * w];
+        T* dst = s.la.data();
+        for (int64_t j = 0; j < n; ++j)
+          for (int64_t c = 0; c < w; ++c) dst[j * w + c] = cur[j * w + c] * scale[c] + shift[c];
+        x = dst;
+      }
+      for (int64_t l = 0; l < L; ++l) {
+        T* other = x == s.la.data() ? s.lb.data() : s.la.data();
+        T* z = saved_ ? saved_->z[i * L + l] + r0 * w : other;
+        fill_rows(z, wts_.bias[i * L + l], n, w);
+        gemm(false, true, n, w, w, T(1), x, w, wts_.weight[i * L + l], w, T(1), z, w);
+        act_forward(cfg_.act, z, other, n * w);
+        x = other;
+      }
+      T* next = hidden_[i + 1] ? hidden_[i + 1] + r0 * wn : (cur == s.h0.data() ? s.h1.data() : s.h0.data());
+      if (cfg_.concat[i]) {
+        for (int64_t j = 0; j < n; ++j) {
+          std::memcpy(next + j * wn, cur + j * w, sizeof(T) * w);
+          std::memcpy(next + j * wn + w, x + j * w, sizeof(T) * w);
+        }
+      } else {
+        for (int64_t k = 0; k < n * w; ++k) next[k] = cur[k] + x[k];
+      }
+      cur = next;
+      if (i + 1 < nb_ && cfg_.batch_stats()) {
+        tile_moments(cur, n, wn, &moments_.mean[t * wn], &moments_.m2[t * wn]);
+        return;
+      }
+    }
+  }
+
+  void output(const Tile& tile, const T* h, Scratch<T>& s) {
+    const int64_t n = tile.rows, o = cfg_.out_channels, w = cfg_.out_width(), pixels = cfg_.pixels();
+    T* z = saved_ ? saved_->z_out + tile.r0 * o : s.out0.data();
+    fill_rows(z, wts_.b_out, n, o);
+    gemm(false, true, n, o, w, T(1), h, w, wts_.w_out, w, T(1), z, o);
+    T* a = s.out1.data();
+    act_forward(cfg_.act_out, z, a, n * o);
+    for (int64_t c = 0; c < o; ++c) {
+      T* dst = colors_ + (tile.image * o + c) * pixels + tile.p0;
+      for (int64_t j = 0; j < n; ++j) dst[j] = a[j * o + c];
+    }
+  }
+
+  const DecoderConfig& cfg_;
+  const DecoderWeights<T>& wts_;
+  T* colors_;
+  const DecoderStats<T>& stats_;
+  DecoderSaved<T>* saved_;
+  std::vector<Tile> tiles_;
+  int64_t nb_;
+  std::vector<BlockNorm<T>> norms_;
+  std::vector<T> code_proj_;
+  std::vector<T*> hidden_;
+  std::vector<std::vector<T>> owned_;
+  TileMoments moments_;
+};
+
+}  // namespace
+
+template <typename T>
+void decoder_forward_cpu(const DecoderConfig& cfg, const T* codes, const DecoderWeights<T>& weights,
+                         T* colors, const DecoderStats<T>& stats, DecoderSaved<T>* saved) {
+  Forward<T>(cfg, codes, weights, colors, stats, saved).run();
+}
+
+template void decoder_forward_cpu<float>(const DecoderConfig&, const float*, const DecoderWeights<float>&,
+                                         float*, const DecoderStats<float>&, DecoderSaved<float>*);
+template void decoder_forward_cpu<double>(const DecoderConfig&, const double*, const DecoderWeights<double>&,
+                                          double*, const DecoderStats<double>&, DecoderSaved<double>*);
+
+}  // namespace fastinr

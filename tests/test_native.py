@@ -1,0 +1,300 @@
+"""The native backend (csrc/, fastinr._C) against fastinr.reference.decode.
+
+Outputs, the gradients of the codes and of every params tensor, and the BlockStats, in float64
+(tight) and float32 (scaled to each tensor's magnitude), over blocks 0-3, layers 0-3, hidden 8..256,
+concat on/off/mixed, BatchNorm off / per image / per batch / running, every activation, 0-4
+frequencies, shapes 1x1 .. 32x32 (several tiles per image, ragged last tile), batch 1..5.
+The extension must be built unless FASTINR_SKIP_EXT=1 says it was deliberately not.
+"""
+import os
+
+import pytest
+import torch
+
+import fastinr
+from fastinr import backend, reference
+from fastinr.activations import ACTIVATIONS
+from fastinr.reference import DecoderParams, DecoderSpec
+
+if os.environ.get("FASTINR_SKIP_EXT", "0") == "1":
+    pytest.skip("FASTINR_SKIP_EXT=1: the native extension was deliberately not built",
+                allow_module_level=True)
+from fastinr import native  # noqa: E402  (must import: a missing build fails here, loudly)
+
+# (spec kwargs, shape, batch, norm_stats)
+CONFIGS = [
+    (dict(), (7, 13), 5, "image"),
+    (dict(hidden=256), (32, 32), 5, "image"),
+    (dict(hidden=256, code_size=3), (32, 32), 1, "batch"),
+    (dict(hidden=24, concat=(True, False)), (31, 17), 3, "image"),
+    (dict(hidden=24, concat=(True, False)), (31, 17), 3, "batch"),
+    (dict(hidden=24, concat=(False, True)), (31, 17), 2, "running"),
+    (dict(hidden=8, concat=(False,), layers_per_block=1, freqs=()), (7, 13), 1, "image"),
+    (dict(hidden=16, concat=(False,) * 3, layers_per_block=3, activation="relu"), (7, 13), 5, "batch"),
+    (dict(hidden=12, concat=(True, True), activation="silu"), (7, 13), 5, "image"),
+    (dict(hidden=12, concat=(False, True, False), activation="tanh"), (7, 13), 3, "running"),
+    (dict(hidden=20, concat=(True, False, True), batch_norm=False, activation="relu6",
+          activation_out="none"), (7, 13), 5, "image"),
+    (dict(hidden=24, batch_norm=False, activation="sigmoid", activation_out="tanh",
+          freqs=(1, 2.5, 7, 17)), (32, 32), 5, "image"),
+    (dict(hidden=32, batch_norm=False, freqs=(3,)), (1, 1), 5, "image"),
+    (dict(hidden=32, concat=(False, True), freqs=(3,)), (1, 1), 5, "running"),
+    (dict(hidden=16, concat=(), activation_out="relu"), (7, 13), 5, "image"),
+    (dict(hidden=16, layers_per_block=0), (7, 13), 5, "image"),
+    (dict(hidden=16, layers_per_block=0, concat=(True, False)), (7, 13), 2, "batch"),
+    (dict(hidden=16, out_channels=1, activation_out="none", freqs=(2, 4, 8)), (32, 32), 1, "image"),
+    (dict(hidden=9, out_channels=40, activation="silu", activation_out="gelu"), (5, 3), 2, "batch"),
+]
+DTYPES = [(torch.float64, 1e-10), (torch.float32, 2e-5)]
+
+
+def make_spec(code_size=11, out_channels=3, hidden=16, concat=(False, False), layers_per_block=2,
+              freqs=(7.0, 17.0), batch_norm=True, activation="gelu", activation_out="sigmoid"):
+    return DecoderSpec(code_size=code_size, out_channels=out_channels, hidden=hidden,
+                       concat=tuple(concat), layers_per_block=layers_per_block,
+                       freqs=tuple(float(f) for f in freqs), batch_norm=batch_norm,
+                       activation=activation, activation_out=activation_out)
+
+
+def make_params(spec, dtype, requires_grad=True):
+    """Random parameters with nn.Linear's scale and non-trivial BatchNorm affine and statistics."""
+    def linear(out, inp):
+        bound = inp ** -0.5
+        return (torch.empty(out, inp, dtype=dtype).uniform_(-bound, bound),
+                torch.empty(out, dtype=dtype).uniform_(-bound, bound))
+    widths = spec.block_widths
+    w_in, b_in = linear(spec.hidden, spec.code_size + spec.embedding_size)
+    n_norm = spec.num_blocks if spec.batch_norm else 0
+    norm_weight = tuple(torch.empty(widths[i], dtype=dtype).uniform_(0.5, 1.5) for i in range(n_norm))
+    norm_bias = tuple(torch.randn(widths[i], dtype=dtype) * 0.3 for i in range(n_norm))
+    weights, biases = [], []
+    for w in widths:
+        layers = [linear(w, w) for _ in range(spec.layers_per_block)]
+        weights.append(tuple(l[0] for l in layers))
+        biases.append(tuple(l[1] for l in layers))
+    w_out, b_out = linear(spec.out_channels, spec.out_width)
+    params = DecoderParams(w_in, b_in, norm_weight, norm_bias, tuple(weights), tuple(biases), w_out, b_out)
+    tensors = [t.requires_grad_(requires_grad) for t in params.flat()]
+    running = [(torch.randn(w, dtype=dtype) * 0.3, torch.empty(w, dtype=dtype).uniform_(0.5, 1.5))
+               for w in widths] if spec.batch_norm else []
+    return DecoderParams.from_flat(spec, tensors), running
+
+
+def assert_close_scaled(actual, expected, rel, what, torch_error=None):
+    """max |actual - expected| <= rel * max|expected|; in float32 also allowed 3x the error torch's
+    own float32 result (torch_error: that result) makes against the float64 `expected`."""
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert torch.isfinite(actual).all(), f"{what}: non-finite values"
+    if not expected.numel():
+        return
+    scale = max(expected.abs().max().item(), 1e-3)
+    err = (actual.double() - expected.double()).abs().max().item()
+    allowed = rel * scale
+    if torch_error is not None:
+        allowed = max(allowed, 3 * (torch_error.double() - expected.double()).abs().max().item())
+    assert err <= allowed, f"{what}: max error {err:.3e} > allowed {allowed:.3e} (scale {scale:.3e})"
+
+
+def run(module, codes, params, spec, shape, norm_stats, running, upstream):
+    codes = codes.detach().clone().requires_grad_(True)
+    colors, stats = module.decode(codes, params, spec, shape, norm_stats, running)
+    grads = torch.autograd.grad(colors, [codes, *params.flat()], upstream)
+    return colors.detach(), stats, grads
+
+
+def check_against_reference(spec, shape, batch, norm_stats, dtype, rel):
+    """Native vs the reference in the same dtype; float32 is judged against the float64 reference."""
+    params, running = make_params(spec, dtype)
+    codes = torch.randn(batch, spec.code_size, dtype=dtype)
+    upstream = torch.randn(batch, spec.out_channels, *shape, dtype=dtype)
+    out = run(native, codes, params, spec, shape, norm_stats, running, upstream)
+    ref = run(reference, codes, params, spec, shape, norm_stats, running, upstream)
+    same_dtype = None
+    if dtype != torch.float64:
+        params64 = DecoderParams.from_flat(spec, [t.detach().double().requires_grad_(True) for t in params.flat()])
+        running64 = [(m.double(), v.double()) for m, v in running]
+        same_dtype = ref
+        ref = run(reference, codes.double(), params64, spec, shape, norm_stats, running64, upstream.double())
+    assert out[0].dtype == dtype and all(g.dtype == dtype for g in out[2]), "dtype of the results"
+
+    def torch_error(get):
+        return None if same_dtype is None else get(same_dtype)
+
+    assert_close_scaled(out[0], ref[0], rel, "colors", torch_error(lambda r: r[0]))
+    assert len(out[1]) == len(ref[1]), "number of BlockStats"
+    for i, (a, b) in enumerate(zip(out[1], ref[1])):
+        assert a.count == b.count, f"stats[{i}].count {a.count} != {b.count}"
+        assert a.mean.dtype == a.var.dtype == dtype, f"stats[{i}] dtype"
+        assert_close_scaled(a.mean, b.mean, rel, f"stats[{i}].mean", torch_error(lambda r: r[1][i].mean))
+        assert_close_scaled(a.var, b.var, rel, f"stats[{i}].var", torch_error(lambda r: r[1][i].var))
+        assert not a.mean.requires_grad and not a.var.requires_grad, "BlockStats must be detached"
+    names = ["codes"] + [f"params[{k}]" for k in range(len(params.flat()))]
+    for k, (name, a, b) in enumerate(zip(names, out[2], ref[2])):
+        assert_close_scaled(a, b, rel, f"grad of {name}", torch_error(lambda r: r[2][k]))
+
+
+@pytest.mark.parametrize("dtype,rel", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("kwargs,shape,batch,norm_stats", CONFIGS, ids=[f"cfg{k}" for k in range(len(CONFIGS))])
+def test_matches_reference(kwargs, shape, batch, norm_stats, dtype, rel):
+    check_against_reference(make_spec(**kwargs), shape, batch, norm_stats, dtype, rel)
+
+
+@pytest.mark.parametrize("activation", sorted(set(ACTIVATIONS) - {"identity", "linear"}))
+@pytest.mark.parametrize("dtype,rel", DTYPES, ids=["f64", "f32"])
+def test_every_activation(activation, dtype, rel):
+    spec = make_spec(hidden=10, activation=activation, activation_out=activation, freqs=(3.0,))
+    check_against_reference(spec, (6, 5), 2, "image", dtype, rel)
+
+
+@pytest.mark.parametrize("norm_stats,batch_norm", [("image", True), ("batch", True), ("running", True),
+                                                   ("image", False)])
+def test_gradcheck(norm_stats, batch_norm):
+    spec = make_spec(code_size=3, hidden=5, concat=(True, False), batch_norm=batch_norm, freqs=(2.0,),
+                     activation="silu")
+    params, running = make_params(spec, torch.float64)
+    codes = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    tensors = params.flat()
+
+    def fn(codes, *tensors):
+        return native.decode(codes, DecoderParams.from_flat(spec, tensors), spec, (3, 4), norm_stats, running)[0]
+
+    assert torch.autograd.gradcheck(fn, (codes, *tensors), eps=1e-6, atol=1e-7)
+
+
+def test_thread_counts_agree():
+    spec = make_spec(hidden=48, concat=(True, False))
+    params, running = make_params(spec, torch.float32)
+    codes = torch.randn(5, spec.code_size)
+    upstream = torch.randn(5, 3, 31, 17)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            results.append(run(native, codes, params, spec, (31, 17), "image", running, upstream))
+    finally:
+        torch.set_num_threads(threads)
+    (c1, s1, g1), (c2, s2, g2) = results
+    assert_close_scaled(c2, c1, 1e-6, "colors")
+    for a, b in zip(s2, s1):
+        assert torch.equal(a.mean, b.mean) and torch.equal(a.var, b.var), "stats depend on the thread count"
+    for k, (a, b) in enumerate(zip(g2, g1)):
+        assert_close_scaled(a, b, 1e-5, f"grad {k}")
+
+
+def test_streaming_render_matches_reference():
+    """Eval mode without gradients: one streaming pass over many tiles per image."""
+    spec = make_spec(hidden=32, concat=(False, True))
+    params, running = make_params(spec, torch.float32, requires_grad=False)
+    codes = torch.randn(2, spec.code_size)
+    with torch.no_grad():
+        ours, stats = native.decode(codes, params, spec, (45, 61), "running", running)
+        ref, _ = reference.decode(codes, params, spec, (45, 61), "running", running)
+    assert stats == []
+    assert_close_scaled(ours, ref, 2e-5, "colors")
+
+
+@pytest.mark.parametrize("norm_stats", ["image", "batch"])
+def test_no_grad_with_batch_statistics(norm_stats):
+    """Without autograd the multi-pass forward keeps only the block inputs it reads back."""
+    spec = make_spec(hidden=24, concat=(True, False, False), layers_per_block=1)
+    params, running = make_params(spec, torch.float64)
+    codes = torch.randn(3, spec.code_size, dtype=torch.float64)
+    with torch.no_grad():
+        ours, ours_stats = native.decode(codes, params, spec, (19, 11), norm_stats)
+        ref, ref_stats = reference.decode(codes, params, spec, (19, 11), norm_stats)
+    assert not ours.requires_grad
+    assert_close_scaled(ours, ref, 1e-10, "colors")
+    for i, (a, b) in enumerate(zip(ours_stats, ref_stats)):
+        assert_close_scaled(a.mean, b.mean, 1e-10, f"stats[{i}].mean")
+        assert_close_scaled(a.var, b.var, 1e-10, f"stats[{i}].var")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype,rel", DTYPES, ids=["f64", "f32"])
+def test_cuda_render_matches_reference(dtype, rel):
+    if not native.renders_on_cuda():
+        pytest.fail("a GPU is present but fastinr._C was built without CUDA (nvcc missing at build time?)")
+    spec = make_spec(hidden=48, concat=(True, False), activation="silu")
+    params, running = make_params(spec, dtype, requires_grad=False)
+    params = DecoderParams.from_flat(spec, [t.cuda() for t in params.flat()])
+    running = [(m.cuda(), v.cuda()) for m, v in running]
+    codes = torch.randn(3, spec.code_size, dtype=dtype, device="cuda")
+    with torch.no_grad():
+        ours, stats = native.decode(codes, params, spec, (37, 29), "running", running)
+        ref, _ = reference.decode(codes, params, spec, (37, 29), "running", running)
+    assert stats == [] and ours.device == codes.device
+    assert_close_scaled(ours.cpu(), ref.cpu(), rel, "colors")
+    with pytest.raises(ValueError, match="only renders in eval mode"):
+        native.decode(codes, params, spec, (37, 29), "image")
+
+
+@pytest.mark.parametrize("batch_norm_stats", ["image", "batch"])
+def test_module_running_stats_match_torch_backend(batch_norm_stats):
+    kwargs = dict(num_hidden=16, num_blocks=2, concat_residual=(True, False), batch_norm_stats=batch_norm_stats)
+    torch_model = fastinr.ImageManifoldDecoder(7, backend="torch", **kwargs).double()
+    native_model = fastinr.ImageManifoldDecoder(7, backend="native", **kwargs).double()
+    native_model.load_state_dict(torch_model.state_dict())
+    for _ in range(3):
+        codes = torch.randn(4, 7, dtype=torch.float64)
+        upstream = torch.randn(4, 3, 6, 9, dtype=torch.float64)
+        for model in (torch_model, native_model):
+            model.train()
+            model.zero_grad()
+            (model(codes, (6, 9)) * upstream).sum().backward()
+        for (name, a), b in zip(torch_model.named_parameters(), native_model.parameters()):
+            assert_close_scaled(b.grad, a.grad, 1e-10, f"grad of {name}")
+    for (name, a), b in zip(torch_model.state_dict().items(), native_model.state_dict().values()):
+        if a.is_floating_point():
+            assert_close_scaled(b, a, 1e-10, name)
+        else:
+            assert torch.equal(a, b), name
+    codes = torch.randn(3, 7, dtype=torch.float64)
+    torch_model.eval(), native_model.eval()
+    assert_close_scaled(native_model(codes, (5, 4)), torch_model(codes, (5, 4)), 1e-10, "eval colors")
+
+
+def test_backend_selection(monkeypatch):
+    assert "native" in fastinr.available_backends("cpu")
+    monkeypatch.delenv("FASTINR_BACKEND", raising=False)
+    assert fastinr.resolve_backend("auto", "cpu") == ("native", native.decode)
+    monkeypatch.setenv("FASTINR_BACKEND", "native")
+    assert backend.resolve_backend("auto", "cpu")[0] == "native"
+    assert native.supports("cpu") and not native.supports("meta")
+
+
+def test_bad_inputs_raise_clear_errors():
+    spec = make_spec(hidden=8)
+    params, running = make_params(spec, torch.float32)
+    codes = torch.randn(2, spec.code_size)
+    with pytest.raises(ValueError, match="norm_stats must be one of"):
+        native.decode(codes, params, spec, (4, 4), "nonsense")
+    with pytest.raises(ValueError, match=r"codes must be a tensor of shape \(B, 11\)"):
+        native.decode(codes[0], params, spec, (4, 4))
+    with pytest.raises(TypeError, match="params.w_in has dtype Double but codes have Float"):
+        native.decode(codes, params._replace(w_in=params.w_in.double()), spec, (4, 4))
+    with pytest.raises(ValueError, match=r"params.w_out must have shape \[3, 8\], got \[3, 7\]"):
+        native.decode(codes, params._replace(w_out=params.w_out[:, 1:]), spec, (4, 4))
+    with pytest.raises(ValueError, match=r"codes must have 11 channels \(spec.code_size\), got \(2, 10\)"):
+        native.decode(codes[:, 1:], params, spec, (4, 4))
+    with pytest.raises(ValueError, match=r"params.w_in must have shape \[8, 21\], got \[8, 20\]"):
+        native.decode(codes, params._replace(w_in=params.w_in[:, 1:]), spec, (4, 4))
+    with pytest.raises(ValueError, match="running must hold"):
+        native.decode(codes, params, spec, (4, 4), "running", running[:1])
+    with pytest.raises(ValueError, match=r"running\[1\].var must have shape \[8\]"):
+        native.decode(codes, params, spec, (4, 4), "running", [running[0], (running[1][0], running[1][1][:3])])
+    with pytest.raises(ValueError, match="needs more than one value per channel"):
+        native.decode(codes, params, spec, (1, 1), "image")
+    with pytest.raises(ValueError, match=r"shape must be \(H, W\)"):
+        native.decode(codes, params, spec, (0, 4))
+    with pytest.raises(TypeError, match="codes must be float32 or float64, got Long"):
+        native.decode(codes.long(), params, spec, (4, 4))
+
+
+def test_reduced_precision_is_handed_to_the_reference():
+    spec = make_spec(hidden=8)
+    params, _ = make_params(spec, torch.bfloat16, requires_grad=False)
+    codes = torch.randn(2, spec.code_size, dtype=torch.bfloat16)
+    ours, _ = native.decode(codes, params, spec, (4, 5))
+    ref, _ = reference.decode(codes, params, spec, (4, 5))
+    assert ours.dtype == torch.bfloat16 and torch.equal(ours, ref)
