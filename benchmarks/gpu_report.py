@@ -5,7 +5,7 @@
 1. Checks fastinr-triton against the reference on the GPU (colors, every gradient, BlockStats;
    float32 against float64, and bf16 autocast against torch's own bf16 error).
 2. Times, for each workload, the providers side by side:
-     seed-loop  the seed's per-image loop (tests/seed_decoder.py, embedding cached per shape)
+     seed-loop  the seed's per-image loop (tests/seed_decoder.py SeedLoopDecoder)
      torch      the batched reference, eager
      compiled   torch.compile(mode="max-autotune") of the batched reference
      triton     fastinr's Triton kernels
@@ -95,22 +95,11 @@ def case_names(only=""):
 # ----------------------------------------------------------------------------- inside a case
 
 def _seed_model(device):
-    """The seed's decoder with its embedding cached per shape: only the per-image loop is timed."""
+    """The seed's per-image loop (tests/seed_decoder.py SeedLoopDecoder)."""
     sys.path.insert(0, ROOT)
-    from tests.seed_decoder import SeedImageManifoldDecoder
-    model = SeedImageManifoldDecoder(SEED["code"], SEED["out"], SEED["hidden"], SEED["blocks"],
-                                     SEED["layers"], pos_embedding_freqs=SEED["freqs"]).to(device)
-    cache, embedding = {}, model.embedding
-
-    def cached(height, width, like):
-        key = (height, width, like.dtype)
-        if key not in cache:
-            from fastinr.embedding import pos_embedding
-            cache[key] = pos_embedding(height, width, model.freqs, like.device, like.dtype)
-        return cache[key]
-    model.embedding = cached
-    del embedding
-    return model
+    from tests.seed_decoder import SeedLoopDecoder
+    return SeedLoopDecoder(SEED["code"], SEED["out"], SEED["hidden"], SEED["blocks"],
+                           SEED["layers"], pos_embedding_freqs=SEED["freqs"]).to(device)
 
 
 def _fastinr_model(device, backend):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import fastinr
-from tests.seed_decoder import SeedImageManifoldDecoder
+from tests.seed_decoder import SeedLoopDecoder
 
 from conftest import DEVICE
 
@@ -23,14 +23,6 @@ RENDER_BATCH, RENDER_SHAPE = (64, (128, 128)) if DEVICE.type == "cuda" else (16,
 
 OTHER_BACKENDS = [b for b in fastinr.available_backends(DEVICE) if b != "torch"]
 PROVIDERS = ["seed-loop", "torch", "compiled", *OTHER_BACKENDS]
-
-
-class SeedLoopDecoder(SeedImageManifoldDecoder):
-    """The seed's per-image loop, with its embedding built by tensor ops as the seed did; the
-    oracle's pixel-by-pixel Python embedding is for independence, not for timing."""
-
-    def embedding(self, height, width, like):
-        return fastinr.pos_embedding(height, width, self.freqs, device=like.device, dtype=like.dtype)
 
 
 def make_decoder(provider):

@@ -1,8 +1,8 @@
 """A deliberately naive re-implementation of the seed's decoder, written from DESIGN.md.
 
 It loops over the images of a batch, builds `code ⊕ embedding` for every pixel and runs plain
-nn.Modules on it, exactly as the seed did. It is the oracle for the drop-in module and the
-`seed-loop` provider of the benchmarks. Never optimise it.
+nn.Modules on it, exactly as the seed did. It is the oracle for the drop-in module; its subclass
+SeedLoopDecoder is the `seed-loop` provider of the benchmarks. Never optimise them.
 """
 import math
 from collections import OrderedDict
@@ -76,3 +76,13 @@ class SeedImageManifoldDecoder(nn.Module):
         inputs = torch.cat([x[None].expand(emb.shape[0], -1), emb], dim=1)
         colors = self.pos_to_color(inputs)
         return colors.t().reshape(self.num_output_channels, *shape)
+
+
+class SeedLoopDecoder(SeedImageManifoldDecoder):
+    """The `seed-loop` provider of every benchmark: the seed's per-image loop, with the embedding
+    built by tensor ops on every call as the seed did. The oracle's pixel-by-pixel Python
+    embedding is there for independence, not for timing."""
+
+    def embedding(self, height, width, like):
+        from fastinr.embedding import pos_embedding
+        return pos_embedding(height, width, self.freqs, device=like.device, dtype=like.dtype)
