@@ -72,23 +72,28 @@ void forward_kernel(Act act, const float* z, float* a, int64_t n) {
   }
 }
 
+// GELU's Phi(x) and exp(-x^2 / 2), sharing one exp: erf_approx(x / sqrt 2) inlined, whose exp is
+// also the normal pdf's (times 1/sqrt(2 pi)).
+static inline void gelu_cdf_and_exp(float x, float& cdf, float& e) {
+  float ax = (x < 0.0f ? -x : x) * kSqrtHalf;
+  float t = 1.0f / (1.0f + 0.3275911f * ax);
+  float r = 1.061405429f;
+  r = r * t - 1.453152027f;
+  r = r * t + 1.421413741f;
+  r = r * t - 0.284496736f;
+  r = r * t + 0.254829592f;
+  e = exp_approx(-ax * ax);
+  float erf_abs = 1.0f - r * t * e;
+  cdf = 0.5f * (1.0f + (x < 0.0f ? -erf_abs : erf_abs));
+}
+
 // The derivative conventions match PyTorch's: relu' = (z > 0), relu6' = (0 < z < 6).
 void backward_kernel(Act act, const float* z, const float* g, float* dz, int64_t n) {
   switch (act) {
     case Act::gelu:
       for (int64_t k = 0; k < n; ++k) {
-        // erf_approx(x / sqrt 2) inlined: its exp(-x^2 / 2) is also the normal pdf's
-        float x = z[k];
-        float ax = (x < 0.0f ? -x : x) * kSqrtHalf;
-        float t = 1.0f / (1.0f + 0.3275911f * ax);
-        float r = 1.061405429f;
-        r = r * t - 1.453152027f;
-        r = r * t + 1.421413741f;
-        r = r * t - 0.284496736f;
-        r = r * t + 0.254829592f;
-        float e = exp_approx(-ax * ax);
-        float erf_abs = 1.0f - r * t * e;
-        float cdf = 0.5f * (1.0f + (x < 0.0f ? -erf_abs : erf_abs));
+        float x = z[k], cdf, e;
+        gelu_cdf_and_exp(x, cdf, e);
         dz[k] = g[k] * (cdf + x * kInvSqrt2Pi * e);
       }
       break;
@@ -127,17 +132,8 @@ void forward_grad_kernel(Act act, const float* z, float* a, float* d, int64_t n)
   switch (act) {
     case Act::gelu:
       for (int64_t k = 0; k < n; ++k) {
-        float x = z[k];
-        float ax = (x < 0.0f ? -x : x) * kSqrtHalf;
-        float t = 1.0f / (1.0f + 0.3275911f * ax);
-        float r = 1.061405429f;
-        r = r * t - 1.453152027f;
-        r = r * t + 1.421413741f;
-        r = r * t - 0.284496736f;
-        r = r * t + 0.254829592f;
-        float e = exp_approx(-ax * ax);
-        float erf_abs = 1.0f - r * t * e;
-        float cdf = 0.5f * (1.0f + (x < 0.0f ? -erf_abs : erf_abs));
+        float x = z[k], cdf, e;
+        gelu_cdf_and_exp(x, cdf, e);
         a[k] = x * cdf;
         d[k] = cdf + x * kInvSqrt2Pi * e;
       }
