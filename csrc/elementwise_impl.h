@@ -29,15 +29,21 @@ inline float exp_approx(float x) {
   return y * scale;
 }
 
-inline float erf_approx(float x) {
-  float ax = x < 0.0f ? -x : x;
+// |erf(x)| = 1 - poly(t) * t * exp(-x^2), t = 1 / (1 + p |x|) (Abramowitz & Stegun 7.1.26, as
+// torch's vectorised erf): returns poly(t) * t, so callers can share the exp.
+inline float erf_tail(float ax) {
   float t = 1.0f / (1.0f + 0.3275911f * ax);
   float r = 1.061405429f;
   r = r * t - 1.453152027f;
   r = r * t + 1.421413741f;
   r = r * t - 0.284496736f;
   r = r * t + 0.254829592f;
-  float e = 1.0f - r * t * exp_approx(-ax * ax);
+  return r * t;
+}
+
+inline float erf_approx(float x) {
+  float ax = x < 0.0f ? -x : x;
+  float e = 1.0f - erf_tail(ax) * exp_approx(-ax * ax);
   return x < 0.0f ? -e : e;
 }
 
@@ -76,14 +82,8 @@ void forward_kernel(Act act, const float* z, float* a, int64_t n) {
 // also the normal pdf's (times 1/sqrt(2 pi)).
 static inline void gelu_cdf_and_exp(float x, float& cdf, float& e) {
   float ax = (x < 0.0f ? -x : x) * kSqrtHalf;
-  float t = 1.0f / (1.0f + 0.3275911f * ax);
-  float r = 1.061405429f;
-  r = r * t - 1.453152027f;
-  r = r * t + 1.421413741f;
-  r = r * t - 0.284496736f;
-  r = r * t + 0.254829592f;
   e = exp_approx(-ax * ax);
-  float erf_abs = 1.0f - r * t * e;
+  float erf_abs = 1.0f - erf_tail(ax) * e;
   cdf = 0.5f * (1.0f + (x < 0.0f ? -erf_abs : erf_abs));
 }
 
