@@ -17,6 +17,7 @@ from fastinr.embedding import pos_embedding, pos_embedding_size
 from fastinr.ops.activation import _act, _act_grad
 from fastinr.ops import config as config_module
 from fastinr.ops.config import LaunchConfig, feature_block
+from fastinr.ops.tiling import _tile_rows
 
 
 @triton.jit
@@ -52,10 +53,7 @@ def _embed_fwd_kernel(
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    b = pid_m // tiles_per_image
-    pix = (pid_m - b * tiles_per_image) * BLOCK_M + tl.arange(0, BLOCK_M)
-    pix_mask = pix < P
-    rows = b.to(tl.int64) * P + pix
+    b, pix, pix_mask, rows = _tile_rows(pid_m, tiles_per_image, P, BLOCK_M)
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = n < N
     emb = _pixel_embedding(pix, width, x_table_ptr, y_table_ptr, E, E_PAD)
@@ -91,10 +89,7 @@ def _embed_bwd_kernel(
     e = tl.arange(0, E_PAD)
     acc = tl.zeros((BLOCK_N, E_PAD), dtype=tl.float32)
     for tile in range(split, n_tiles, splits):
-        b = tile // tiles_per_image
-        pix = (tile - b * tiles_per_image) * BLOCK_M + tl.arange(0, BLOCK_M)
-        pix_mask = pix < P
-        rows = (b * P + pix).to(tl.int64)
+        b, pix, pix_mask, rows = _tile_rows(tile, tiles_per_image, P, BLOCK_M)
         mask = n_mask[:, None] & pix_mask[None, :]
         dh = tl.load(dh_ptr + rows[None, :] * stride_dh + n[:, None], mask=mask, other=0.0)
         z = tl.load(z_ptr + rows[None, :] * N + n[:, None], mask=mask, other=0.0)

@@ -19,6 +19,7 @@ import triton.language as tl
 from fastinr.ops.activation import _act, _act_grad
 from fastinr.ops import config as config_module
 from fastinr.ops.config import LaunchConfig
+from fastinr.ops.tiling import _tile_rows
 
 RES_NONE, RES_ADD, RES_CONCAT = 0, 1, 2
 
@@ -42,10 +43,7 @@ def _linear_fwd_kernel(
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    g = pid_m // tiles_per_group
-    local = (pid_m - g * tiles_per_group) * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_mask = local < R
-    rows = g.to(tl.int64) * R + local
+    g, local, row_mask, rows = _tile_rows(pid_m, tiles_per_group, R, BLOCK_M)
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = n < N
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -96,10 +94,7 @@ def _linear_bwd_dx_kernel(
 ):
     pid_m = tl.program_id(0)
     pid_k = tl.program_id(1)
-    g = pid_m // tiles_per_group
-    local = (pid_m - g * tiles_per_group) * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_mask = local < R
-    rows = g.to(tl.int64) * R + local
+    g, local, row_mask, rows = _tile_rows(pid_m, tiles_per_group, R, BLOCK_M)
     k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     k_mask = k < K
     acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
