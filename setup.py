@@ -35,7 +35,7 @@ def extension_build():
         # Never read the local GPU: pick a fixed, portable set of targets.
         os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
     openmp = ["-fopenmp"]
-    # Generic code for the build's baseline ISA; csrc/elementwise_avx2.cpp carries its own target
+    # Generic code for the build's baseline ISA; csrc/elementwise_avx2.cpp and _avx512.cpp carry their target
     # pragma and is only called after a run-time CPU check, so the wheel runs on any x86-64 CPU.
     cxx_flags = ["-O3", "-fno-math-errno", "-fno-trapping-math", *openmp]
     define = [("FASTINR_WITH_CUDA", None)] if use_cuda else []

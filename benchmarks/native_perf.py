@@ -149,7 +149,8 @@ def main():
         torch.set_num_threads(args.threads)
     from fastinr import _C
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, native float kernels "
-          f"{_C.elementwise_isa()}, tile {_C.tile_rows()} rows")
+          f"{_C.elementwise_isa()}, tile {_C.tile_rows()} rows, packed float weights "
+          f"{'yes' if _C.blas_packs_weights() else 'no'}")
     rate = sgemm_rate(args.repeat)
     print(f"sgemm (torch.mm 4096x256 @ 256x256): {rate:.1f} GFLOP/s")
 

@@ -7,6 +7,7 @@
 
 #include "decoder_cpu.h"
 #include "elementwise.h"
+#include "gemm.h"
 
 #ifdef FASTINR_WITH_CUDA
 #include <c10/cuda/CUDAStream.h>
@@ -347,6 +348,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("width"), py::arg("freqs"), py::arg("concat"), py::arg("layers"), py::arg("batch_norm"),
         py::arg("activation"), py::arg("activation_out"), py::arg("eps"), py::arg("norm_stats"));
   m.def("built_with_cuda", &fastinr::built_with_cuda);
-  m.def("elementwise_isa", &fastinr::elementwise_isa, "float activation kernels in use: avx2 or generic");
+  m.def("elementwise_isa", &fastinr::elementwise_isa, "float activation kernels in use: avx512, avx2 or generic");
+  m.def("elementwise_isas", &fastinr::elementwise_isas, "float activation kernel sets this CPU runs, fastest first");
+  m.def("set_elementwise_isa", &fastinr::set_elementwise_isa, "use one of elementwise_isas()", py::arg("isa"));
   m.def("tile_rows", &fastinr::decoder_tile_rows);
+  m.def("blas_packs_weights", &fastinr::blas_packs_weights,
+        "whether the BLAS offers sgemm_pack (MKL): float weights are then packed once per call");
 }

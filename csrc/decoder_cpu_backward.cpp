@@ -56,6 +56,13 @@ class Backward {
       for (auto* e : {&carry0_, &carry1_}) e->resize(cfg.rows() * max_width(cfg));
     }
     dcode_tile_.assign(tiles_.size() * cfg.hidden, 0.0);
+    const int64_t rows = decoder_tile_rows();
+    for (int64_t i = 0; i < nb_; ++i)
+      for (int64_t l = 0; l < cfg.layers; ++l) {
+        const int64_t w = cfg.block_width(i);
+        input_gemm_.emplace_back(wts.weight[i * cfg.layers + l], w, w, false, rows);
+      }
+    out_input_gemm_.emplace_back(wts.w_out, cfg.out_channels, cfg.out_width(), false, rows);
   }
 
   void run() {
@@ -130,7 +137,7 @@ class Backward {
       act_backward(cfg_.act_out, saved_.z_out + r0 * o, dz, dz, n * o);
       gemm(true, false, o, wo, n, T(1), dz, o, saved_.hidden[nb_] + r0 * wo, wo, T(1), acc + layout_.w_out, wo);
       add_colsum(dz, n, o, o, acc + layout_.b_out);
-      gemm(false, false, n, wo, o, T(1), dz, o, wts_.w_out, wo, T(0), G, wo);
+      out_input_gemm_[0](dz, n, T(0), G);
       i = nb_ - 1;
     } else {
       const int64_t w = cfg_.block_width(start);
@@ -177,7 +184,7 @@ class Backward {
         }
         gemm(true, false, w, w, n, T(1), dz, w, x, w, T(1), acc + layout_.weight[i * L + l], w);
         add_colsum(dz, n, w, w, acc + layout_.bias[i * L + l]);
-        gemm(false, false, n, w, w, T(1), dz, w, wts_.weight[i * L + l], w, T(0), s.lc.data(), w);
+        input_gemm_[i * L + l](dz, n, T(0), s.lc.data());
         dA = s.lc.data();
         ld = w;
       }
@@ -296,6 +303,7 @@ class Backward {
   int carry_in_ = 0;   // which carry buffer the next pass reads; it writes the other
   TileMoments sums_;   // per tile: sum of dx0 ("mean") and of dx0 * xhat ("m2")
   std::vector<double> dcode_tile_;
+  std::vector<TileGemm<T>> input_gemm_, out_input_gemm_;   // dz W for each Linear's input gradient
 };
 
 }  // namespace

@@ -44,6 +44,22 @@ class Forward {
     }
     if (cfg.batch_norm && !cfg.batch_stats())
       for (int64_t i = 0; i < nb_; ++i) norms_[i] = running_norm(cfg, wts, i);
+    // The embedding of pixel (x, y) is a column part plus a row part, so its projection is too.
+    col_proj_ = axis_projection(cfg, wts, 0);
+    row_proj_ = axis_projection(cfg, wts, 1);
+    // Without a backward to follow, fixed BatchNorm constants fold into each block's first Linear.
+    fold_norms_ = cfg.batch_norm && !cfg.batch_stats() && saved_ == nullptr;
+    folded_.resize(nb_);
+    const int64_t L = cfg.layers, rows = decoder_tile_rows();
+    for (int64_t i = 0; i < nb_; ++i) {
+      const int64_t w = cfg.block_width(i);
+      for (int64_t l = 0; l < L; ++l) {
+        const T* weight = wts.weight[i * L + l];
+        if (l == 0 && fold_norms_ && L > 0) weight = fold_norm(i);
+        layer_gemm_.emplace_back(weight, w, w, true, rows);
+      }
+    }
+    out_gemm_.emplace_back(wts.w_out, cfg.out_channels, cfg.out_width(), true, rows);
   }
 
   void run() {
@@ -104,11 +120,16 @@ class Forward {
     T* cur;
     int64_t i;
     if (start < 0) {
-      const int64_t h = cfg_.hidden, c = cfg_.code_size, e = cfg_.emb_size();
+      const int64_t h = cfg_.hidden;
       T* z = saved_ ? saved_->z_in + r0 * h : s.la.data();
-      fill_rows(z, &code_proj_[tile.image * h], n, h);
-      embedding_rows(cfg_, tile.p0, n, s.emb.data());
-      gemm(false, true, n, h, e, T(1), s.emb.data(), e, wts_.w_in + c, c + e, T(1), z, h);
+      const T* code = &code_proj_[tile.image * h];
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t p = tile.p0 + j;
+        const T* col = &col_proj_[(p % cfg_.width) * h];
+        const T* row = &row_proj_[(p / cfg_.width) * h];
+        T* dst = z + j * h;
+        for (int64_t k = 0; k < h; ++k) dst[k] = code[k] + (col[k] + row[k]);
+      }
       cur = hidden_[0] ? hidden_[0] + r0 * h : s.h0.data();
       act_forward(cfg_.act, z, cur, n * h);
       i = 0;
@@ -127,7 +148,7 @@ class Forward {
       }
       const int64_t w = cfg_.block_width(i), wn = cfg_.block_width(i + 1);
       const T* x = cur;
-      if (cfg_.batch_norm) {
+      if (cfg_.batch_norm && !(fold_norms_ && L > 0)) {
         const int64_t g = group_of(cfg_, tile);
         const T* scale = &norms_[i].scale[(norms_[i].groups > 1 ? g : 0) * w];
         const T* shift = &norms_[i].shift[(norms_[i].groups > 1 ? g : 0) * w];
@@ -139,8 +160,8 @@ class Forward {
       for (int64_t l = 0; l < L; ++l) {
         T* other = x == s.la.data() ? s.lb.data() : s.la.data();
         T* z = saved_ ? saved_->z[i * L + l] + r0 * w : other;
-        fill_rows(z, wts_.bias[i * L + l], n, w);
-        gemm(false, true, n, w, w, T(1), x, w, wts_.weight[i * L + l], w, T(1), z, w);
+        fill_rows(z, l == 0 && fold_norms_ ? folded_[i].bias.data() : wts_.bias[i * L + l], n, w);
+        layer_gemm_[i * L + l](x, n, T(1), z);
         act_forward(cfg_.act, z, other, n * w);
         x = other;
       }
@@ -162,10 +183,10 @@ class Forward {
   }
 
   void output(const Tile& tile, const T* h, Scratch<T>& s) {
-    const int64_t n = tile.rows, o = cfg_.out_channels, w = cfg_.out_width(), pixels = cfg_.pixels();
+    const int64_t n = tile.rows, o = cfg_.out_channels, pixels = cfg_.pixels();
     T* z = saved_ ? saved_->z_out + tile.r0 * o : s.out0.data();
     fill_rows(z, wts_.b_out, n, o);
-    gemm(false, true, n, o, w, T(1), h, w, wts_.w_out, w, T(1), z, o);
+    out_gemm_[0](h, n, T(1), z);
     T* a = s.out1.data();
     act_forward(cfg_.act_out, z, a, n * o);
     for (int64_t c = 0; c < o; ++c) {
@@ -173,6 +194,46 @@ class Forward {
       for (int64_t j = 0; j < n; ++j) dst[j] = a[j * o + c];
     }
   }
+
+  // (axis length, hidden): the embedding of each column (axis 0) or row (axis 1) with the other
+  // axis's features zeroed, times W_pos^T.
+  static std::vector<T> axis_projection(const DecoderConfig& cfg, const DecoderWeights<T>& wts, int axis) {
+    const int64_t n = axis == 0 ? cfg.width : cfg.height, e = cfg.emb_size(), h = cfg.hidden;
+    std::vector<T> emb(n * e), proj(n * h);
+    for (int64_t i = 0; i < n; ++i) {
+      T* row = &emb[i * e];
+      embedding_rows(cfg, axis == 0 ? i : i * cfg.width, 1, row);
+      for (int64_t k = 0; k < e; ++k)
+        if ((k < 2 ? k : (k - 2) % 2) != axis) row[k] = T(0);
+    }
+    gemm(false, true, n, h, e, T(1), emb.data(), e, wts.w_in + cfg.code_size, cfg.code_size + e, T(0),
+         proj.data(), h);
+    return proj;
+  }
+
+  // W diag(scale) and b + W shift for block i's first Linear, from its fixed BatchNorm constants.
+  const T* fold_norm(int64_t i) {
+    const int64_t w = cfg_.block_width(i);
+    const T* weight = wts_.weight[i * cfg_.layers];
+    const T* bias = wts_.bias[i * cfg_.layers];
+    const BlockNorm<T>& norm = norms_[i];
+    Folded& f = folded_[i];
+    f.weight.resize(w * w);
+    f.bias.resize(w);
+    for (int64_t r = 0; r < w; ++r) {
+      T shifted = bias[r];
+      for (int64_t c = 0; c < w; ++c) {
+        f.weight[r * w + c] = weight[r * w + c] * norm.scale[c];
+        shifted += weight[r * w + c] * norm.shift[c];
+      }
+      f.bias[r] = shifted;
+    }
+    return f.weight.data();
+  }
+
+  struct Folded {
+    std::vector<T> weight, bias;
+  };
 
   const DecoderConfig& cfg_;
   const DecoderWeights<T>& wts_;
@@ -186,6 +247,10 @@ class Forward {
   std::vector<T*> hidden_;
   std::vector<std::vector<T>> owned_;
   TileMoments moments_;
+  std::vector<T> col_proj_, row_proj_;
+  bool fold_norms_ = false;
+  std::vector<Folded> folded_;
+  std::vector<TileGemm<T>> layer_gemm_, out_gemm_;
 };
 
 }  // namespace

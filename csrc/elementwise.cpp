@@ -3,6 +3,11 @@
 
 #include <math.h>
 
+#include <atomic>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
 namespace fastinr {
 namespace generic {
 void act_forward_float(Act act, const float* z, float* a, int64_t n);
@@ -15,31 +20,50 @@ void act_forward_float(Act act, const float* z, float* a, int64_t n);
 void act_backward_float(Act act, const float* z, const float* g, float* dz, int64_t n);
 void act_forward_grad_float(Act act, const float* z, float* a, float* d, int64_t n);
 }  // namespace avx2
+namespace avx512 {
+void act_forward_float(Act act, const float* z, float* a, int64_t n);
+void act_backward_float(Act act, const float* z, const float* g, float* dz, int64_t n);
+void act_forward_grad_float(Act act, const float* z, float* a, float* d, int64_t n);
+}  // namespace avx512
 #endif
 
 namespace {
 
 struct FloatKernels {
+  const char* isa;
   void (*forward)(Act, const float*, float*, int64_t);
   void (*backward)(Act, const float*, const float*, float*, int64_t);
   void (*forward_grad)(Act, const float*, float*, float*, int64_t);
-  const char* isa;
 };
 
-FloatKernels pick_float_kernels() {
+// Every float kernel set this CPU can run, fastest first.
+std::vector<FloatKernels> supported_float_kernels() {
+  std::vector<FloatKernels> sets;
 #if (defined(__x86_64__) || defined(_M_X64)) && defined(__GNUC__)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-    return {avx2::act_forward_float, avx2::act_backward_float, avx2::act_forward_grad_float, "avx2"};
-  }
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("fma"))
+    sets.push_back({"avx512", avx512::act_forward_float, avx512::act_backward_float,
+                    avx512::act_forward_grad_float});
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    sets.push_back({"avx2", avx2::act_forward_float, avx2::act_backward_float, avx2::act_forward_grad_float});
 #endif
-  return {generic::act_forward_float, generic::act_backward_float, generic::act_forward_grad_float,
-          "generic"};
+  sets.push_back({"generic", generic::act_forward_float, generic::act_backward_float,
+                  generic::act_forward_grad_float});
+  return sets;
 }
 
+const std::vector<FloatKernels>& float_kernel_sets() {
+  static const std::vector<FloatKernels> sets = supported_float_kernels();
+  return sets;
+}
+
+std::atomic<const FloatKernels*> current{nullptr};
+
 const FloatKernels& float_kernels() {
-  static const FloatKernels kernels = pick_float_kernels();
-  return kernels;
+  const FloatKernels* kernels = current.load(std::memory_order_acquire);
+  return kernels ? *kernels : float_kernel_sets().front();
 }
 
 constexpr double kSqrtHalf = 0.70710678118654752440;
@@ -60,6 +84,23 @@ void act_forward_grad(Act act, const float* z, float* a, float* d, int64_t n) {
 }
 
 const char* elementwise_isa() { return float_kernels().isa; }
+
+std::vector<std::string> elementwise_isas() {
+  std::vector<std::string> names;
+  for (const FloatKernels& kernels : float_kernel_sets()) names.emplace_back(kernels.isa);
+  return names;
+}
+
+void set_elementwise_isa(const std::string& isa) {
+  for (const FloatKernels& kernels : float_kernel_sets())
+    if (isa == kernels.isa) {
+      current.store(&kernels, std::memory_order_release);
+      return;
+    }
+  std::string names;
+  for (const std::string& name : elementwise_isas()) names += (names.empty() ? "" : ", ") + name;
+  throw std::invalid_argument("isa: expected one this CPU supports (" + names + "), got '" + isa + "'");
+}
 
 void act_forward(Act act, const double* z, double* a, int64_t n) {
   for (int64_t k = 0; k < n; ++k) {

@@ -3,7 +3,10 @@
 // the BLAS runs single-threaded, so each thread multiplies its tile while it is in cache.
 #include "gemm.h"
 
+#include <dlfcn.h>
+
 #include <algorithm>
+#include <type_traits>
 
 extern "C" {
 void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
@@ -36,6 +39,32 @@ void gemm_rowmajor(F blas, bool trans_a, bool trans_b, int64_t m, int64_t n, int
   blas(&ta, &tb, &im, &in, &ik, &alpha, b, &ilda, a, &ildb, &beta, c, &ildc);
 }
 
+// MKL's packed-matrix API (LP64 Fortran symbols), looked up at run time: absent from OpenBLAS.
+using PackGetSize = size_t (*)(const char* identifier, const int* m, const int* n, const int* k);
+using Pack = void (*)(const char* identifier, const char* trans, const int* m, const int* n, const int* k,
+                      const float* alpha, const float* src, const int* ld, float* dest);
+using Compute = void (*)(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+                         const float* a, const int* lda, const float* b, const int* ldb, const float* beta,
+                         float* c, const int* ldc);
+
+struct PackApi {
+  PackGetSize get_size = nullptr;
+  Pack pack = nullptr;
+  Compute compute = nullptr;
+  bool available() const { return get_size && pack && compute; }
+};
+
+const PackApi& pack_api() {
+  static const PackApi api = [] {
+    PackApi found;
+    found.get_size = reinterpret_cast<PackGetSize>(dlsym(RTLD_DEFAULT, "sgemm_pack_get_size_"));
+    found.pack = reinterpret_cast<Pack>(dlsym(RTLD_DEFAULT, "sgemm_pack_"));
+    found.compute = reinterpret_cast<Compute>(dlsym(RTLD_DEFAULT, "sgemm_compute_"));
+    return found;
+  }();
+  return api;
+}
+
 }  // namespace
 
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
@@ -47,5 +76,40 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double al
           int64_t lda, const double* b, int64_t ldb, double beta, double* c, int64_t ldc) {
   gemm_rowmajor(dgemm_, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
+
+bool blas_packs_weights() { return pack_api().available(); }
+
+// In column-major terms the tile product is C^T (cols x n) = op'(W) X^T with W the BLAS's "A":
+// W stored (out x in) row-major is column-major (in x out), so op'(W) is 'T' for X W^T, 'N' for X W.
+template <typename T>
+TileGemm<T>::TileGemm(const T* w, int64_t out, int64_t in, bool transpose_w, int64_t max_rows)
+    : w_(w), out_(out), in_(in), transpose_w_(transpose_w) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (!pack_api().available() || out <= 0 || in <= 0 || max_rows <= 0) return;
+    const int m = static_cast<int>(transpose_w ? out : in), k = static_cast<int>(transpose_w ? in : out);
+    const int n = static_cast<int>(max_rows), ld = static_cast<int>(in);
+    const char trans = transpose_w ? 'T' : 'N';
+    const float one = 1.0f;
+    const size_t floats = (pack_api().get_size("A", &m, &n, &k) + sizeof(float) - 1) / sizeof(float);
+    packed_.reset(new float[floats]);
+    pack_api().pack("A", &trans, &m, &n, &k, &one, w, &ld, packed_.get());
+  }
+}
+
+template <typename T>
+void TileGemm<T>::operator()(const T* x, int64_t n, T beta, T* c) const {
+  const int64_t inner = transpose_w_ ? in_ : out_, cols = transpose_w_ ? out_ : in_;
+  if constexpr (std::is_same_v<T, float>) {
+    if (packed_ && n > 0) {
+      const int m = static_cast<int>(cols), rows = static_cast<int>(n), k = static_cast<int>(inner);
+      pack_api().compute("P", "N", &m, &rows, &k, packed_.get(), &m, x, &k, &beta, c, &m);
+      return;
+    }
+  }
+  gemm(false, transpose_w_, n, cols, inner, T(1), x, inner, w_, in_, beta, c, cols);
+}
+
+template class TileGemm<float>;
+template class TileGemm<double>;
 
 }  // namespace fastinr

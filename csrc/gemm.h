@@ -2,6 +2,7 @@
 // A is (m x k) or, transposed, stored (k x m); B is (k x n) or stored (n x k); ld* are row strides.
 #pragma once
 #include <cstdint>
+#include <memory>
 
 namespace fastinr {
 
@@ -9,5 +10,28 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alp
           int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha, const double* a,
           int64_t lda, const double* b, int64_t ldb, double beta, double* c, int64_t ldc);
+
+// C (n x cols) = X (n x inner) op(W) + beta * C for one weight matrix W and many row tiles X:
+// op(W) = W^T (layer forward, W stored out x in) or W (input gradient). Where the BLAS offers
+// sgemm_pack / sgemm_compute (MKL), W is packed once into the BLAS's internal layout and every
+// tile skips re-packing it; otherwise (OpenBLAS, double) each call is a plain gemm.
+template <typename T>
+class TileGemm {
+ public:
+  TileGemm(const T* w, int64_t out, int64_t in, bool transpose_w, int64_t max_rows);
+  void operator()(const T* x, int64_t n, T beta, T* c) const;
+  bool packed() const { return packed_ != nullptr; }
+
+ private:
+  const T* w_;
+  int64_t out_, in_;
+  bool transpose_w_;
+  // MKL asks for a fixed ~8 MB per matrix but writes only what the matrix needs: left
+  // uninitialised, the untouched pages never become resident.
+  std::shared_ptr<float[]> packed_;
+};
+
+// Whether this process's BLAS offers packed weights (reported by the extension for benchmarks).
+bool blas_packs_weights();
 
 }  // namespace fastinr

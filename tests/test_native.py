@@ -81,8 +81,10 @@ def make_params(spec, dtype, requires_grad=True):
 
 
 def assert_close_scaled(actual, expected, rel, what, torch_error=None):
-    """max |actual - expected| <= rel * max|expected|; in float32 also allowed 3x the error torch's
-    own float32 result (torch_error: that result) makes against the float64 `expected`."""
+    """max |actual - expected| <= rel * max|expected|; in float32 also allowed 8x the error torch's
+    own float32 result (torch_error: that result) makes against the float64 `expected`. Per-image
+    BatchNorm over a few near-constant channels is ill-conditioned (cfg6): there two float32 summation
+    orders differ from float64 by up to 5x each other's error over 150 fresh draws."""
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     assert torch.isfinite(actual).all(), f"{what}: non-finite values"
     if not expected.numel():
@@ -91,7 +93,7 @@ def assert_close_scaled(actual, expected, rel, what, torch_error=None):
     err = (actual.double() - expected.double()).abs().max().item()
     allowed = rel * scale
     if torch_error is not None:
-        allowed = max(allowed, 3 * (torch_error.double() - expected.double()).abs().max().item())
+        allowed = max(allowed, 8 * (torch_error.double() - expected.double()).abs().max().item())
     assert err <= allowed, f"{what}: max error {err:.3e} > allowed {allowed:.3e} (scale {scale:.3e})"
 
 
@@ -182,16 +184,52 @@ def test_thread_counts_agree():
         assert_close_scaled(a, b, 1e-5, f"grad {k}")
 
 
-def test_streaming_render_matches_reference():
-    """Eval mode without gradients: one streaming pass over many tiles per image."""
-    spec = make_spec(hidden=32, concat=(False, True))
-    params, running = make_params(spec, torch.float32, requires_grad=False)
-    codes = torch.randn(2, spec.code_size)
+@pytest.mark.parametrize("layers_per_block", [0, 1, 2])
+@pytest.mark.parametrize("dtype,rel", DTYPES, ids=["f64", "f32"])
+def test_streaming_render_matches_reference(layers_per_block, dtype, rel):
+    """Eval mode without gradients: one streaming pass over many tiles per image (the last one
+    partial), the positional projection split into a column and a row part, and the running
+    BatchNorm folded into each block's first Linear (kept apart when a block has no Linear)."""
+    spec = make_spec(hidden=32, concat=(False, True), layers_per_block=layers_per_block)
+    params, running = make_params(spec, dtype, requires_grad=False)
+    codes = torch.randn(2, spec.code_size, dtype=dtype)
     with torch.no_grad():
         ours, stats = native.decode(codes, params, spec, (45, 61), "running", running)
         ref, _ = reference.decode(codes, params, spec, (45, 61), "running", running)
     assert stats == []
+    assert_close_scaled(ours, ref, rel, "colors")
+
+
+@pytest.fixture
+def restore_isa():
+    from fastinr import _C
+    before = _C.elementwise_isa()
+    yield _C
+    _C.set_elementwise_isa(before)
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+def test_every_cpu_kernel_set_matches_reference(isa, restore_isa):
+    """The float activation kernels are built per instruction set and picked at run time: check
+    each one this CPU can run, in training (forward + backward) and in the streaming render."""
+    if isa not in restore_isa.elementwise_isas():
+        pytest.skip(f"this CPU cannot run the {isa} kernels")
+    restore_isa.set_elementwise_isa(isa)
+    assert restore_isa.elementwise_isa() == isa
+    check_against_reference(make_spec(hidden=40, concat=(True, False), activation="gelu"), (9, 14), 3,
+                            "image", torch.float32, 2e-5)
+    spec = make_spec(hidden=24, activation="silu", activation_out="tanh")
+    params, running = make_params(spec, torch.float32, requires_grad=False)
+    codes = torch.randn(3, spec.code_size)
+    with torch.no_grad():
+        ours, _ = native.decode(codes, params, spec, (40, 37), "running", running)
+        ref, _ = reference.decode(codes, params, spec, (40, 37), "running", running)
     assert_close_scaled(ours, ref, 2e-5, "colors")
+
+
+def test_unknown_cpu_kernel_set_is_refused(restore_isa):
+    with pytest.raises(ValueError, match=r"isa: expected one this CPU supports \(.*generic\), got 'sse9'"):
+        restore_isa.set_elementwise_isa("sse9")
 
 
 @pytest.mark.parametrize("norm_stats", ["image", "batch"])
