@@ -114,8 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "defaults of --activation-out and --batch-norm (explicit flags win)")
     model.add_argument("--decoder", choices=DECODERS, default="seed",
                        help="seed: fastinr.ImageManifoldDecoder (fused backends); inr: "
-                            "fastinr.INRDecoder, the sharper-decoder variants (reference PyTorch "
-                            "path); conv: the ConvDecoder baseline (same code size; "
+                            "fastinr.INRDecoder, the sharper-decoder variants (fused where a "
+                            "variant has the seed's per-pixel shape); conv: the ConvDecoder baseline (same code size; "
                             "--conv-channels sets its width, the MLP flags --hidden, --blocks, "
                             "--activation, --freqs do not apply)")
     model.add_argument("--encoder", choices=ENCODERS, default="conv",
@@ -140,8 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "statistics) or batch (statistics over the whole batch)")
     model.add_argument("--freqs", default="7,17", help="positional embedding frequencies")
     model.add_argument("--backend", choices=("auto",) + BACKENDS, default="auto",
-                       help="fastinr decoder backend (--decoder seed; inr and conv run in "
-                            "plain PyTorch)")
+                       help="fastinr decoder backend (--decoder seed, and inr variants that "
+                            "INRDecoder.fused_reason() allows; conv runs in plain PyTorch)")
     inr = p.add_argument_group("--decoder inr")
     inr.add_argument("--conditioning", choices=CONDITIONINGS, default="concat",
                      help="code into the MLP: concat (the seed), shift or film modulation of "
@@ -284,7 +284,7 @@ def build_model(cfg: dict) -> EncoderDecoder:
             embedding=cfg["embedding"], freqs=cfg["freqs"], num_freqs=cfg["num_freqs"],
             max_freq=cfg["max_freq"], train_size=SHAPE[1], sigma=cfg["sigma"],
             grid_size=cfg["grid_size"], grid_channels=cfg["grid_channels"],
-            default_shape=SHAPE[1:], seed=cfg["seed"])
+            default_shape=SHAPE[1:], seed=cfg["seed"], backend=cfg["backend"])
         return EncoderDecoder(encoder, decoder)
     if cfg["decoder"] == "conv":
         return EncoderDecoder(encoder, ConvDecoder(cfg["code_size"], SHAPE[0],

@@ -22,7 +22,12 @@ norm: "image-bn" (the seed: per-image statistics in training, running statistics
 a `train_size`-pixel side), "gaussian" (Gaussian Fourier features, scale `sigma`, a seeded
 buffer saved in the state_dict).
 
-This is the reference path of these variants; the fused Triton and native paths are still to come.
+Fused paths: when the per-pixel function is the seed's shape (conditioning "concat", no grid, a
+"seed" or "log" embedding, norm "none" / "image-bn" / "instance" / "batch-bn", output "linear" or
+"sigmoid") and colors are asked on the pixel grid, forward runs through fastinr's decode contract
+(`backend`: "auto" picks Triton on CUDA, native on CPU; see fastinr.backend), forward and backward
+fused. Every other variant (FiLM, shift, grid, LayerNorm, Gaussian features, wide sigmoid, query
+points) runs the plain PyTorch path below; `fused_reason()` says why a configuration is not fused.
 """
 import math
 from typing import Optional, Sequence, Tuple
@@ -32,9 +37,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastinr.activations import apply_activation, canonical_activation
+from fastinr.backend import resolve_backend
 from fastinr.embedding import embed_coordinates, pixel_coordinates, pos_embedding_size
 from fastinr.modules import _check_shape
-from fastinr.reference import check_norm_pixels, normalize, update_running_stats
+from fastinr.reference import DecoderParams, DecoderSpec, check_norm_pixels, normalize, update_running_stats
 
 CONDITIONINGS = ("concat", "shift", "film")
 NORMS = ("none", "image-bn", "instance", "batch-bn", "layer")
@@ -60,8 +66,10 @@ class INRDecoder(nn.Module):
                  embedding: str = "seed", freqs: Sequence[float] = (7, 17), num_freqs: int = 6,
                  max_freq: Optional[float] = None, train_size: int = 32, sigma: float = 10.0,
                  grid_size: int = 0, grid_channels: int = 0,
-                 default_shape: Optional[Tuple[int, int]] = None, seed: int = 0):
+                 default_shape: Optional[Tuple[int, int]] = None, seed: int = 0,
+                 backend: str = "auto"):
         super().__init__()
+        self.backend = backend
         self.code_size, self.out_channels, self.hidden = int(code_size), int(out_channels), int(hidden)
         self.activation = canonical_activation(activation, "activation")
         self.conditioning = _choice(conditioning, CONDITIONINGS, "conditioning")
@@ -166,6 +174,9 @@ class INRDecoder(nn.Module):
                 raise ValueError(f"coords must have shape (P, 2) or ({batch}, P, 2), got "
                                  f"{tuple(coords.shape)}")
             xy = coords.to(codes.dtype)
+        if coords is None and self.fused_reason() is None:
+            colors = self._fused_forward(batch_codes, shape)
+            return colors[0] if codes.ndim == 1 else colors
         xy = xy.expand(batch, -1, -1) if xy.ndim == 2 else xy
         pixels = xy.shape[1]
 
@@ -192,6 +203,61 @@ class INRDecoder(nn.Module):
         if coords is None:
             colors = colors.reshape(batch, self.out_channels, *shape)
         return colors[0] if codes.ndim == 1 else colors
+
+    def fused_reason(self) -> Optional[str]:
+        """None when forward on the pixel grid runs fused, else what keeps this variant on the
+        plain PyTorch path."""
+        if self.conditioning != "concat":
+            return f"conditioning={self.conditioning!r} (modulation is not fused yet)"
+        if self.grid_size:
+            return "a local latent grid (not fused yet)"
+        if self.global_size == 0:
+            return "no global code"
+        if self.embedding == "gaussian":
+            return "Gaussian Fourier features (not separable per axis)"
+        if self.norm == "layer":
+            return "LayerNorm (not fused yet)"
+        if self.output == "wide-sigmoid":
+            return "the widened sigmoid output (not fused)"
+        return None
+
+    def _fused_spec(self) -> DecoderSpec:
+        return DecoderSpec(
+            code_size=self.global_size, out_channels=self.out_channels, hidden=self.hidden,
+            concat=(False,) * len(self.blocks), layers_per_block=len(self.blocks[0]) if len(self.blocks) else 0,
+            freqs=self.freqs, batch_norm=self.norms is not None, activation=self.activation,
+            activation_out="sigmoid" if self.output == "sigmoid" else "none",
+            eps=self.norms[0].eps if self.norms is not None and len(self.norms) else 1e-5)
+
+    def _fused_params(self) -> DecoderParams:
+        """This module's tensors in the decode contract's layout (differentiable views and cats):
+        the first layer takes code ⊕ embedding, and the linear output's +0.5 is its bias's."""
+        norms = list(self.norms) if self.norms is not None else []
+        b_out = self.linear_out.bias + 0.5 if self.output == "linear" else self.linear_out.bias
+        return DecoderParams(
+            w_in=torch.cat([self.code_in.weight, self.embed_in.weight], dim=1), b_in=self.embed_in.bias,
+            norm_weight=tuple(n.weight for n in norms), norm_bias=tuple(n.bias for n in norms),
+            weights=tuple(tuple(lin.weight for lin in block) for block in self.blocks),
+            biases=tuple(tuple(lin.bias for lin in block) for block in self.blocks),
+            w_out=self.linear_out.weight, b_out=b_out)
+
+    def _fused_forward(self, codes: torch.Tensor, shape: Tuple[int, int]) -> torch.Tensor:
+        norms = list(self.norms) if self.norms is not None else []
+        if not norms:
+            norm_stats = "running"  # unused without normalization
+        elif self.norm == "instance" or self.training:
+            norm_stats = "batch" if self.norm == "batch-bn" else "image"
+            check_norm_pixels(norm_stats, codes.shape[0], shape[0] * shape[1])
+        else:
+            norm_stats = "running"
+        running = [(n.running_mean, n.running_var) for n in norms] if norm_stats == "running" else []
+        _, decode = resolve_backend(self.backend, codes.device)
+        colors, stats = decode(codes, self._fused_params(), self._fused_spec(), shape, norm_stats, running)
+        if stats and self.training and norms[0].track_running_stats:
+            for norm, block_stats in zip(norms, stats):
+                update_running_stats(norm.running_mean, norm.running_var, norm.num_batches_tracked,
+                                     block_stats, norm.momentum)
+        return colors
 
     def _act(self, x):
         return apply_activation(self.activation, x)

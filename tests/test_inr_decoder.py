@@ -34,6 +34,7 @@ def seed_as_inr(seed):
 def test_the_seed_is_one_variant():
     seed = fastinr.ImageManifoldDecoder(7, num_hidden=16, backend="torch").double()
     inr = seed_as_inr(seed)
+    inr.backend = "torch"
     for step in range(2):
         codes = torch.randn(3, 7, dtype=torch.float64)
         torch.testing.assert_close(inr(codes, (5, 6)), seed(codes, (5, 6)), rtol=1e-12, atol=1e-12)
@@ -67,6 +68,63 @@ def test_every_variant_trains(conditioning, norm, output, embedding, grid):
         assert codes.grad.abs().sum() > 0
         for name, parameter in model.named_parameters():
             assert parameter.grad.abs().sum() > 0, name
+
+
+# The variants whose per-pixel function is the seed's shape, and the backends that fuse them.
+FUSED_VARIANTS = [("none", "linear", "seed"), ("image-bn", "sigmoid", "log"), ("instance", "linear", "log"),
+                  ("batch-bn", "linear", "seed")]
+
+
+def plain_forward(model, codes, shape):
+    """The plain PyTorch path of the same module: query points are never fused."""
+    xy = fastinr.pixel_coordinates(*shape, dtype=codes.dtype)
+    return model(codes, coords=xy).reshape(codes.shape[0], model.out_channels, *shape)
+
+
+@pytest.mark.parametrize("backend", ["native", "triton", "torch"])
+@pytest.mark.parametrize("norm, output, embedding", FUSED_VARIANTS)
+def test_fused_paths_match_the_plain_path(backend, norm, output, embedding):
+    """Training (colors, every gradient, running statistics) and eval, fused vs plain PyTorch."""
+    if backend not in fastinr.available_backends("cpu"):
+        pytest.skip(f"backend {backend!r} does not run here")
+    dtype, tol = (torch.float32, 2e-4) if backend == "triton" else (torch.float64, 1e-9)
+    torch.manual_seed(0)
+    fused = INRDecoder(9, hidden=16, num_blocks=2, layers_per_block=2, norm=norm, output=output,
+                       embedding=embedding, num_freqs=3, backend=backend).to(dtype)
+    assert fused.fused_reason() is None
+    plain = INRDecoder(9, hidden=16, num_blocks=2, layers_per_block=2, norm=norm, output=output,
+                       embedding=embedding, num_freqs=3).to(dtype)
+    plain.load_state_dict(fused.state_dict())
+    shape = (5, 7)
+    for step in range(2):
+        codes = torch.randn(3, 9, dtype=dtype)
+        upstream = torch.randn(3, 3, *shape, dtype=dtype)
+        results = []
+        for model, forward in ((fused, lambda m, c: m(c, shape)), (plain, lambda m, c: plain_forward(m, c, shape))):
+            c = codes.clone().requires_grad_(True)
+            colors = forward(model, c)
+            grads = torch.autograd.grad(colors, [c, *model.parameters()], upstream)
+            results.append((colors.detach(), grads))
+        (colors_f, grads_f), (colors_p, grads_p) = results
+        torch.testing.assert_close(colors_f, colors_p, rtol=tol, atol=tol)
+        names = ["codes"] + [name for name, _ in fused.named_parameters()]
+        for name, a, b in zip(names, grads_f, grads_p):
+            torch.testing.assert_close(a, b, rtol=tol, atol=tol * max(1.0, b.abs().max().item()),
+                                       msg=lambda m, name=name: f"grad of {name}: {m}")
+    for name, buffer in fused.named_buffers():
+        torch.testing.assert_close(buffer, dict(plain.named_buffers())[name], rtol=tol, atol=tol, msg=name)
+    fused.eval(), plain.eval()
+    codes = torch.randn(2, 9, dtype=dtype)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(codes, shape), plain_forward(plain, codes, shape), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("kwargs, reason", [
+    (dict(conditioning="film"), "conditioning='film'"), (dict(conditioning="shift"), "conditioning='shift'"),
+    (dict(grid_size=2, grid_channels=2), "grid"), (dict(norm="layer"), "LayerNorm"),
+    (dict(embedding="gaussian"), "Gaussian"), (dict(output="wide-sigmoid"), "widened sigmoid")])
+def test_unfused_variants_say_why(kwargs, reason):
+    assert reason in INRDecoder(10, hidden=8, **kwargs).fused_reason()
 
 
 def test_film_starts_as_the_identity_and_learns():
