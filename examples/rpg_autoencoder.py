@@ -80,7 +80,7 @@ INR_OUTPUT_FROM_ACTIVATION_OUT = {"none": "linear", "sigmoid": "sigmoid"}
 DECODER_DEFAULTS = {"preset": "baseline", "decoder": "seed", "conditioning": "concat",
                     "norm": None, "inr_output": None, "embedding": "seed", "num_freqs": 6,
                     "max_freq": None, "sigma": 10.0, "grid_size": 0, "grid_channels": 6,
-                    "subpixel": False, "conv_channels": 64}
+                    "subpixel": False, "conv_channels": 64, "warmup": 0}
 # Settings that may change when a run is resumed; everything else must match the checkpoint.
 RUNTIME_KEYS = ("output", "resume", "device", "backend", "tiles", "quiet")
 METRIC_COLUMNS = ["images", "step", "train_l1", "val_l1", "val_psnr", "val_edge_l1", "val_spread",
@@ -177,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=64,
                        help="global batch, split across torchrun processes")
     train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    train.add_argument("--warmup", type=int, default=0,
+                       help="training images of linear learning-rate warm-up before the cosine "
+                            "decay (0: cosine from the first step)")
     train.add_argument("--val-every", type=int, default=None,
                        help=f"validate every this many training images (default: "
                             f"{VALIDATIONS_PER_RUN} times a run)")
@@ -271,6 +274,17 @@ def resolve_device(name: str, local_rank: int) -> torch.device:
         if device.index is None:
             device = torch.device("cuda", local_rank)
     return device
+
+
+def make_scheduler(optimizer, total_steps: int, warmup_steps: int):
+    """Cosine decay over the run, after `warmup_steps` of linear warm-up when asked."""
+    if not warmup_steps:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+
+    def factor(step):
+        warm = min(1.0, (step + 1) / warmup_steps)
+        return warm * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def build_model(cfg: dict) -> EncoderDecoder:
@@ -583,7 +597,7 @@ def run(parser, cfg, device, dist, checkpoint, tqdm) -> int:
     ckpt_steps = (max(1, round(cfg["checkpoint_every"] / batch)) if cfg["checkpoint_every"]
                   else val_steps)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    scheduler = make_scheduler(optimizer, total_steps, -(-cfg["warmup"] // batch))
     generator = torch.Generator().manual_seed(cfg["seed"] + 1)  # augmentation
     # Sum of per-rank batch losses and their count since the last validation (over all ranks
     # when saved, so a resumed run reports the same interval mean).
