@@ -287,3 +287,36 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.equal(load_checkpoint(path)["a"], torch.arange(3))
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+def test_warmup_then_cosine_and_exact_resume(example):
+    """--warmup: the learning rate rises linearly, then follows the cosine; a scheduler restored
+    from its state_dict continues on the same curve. Without warm-up it is the plain cosine."""
+    def optimizer():
+        return torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-2)
+
+    opt = optimizer()
+    scheduler = example.make_scheduler(opt, total_steps=20, warmup_steps=4)
+    lrs = []
+    for _ in range(20):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step(), scheduler.step()
+    assert lrs[:4] == pytest.approx([1e-2 * f * 0.5 * (1 + np.cos(np.pi * s / 20))
+                                     for s, f in enumerate((0.25, 0.5, 0.75, 1.0))])
+    assert lrs[4:] == pytest.approx([1e-2 * 0.5 * (1 + np.cos(np.pi * s / 20)) for s in range(4, 20)])
+    assert lrs[-1] < 1e-4
+
+    opt2 = optimizer()
+    resumed = example.make_scheduler(opt2, total_steps=20, warmup_steps=4)
+    state = example.make_scheduler(optimizer(), total_steps=20, warmup_steps=4)
+    for _ in range(7):
+        state.optimizer.step(), state.step()
+    resumed.load_state_dict(state.state_dict())
+    later = []
+    for _ in range(13):
+        later.append(resumed.get_last_lr()[0])
+        opt2.step(), resumed.step()
+    assert later == pytest.approx(lrs[7:])
+
+    plain = example.make_scheduler(optimizer(), total_steps=20, warmup_steps=0)
+    assert isinstance(plain, torch.optim.lr_scheduler.CosineAnnealingLR)
