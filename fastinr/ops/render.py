@@ -27,6 +27,14 @@ MAX_OUT_CHANNELS = 64       # the colors of a tile are one padded (BLOCK_P, OUT_
 
 
 @triton.jit
+def _folded_norm(x, scale_ptr, shift_ptr, cols, col_mask):
+    """x * scale + shift over columns `cols`: BatchNorm folded from the running statistics."""
+    scale = tl.load(scale_ptr + cols, mask=col_mask, other=0.0)
+    shift = tl.load(shift_ptr + cols, mask=col_mask, other=0.0)
+    return x * scale[None, :] + shift[None, :]
+
+
+@triton.jit
 def _dense_chunked(src_ptr, dst_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr,
                    SW: tl.constexpr, K: tl.constexpr, N: tl.constexpr,
                    PROLOGUE: tl.constexpr, RESIDUAL: tl.constexpr, ACT: tl.constexpr,
@@ -46,9 +54,7 @@ def _dense_chunked(src_ptr, dst_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr,
             k_mask = k < K
             x = tl.load(src_ptr + r[:, None] * SW + k[None, :], mask=k_mask[None, :], other=0.0)
             if PROLOGUE:
-                scale = tl.load(scale_ptr + k, mask=k_mask, other=0.0)
-                shift = tl.load(shift_ptr + k, mask=k_mask, other=0.0)
-                x = x * scale[None, :] + shift[None, :]
+                x = _folded_norm(x, scale_ptr, shift_ptr, k, k_mask)
             w = tl.load(w_ptr + n[None, :] * K + k[:, None],
                         mask=k_mask[:, None] & n_mask[None, :], other=0.0)      # (BLOCK_K, BLOCK_N)
             acc = tl.dot(x.to(DOT_DTYPE), w.to(DOT_DTYPE), acc, input_precision=PRECISION)
@@ -72,9 +78,7 @@ def _merge_chunked(src_ptr, dst_ptr, scale_ptr, shift_ptr,
         n_mask = n < N
         x = tl.load(src_ptr + r[:, None] * SW + n[None, :], mask=n_mask[None, :], other=0.0)
         if PROLOGUE:
-            scale = tl.load(scale_ptr + n, mask=n_mask, other=0.0)
-            shift = tl.load(shift_ptr + n, mask=n_mask, other=0.0)
-            x = x * scale[None, :] + shift[None, :]
+            x = _folded_norm(x, scale_ptr, shift_ptr, n, n_mask)
         dst = dst_ptr + r[:, None] * SW + n[None, :]
         if RESIDUAL:
             x += tl.load(dst, mask=n_mask[None, :], other=0.0)
