@@ -287,6 +287,18 @@ def make_scheduler(optimizer, total_steps: int, warmup_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def decoder_backend(cfg: dict, decoder, device: torch.device) -> str:
+    """The fastinr backend the decoder runs on, or why it runs in plain PyTorch."""
+    if cfg["decoder"] == "conv":
+        return "plain PyTorch"
+    if cfg["decoder"] == "inr":
+        if cfg["subpixel"]:
+            return "plain PyTorch (sub-pixel query points)"
+        if decoder.fused_reason() is not None:
+            return f"plain PyTorch ({decoder.fused_reason()})"
+    return resolve_backend(cfg["backend"], device)[0]
+
+
 def build_model(cfg: dict) -> EncoderDecoder:
     grid = (cfg["grid_size"], cfg["grid_channels"]) if cfg["decoder"] == "inr" else (0, 0)
     encoder = build_encoder(cfg["encoder"], SHAPE, cfg["code_size"], cfg["encoder_weights"], *grid)
@@ -584,8 +596,7 @@ def run(parser, cfg, device, dist, checkpoint, tqdm) -> int:
         model = build_model(cfg).to(device)
     except FileNotFoundError as err:  # resnet18 ImageNet weights not on disk
         raise SystemExit(f"error: {err}")
-    backend = (resolve_backend(cfg["backend"], device)[0] if cfg["decoder"] == "seed"
-               else "torch")
+    backend = decoder_backend(cfg, model.decoder, device)
     train_model = model
     if dist.enabled:
         train_model = torch.nn.parallel.DistributedDataParallel(
