@@ -47,7 +47,7 @@ from fastinr.backend import BACKENDS, resolve_backend
 from fastinr.conv_decoder import ConvDecoder
 from fastinr.data import augment_batch, load_tiles_uint8, split_tiles, stream_indices
 from fastinr.embedding import pixel_coordinates
-from fastinr.inr_decoder import CONDITIONINGS, EMBEDDINGS, NORMS, OUTPUTS, INRDecoder
+from fastinr.inr_decoder import CONDITIONINGS, EMBEDDINGS, NORMS, OUTPUTS, INRDecoder, unfused_reason
 from fastinr.models import (DECODERS, ENCODERS, RESNET_WEIGHTS, EncoderDecoder, build_encoder,
                             decoder_macs_per_pixel)
 from fastinr.training import (COLLAPSE_RATIO, GracefulStop, atomic_write, init_distributed,
@@ -223,15 +223,23 @@ def resolve_config(args: argparse.Namespace, parser, device: torch.device) -> di
             parser.error(f"--decoder inr: --activation-out {cfg['activation_out']} has no INR "
                          f"output; choose --inr-output from {', '.join(OUTPUTS)}")
         cfg["inr_output"] = INR_OUTPUT_FROM_ACTIVATION_OUT[cfg["activation_out"]]
-    if cfg["decoder"] != "seed" and cfg["backend"] not in ("auto", "torch"):
-        parser.error(f"--backend {cfg['backend']}: the {cfg['decoder']} decoder has only the "
-                     "PyTorch path (--backend auto or torch)")
     if cfg["subpixel"] and cfg["decoder"] != "inr":
         parser.error("--subpixel queries points inside pixels: it needs --decoder inr")
     if cfg["code_size"] is None:
         if cfg["compression_ratio"] <= 0:
             parser.error(f"--compression-ratio must be > 0, got {cfg['compression_ratio']}")
         cfg["code_size"] = int(math.prod(SHAPE) // cfg["compression_ratio"])
+    if cfg["backend"] not in ("auto", "torch"):
+        plain = None
+        if cfg["decoder"] == "conv":
+            plain = "the conv decoder has only the PyTorch path"
+        elif cfg["decoder"] == "inr" and cfg["subpixel"]:
+            plain = "sub-pixel training queries points off the pixel grid"
+        elif cfg["decoder"] == "inr":
+            plain = inr_unfused_reason(cfg)
+        if plain:
+            parser.error(f"--backend {cfg['backend']}: {plain}, so it runs in plain PyTorch "
+                         "(--backend auto or torch)")
     if cfg["max_inputs"] is None:
         cfg["max_inputs"] = (GPU_DEFAULT_MAX_INPUTS if device.type == "cuda"
                              else CPU_DEFAULT_MAX_INPUTS)
@@ -287,15 +295,22 @@ def make_scheduler(optimizer, total_steps: int, warmup_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def decoder_backend(cfg: dict, decoder, device: torch.device) -> str:
-    """The fastinr backend the decoder runs on, or why it runs in plain PyTorch."""
+def inr_unfused_reason(cfg: dict):
+    """Why the --decoder inr variant of `cfg` is not fused (None: it is)."""
+    grid_floats = cfg["grid_size"] ** 2 * cfg["grid_channels"] if cfg["grid_size"] else 0
+    return unfused_reason(cfg["conditioning"], cfg["norm"], cfg["inr_output"], cfg["embedding"],
+                          cfg["grid_size"], cfg["code_size"] - grid_floats)
+
+
+def decoder_backend(cfg: dict, device: torch.device) -> str:
+    """The fastinr backend the decoder trains on, or why it runs in plain PyTorch."""
     if cfg["decoder"] == "conv":
         return "plain PyTorch"
     if cfg["decoder"] == "inr":
         if cfg["subpixel"]:
             return "plain PyTorch (sub-pixel query points)"
-        if decoder.fused_reason() is not None:
-            return f"plain PyTorch ({decoder.fused_reason()})"
+        if inr_unfused_reason(cfg) is not None:
+            return f"plain PyTorch ({inr_unfused_reason(cfg)})"
     return resolve_backend(cfg["backend"], device)[0]
 
 
@@ -578,172 +593,205 @@ def main(argv=None) -> int:
 
 
 def run(parser, cfg, device, dist, checkpoint, tqdm) -> int:
-    output = Path(cfg["output"])
-    set_seeds(cfg["seed"], cfg["deterministic"], device)
-    # A saturated sigmoid (the seed's collapse) drives values into the denormal range, where
-    # CPU float math is ~5x slower; flushing them to zero changes nothing measurable.
-    torch.set_flush_denormal(True)
-    train_cpu, val_cpu, fingerprint = load_data(cfg, dist, parser)
-    if checkpoint is not None and checkpoint["data_fingerprint"] != fingerprint:
-        parser.error("--resume: the tiles differ from the ones the checkpoint was trained on "
-                     "(same sources and sheets needed)")
-    train_tiles, val_tiles = train_cpu.to(device), val_cpu.to(device)
-    target_spread = reconstruction_spread(val_cpu.float() / 255) if len(val_cpu) > 1 else 0.0
-    if dist.is_main:
-        output.mkdir(parents=True, exist_ok=True)
+    training = Training(parser, cfg, device, dist, checkpoint, tqdm)
+    training.loop()
+    training.finish()
+    return 0 if training.finished else EXIT_INTERRUPTED
 
-    try:
-        model = build_model(cfg).to(device)
-    except FileNotFoundError as err:  # resnet18 ImageNet weights not on disk
-        raise SystemExit(f"error: {err}")
-    backend = decoder_backend(cfg, model.decoder, device)
-    train_model = model
-    if dist.enabled:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    batch = cfg["batch_size"]
-    total_steps = -(-cfg["max_inputs"] // batch)
-    val_steps = (max(1, round(cfg["val_every"] / batch)) if cfg["val_every"]
-                 else max(1, total_steps // VALIDATIONS_PER_RUN))
-    ckpt_steps = (max(1, round(cfg["checkpoint_every"] / batch)) if cfg["checkpoint_every"]
-                  else val_steps)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-    scheduler = make_scheduler(optimizer, total_steps, -(-cfg["warmup"] // batch))
-    generator = torch.Generator().manual_seed(cfg["seed"] + 1)  # augmentation
-    # Sum of per-rank batch losses and their count since the last validation (over all ranks
-    # when saved, so a resumed run reports the same interval mean).
-    loss_acc = torch.zeros(2, dtype=torch.float64, device=device)
-    step, history, train_seconds, collapse = 0, [], 0.0, None
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        set_rng_states(checkpoint["rng"])
-        generator.set_state(checkpoint["augment_rng"])
-        step, history = checkpoint["step"], checkpoint["history"]
-        train_seconds, collapse = checkpoint["train_seconds"], checkpoint["collapse"]
+
+class Training:
+    """One run of the example: its state (model, optimizer, data order, history) and the stages
+    that use it: set up or restore, the training loop with validations and checkpoints, the
+    final pictures and summary. Everything a checkpoint holds lives on `self`."""
+
+    def __init__(self, parser, cfg, device, dist, checkpoint, tqdm):
+        self.cfg, self.device, self.dist, self.tqdm = cfg, device, dist, tqdm
+        self.output = Path(cfg["output"])
+        set_seeds(cfg["seed"], cfg["deterministic"], device)
+        # A saturated sigmoid (the seed's collapse) drives values into the denormal range, where
+        # CPU float math is ~5x slower; flushing them to zero changes nothing measurable.
+        torch.set_flush_denormal(True)
+        train_cpu, val_cpu, self.fingerprint = load_data(cfg, dist, parser)
+        if checkpoint is not None and checkpoint["data_fingerprint"] != self.fingerprint:
+            parser.error("--resume: the tiles differ from the ones the checkpoint was trained on "
+                         "(same sources and sheets needed)")
+        self.n_train, self.n_val = len(train_cpu), len(val_cpu)
+        self.train_tiles, self.val_tiles = train_cpu.to(device), val_cpu.to(device)
+        self.target_spread = reconstruction_spread(val_cpu.float() / 255) if len(val_cpu) > 1 else 0.0
         if dist.is_main:
-            loss_acc.copy_(checkpoint["loss_acc"])
+            self.output.mkdir(parents=True, exist_ok=True)
 
-    say = tqdm.write if dist.is_main else (lambda *a, **k: None)
-    if dist.is_main:
-        say(describe_run(cfg, model, backend, device, dist, len(train_cpu), len(val_cpu),
-                         total_steps, step))
+        try:
+            self.model = build_model(cfg).to(device)
+        except FileNotFoundError as err:  # resnet18 ImageNet weights not on disk
+            raise SystemExit(f"error: {err}")
+        self.backend = decoder_backend(cfg, device)
+        self.train_model = self.model
+        if dist.enabled:
+            self.train_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.batch = batch = cfg["batch_size"]
+        self.total_steps = -(-cfg["max_inputs"] // batch)
+        self.val_steps = (max(1, round(cfg["val_every"] / batch)) if cfg["val_every"]
+                          else max(1, self.total_steps // VALIDATIONS_PER_RUN))
+        self.ckpt_steps = (max(1, round(cfg["checkpoint_every"] / batch)) if cfg["checkpoint_every"]
+                           else self.val_steps)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg["lr"])
+        self.scheduler = make_scheduler(self.optimizer, self.total_steps, -(-cfg["warmup"] // batch))
+        self.generator = torch.Generator().manual_seed(cfg["seed"] + 1)  # augmentation
+        # Sum of per-rank batch losses and their count since the last validation (over all ranks
+        # when saved, so a resumed run reports the same interval mean).
+        self.loss_acc = torch.zeros(2, dtype=torch.float64, device=device)
+        self.step, self.history, self.train_seconds, self.collapse = 0, [], 0.0, None
+        if checkpoint is not None:
+            self.restore(checkpoint)
+        self.say = tqdm.write if dist.is_main else (lambda *a, **k: None)
+        if dist.is_main:
+            self.say(describe_run(cfg, self.model, self.backend, device, dist, self.n_train,
+                                  self.n_val, self.total_steps, self.step))
 
-    def log_validation(interval_seconds, interval_images):
-        nonlocal collapse
-        totals = dist.all_reduce_sum(loss_acc.clone())
-        loss_acc.zero_()
-        if not dist.is_main:
+    @property
+    def finished(self) -> bool:
+        return self.step >= self.total_steps
+
+    def restore(self, checkpoint: dict) -> None:
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        set_rng_states(checkpoint["rng"])
+        self.generator.set_state(checkpoint["augment_rng"])
+        self.step, self.history = checkpoint["step"], checkpoint["history"]
+        self.train_seconds, self.collapse = checkpoint["train_seconds"], checkpoint["collapse"]
+        if self.dist.is_main:
+            self.loss_acc.copy_(checkpoint["loss_acc"])
+
+    def validate(self, interval_seconds: float, interval_images: int):
+        """Validation row (main process; None elsewhere): metrics.csv, loss.png, collapse check."""
+        totals = self.dist.all_reduce_sum(self.loss_acc.clone())
+        self.loss_acc.zero_()
+        if not self.dist.is_main:
             return None
-        row = {"images": step * batch, "step": step,
+        row = {"images": self.step * self.batch, "step": self.step,
                "train_l1": (totals[0] / totals[1]).item() if totals[1] > 0 else None,
-               **evaluate(model, val_tiles), "lr": optimizer.param_groups[0]["lr"],
+               **evaluate(self.model, self.val_tiles), "lr": self.optimizer.param_groups[0]["lr"],
                "images_per_second": (interval_images / interval_seconds if interval_seconds
                                      else None),
-               "elapsed_s": train_seconds}
-        history.append(row)
+               "elapsed_s": self.train_seconds}
+        self.history.append(row)
         # The state of the latest validation (a fresh model is not judged); said when it starts.
-        was_collapsed = collapse is not None
-        collapse = (collapse_message(cfg, row["val_spread"], target_spread)
-                    if step > 0 and row["val_spread"] is not None
-                    and is_collapsed(row["val_spread"], target_spread) else None)
-        if collapse and not was_collapsed:
-            say(collapse)
-        write_csv(output / "metrics.csv", history, METRIC_COLUMNS)
-        plot_losses(history, output / "loss.png", title="RPG tiles autoencoder")
+        was_collapsed = self.collapse is not None
+        self.collapse = (collapse_message(self.cfg, row["val_spread"], self.target_spread)
+                         if self.step > 0 and row["val_spread"] is not None
+                         and is_collapsed(row["val_spread"], self.target_spread) else None)
+        if self.collapse and not was_collapsed:
+            self.say(self.collapse)
+        write_csv(self.output / "metrics.csv", self.history, METRIC_COLUMNS)
+        plot_losses(self.history, self.output / "loss.png", title="RPG tiles autoencoder")
         return row
 
-    def write_checkpoint():
-        totals = dist.all_reduce_sum(loss_acc.clone())
-        if dist.is_main:
-            save_checkpoint(output / "checkpoint.pt", {
-                "config": cfg, "step": step, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": rng_states(), "augment_rng": generator.get_state(), "loss_acc": totals.cpu(),
-                "history": history, "train_seconds": train_seconds, "collapse": collapse,
-                "data_fingerprint": fingerprint})
-        dist.barrier()
+    def write_checkpoint(self) -> None:
+        totals = self.dist.all_reduce_sum(self.loss_acc.clone())
+        if self.dist.is_main:
+            save_checkpoint(self.output / "checkpoint.pt", {
+                "config": self.cfg, "step": self.step, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "rng": rng_states(), "augment_rng": self.generator.get_state(),
+                "loss_acc": totals.cpu(), "history": self.history,
+                "train_seconds": self.train_seconds, "collapse": self.collapse,
+                "data_fingerprint": self.fingerprint})
+        self.dist.barrier()
 
-    if step == 0:
-        log_validation(0.0, 0)
-    last = history[-1] if history else {}
-    bar = tqdm(total=total_steps * batch, initial=step * batch, unit="img", unit_scale=True,
-               dynamic_ncols=True, disable=cfg["quiet"] or not dist.is_main, smoothing=0.05)
-    bar.set_postfix(val_l1=_fmt(last.get("val_l1")))
-    # Training time only (validation, pictures and checkpoints excluded) for images/s.
-    segment_start, val_seconds, val_start_step = time.perf_counter(), 0.0, step
-    with GracefulStop() as stop:
-        while step < total_steps:
-            images = batch_for_step(step, cfg, train_tiles, generator, dist.rank, dist.world_size)
-            coords = (subpixel_coords(step, cfg, dist.rank, dist.world_size, device)
-                      if cfg["subpixel"] else None)
-            loss = train_step(train_model, optimizer, scheduler, images, coords)
-            loss_acc += torch.stack([loss.double(), loss.new_ones((), dtype=torch.float64)])
-            step += 1
-            bar.update(batch)
-            # Every rank must stop at the same step; asking the others costs a host sync, so
-            # a distributed run asks every 8 steps (a single process checks every step).
-            stopped = (dist.any(stop.requested, device) if step % 8 == 0 or step == total_steps
-                       else False) if dist.enabled else stop.requested
-            due_val = step % val_steps == 0 or step == total_steps
-            due_ckpt = step % ckpt_steps == 0 or step == total_steps or stopped
-            if step % 25 == 0 and dist.is_main:
-                bar.set_postfix(train_l1=_fmt(loss.item()), val_l1=_fmt(last.get("val_l1")))
-            if due_val or due_ckpt:
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                seconds = time.perf_counter() - segment_start
-                train_seconds += seconds
-                val_seconds += seconds
-                if due_val:
-                    last = log_validation(val_seconds, (step - val_start_step) * batch) or last
-                    val_seconds, val_start_step = 0.0, step
-                    if dist.is_main:
-                        bar.set_postfix(train_l1=_fmt(last.get("train_l1")),
-                                        val_l1=_fmt(last.get("val_l1")))
-                if due_ckpt:
-                    write_checkpoint()
-                segment_start = time.perf_counter()
-            if stopped:
-                break
-    bar.close()
+    def loop(self) -> None:
+        """Train to the budget or to Ctrl-C / SIGTERM, validating and checkpointing on schedule."""
+        cfg, dist, batch = self.cfg, self.dist, self.batch
+        if self.step == 0:
+            self.validate(0.0, 0)
+        last = self.history[-1] if self.history else {}
+        bar = self.tqdm(total=self.total_steps * batch, initial=self.step * batch, unit="img",
+                        unit_scale=True, dynamic_ncols=True, disable=cfg["quiet"] or not dist.is_main,
+                        smoothing=0.05)
+        bar.set_postfix(val_l1=_fmt(last.get("val_l1")))
+        # Training time only (validation, pictures and checkpoints excluded) for images/s.
+        segment_start, val_seconds, val_start_step = time.perf_counter(), 0.0, self.step
+        with GracefulStop() as stop:
+            while self.step < self.total_steps:
+                images = batch_for_step(self.step, cfg, self.train_tiles, self.generator, dist.rank,
+                                        dist.world_size)
+                coords = (subpixel_coords(self.step, cfg, dist.rank, dist.world_size, self.device)
+                          if cfg["subpixel"] else None)
+                loss = train_step(self.train_model, self.optimizer, self.scheduler, images, coords)
+                self.loss_acc += torch.stack([loss.double(), loss.new_ones((), dtype=torch.float64)])
+                self.step += 1
+                step = self.step
+                bar.update(batch)
+                # Every rank must stop at the same step; asking the others costs a host sync, so
+                # a distributed run asks every 8 steps (a single process checks every step).
+                stopped = (dist.any(stop.requested, self.device)
+                           if step % 8 == 0 or step == self.total_steps else False) \
+                    if dist.enabled else stop.requested
+                due_val = step % self.val_steps == 0 or step == self.total_steps
+                due_ckpt = step % self.ckpt_steps == 0 or step == self.total_steps or stopped
+                if step % 25 == 0 and dist.is_main:
+                    bar.set_postfix(train_l1=_fmt(loss.item()), val_l1=_fmt(last.get("val_l1")))
+                if due_val or due_ckpt:
+                    if self.device.type == "cuda":
+                        torch.cuda.synchronize(self.device)
+                    seconds = time.perf_counter() - segment_start
+                    self.train_seconds += seconds
+                    val_seconds += seconds
+                    if due_val:
+                        last = self.validate(val_seconds, (step - val_start_step) * batch) or last
+                        val_seconds, val_start_step = 0.0, step
+                        if dist.is_main:
+                            bar.set_postfix(train_l1=_fmt(last.get("train_l1")),
+                                            val_l1=_fmt(last.get("val_l1")))
+                    if due_ckpt:
+                        self.write_checkpoint()
+                    segment_start = time.perf_counter()
+                if stopped:
+                    break
+            self.stop_signal = stop.signal_name
+        bar.close()
 
-    if dist.is_main:
-        pictures(model, val_tiles, output / "reconstructions.png")
-        final = history[-1]
+    def finish(self) -> None:
+        """Pictures, summary.json and the closing line (main process)."""
+        if not self.dist.is_main:
+            return
+        cfg, model, output = self.cfg, self.model, self.output
+        pictures(model, self.val_tiles, output / "reconstructions.png")
+        final = self.history[-1]
         # The per-image BatchNorm hypothesis: the seed's eval mode (running statistics) against
         # its training mode (each image's own statistics) on the same final weights.
-        bn_train = (evaluate(model, val_tiles, train_mode=True)
+        bn_train = (evaluate(model, self.val_tiles, train_mode=True)
                     if per_image_batch_norm(cfg) else None)
-        status = "finished" if step >= total_steps else "interrupted"
+        status = "finished" if self.finished else "interrupted"
         summary = {
-            "status": status, "images": step * batch, "steps": step,
+            "status": status, "images": self.step * self.batch, "steps": self.step,
             "val_l1": final["val_l1"], "val_psnr": final["val_psnr"],
             "val_edge_l1": final.get("val_edge_l1"),  # absent in older checkpoints
             "val_l1_bn_train_mode": bn_train and bn_train["val_l1"],
             "val_psnr_bn_train_mode": bn_train and bn_train["val_psnr"],
             "decoder_macs_per_pixel": decoder_macs_per_pixel(model.decoder, SHAPE[1:]),
-            "val_spread": final["val_spread"], "val_tiles_spread": target_spread,
+            "val_spread": final["val_spread"], "val_tiles_spread": self.target_spread,
             "val_at_images": final["images"],
-            "collapsed": collapse is not None, "collapse_message": collapse,
-            "images_per_second": step * batch / train_seconds if train_seconds else None,
-            "train_seconds": train_seconds, "device": str(device), "backend": backend,
-            "world_size": dist.world_size,
-            "tiles": {"train": len(train_cpu), "val": len(val_cpu), "fingerprint": fingerprint},
+            "collapsed": self.collapse is not None, "collapse_message": self.collapse,
+            "images_per_second": (self.step * self.batch / self.train_seconds
+                                  if self.train_seconds else None),
+            "train_seconds": self.train_seconds, "device": str(self.device), "backend": self.backend,
+            "world_size": self.dist.world_size,
+            "tiles": {"train": self.n_train, "val": self.n_val, "fingerprint": self.fingerprint},
             "torch": torch.__version__, "config": cfg,
         }
         atomic_write(output / "summary.json",
                      lambda f: f.write(json.dumps(summary, indent=2) + "\n"), mode="w")
         if status == "interrupted":
-            say(f"stopped by {stop.signal_name} at {step * batch:,} images; checkpoint saved. "
-                f"Continue with: --output {output} --resume")
+            self.say(f"stopped by {self.stop_signal} at {self.step * self.batch:,} images; "
+                     f"checkpoint saved. Continue with: --output {output} --resume")
         else:
-            say(f"done: validation L1 {final['val_l1']:.4f}, PSNR {final['val_psnr']:.2f} dB, "
-                f"{summary['images_per_second']:.1f} images/s; outputs in {output}")
-        if collapse:
-            say(collapse)
-    return 0 if step >= total_steps else EXIT_INTERRUPTED
+            self.say(f"done: validation L1 {final['val_l1']:.4f}, PSNR {final['val_psnr']:.2f} dB, "
+                     f"{summary['images_per_second']:.1f} images/s; outputs in {output}")
+        if self.collapse:
+            self.say(self.collapse)
 
 
 if __name__ == "__main__":

@@ -59,6 +59,24 @@ def nyquist_frequency(size: int) -> float:
     return math.pi * (size - 1) / 2
 
 
+def unfused_reason(conditioning: str, norm: str, output: str, embedding: str, grid_size: int,
+                   global_size: int) -> Optional[str]:
+    """What keeps a variant off the fused backends (None: it has the seed's per-pixel shape)."""
+    if conditioning != "concat":
+        return f"conditioning={conditioning!r} (modulation is not fused yet)"
+    if grid_size:
+        return "a local latent grid (not fused yet)"
+    if global_size == 0:
+        return "no global code"
+    if embedding == "gaussian":
+        return "Gaussian Fourier features (not separable per axis)"
+    if norm == "layer":
+        return "LayerNorm (not fused yet)"
+    if output == "wide-sigmoid":
+        return "the widened sigmoid output (not fused)"
+    return None
+
+
 class INRDecoder(nn.Module):
     def __init__(self, code_size: int, out_channels: int = 3, hidden: int = 256,
                  num_blocks: int = 2, layers_per_block: int = 2, activation: str = "gelu",
@@ -207,19 +225,8 @@ class INRDecoder(nn.Module):
     def fused_reason(self) -> Optional[str]:
         """None when forward on the pixel grid runs fused, else what keeps this variant on the
         plain PyTorch path."""
-        if self.conditioning != "concat":
-            return f"conditioning={self.conditioning!r} (modulation is not fused yet)"
-        if self.grid_size:
-            return "a local latent grid (not fused yet)"
-        if self.global_size == 0:
-            return "no global code"
-        if self.embedding == "gaussian":
-            return "Gaussian Fourier features (not separable per axis)"
-        if self.norm == "layer":
-            return "LayerNorm (not fused yet)"
-        if self.output == "wide-sigmoid":
-            return "the widened sigmoid output (not fused)"
-        return None
+        return unfused_reason(self.conditioning, self.norm, self.output, self.embedding,
+                              self.grid_size, self.global_size)
 
     def _fused_spec(self) -> DecoderSpec:
         return DecoderSpec(
