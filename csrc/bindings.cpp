@@ -2,6 +2,7 @@
 // CUDA render when built with nvcc). The only file that knows about Python.
 #include <torch/extension.h>
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,13 @@ Act parse_act(const std::string& name, const char* argument) {
                     name, "'");
 }
 
+Modulation parse_modulation(const std::string& name) {
+  if (name == "none") return Modulation::none;
+  if (name == "shift") return Modulation::shift;
+  if (name == "film") return Modulation::film;
+  TORCH_CHECK_VALUE(false, "modulation must be 'none', 'shift' or 'film'; got '", name, "'");
+}
+
 NormStats parse_norm_stats(const std::string& name) {
   if (name == "image") return NormStats::image;
   if (name == "batch") return NormStats::batch;
@@ -41,7 +49,7 @@ NormStats parse_norm_stats(const std::string& name) {
 // The Python-side description of the decoder, and the parameters in DecoderParams.flat() order.
 struct Arguments {
   DecoderConfig cfg;
-  Tensor codes;
+  Tensor codes, mods;                   // mods: undefined without modulation
   std::vector<Tensor> params, running;  // running: mean_0, var_0, mean_1, var_1, ...
 };
 
@@ -56,14 +64,13 @@ void check_tensor(const Tensor& t, const std::string& name, const Tensor& like, 
 Arguments parse(const Tensor& codes, std::vector<Tensor> params, std::vector<Tensor> running, int64_t height,
                 int64_t width, std::vector<double> freqs, std::vector<bool> concat, int64_t layers,
                 bool batch_norm, const std::string& activation, const std::string& activation_out, double eps,
-                const std::string& norm_stats) {
+                const std::string& norm_stats, const std::string& modulation, const std::optional<Tensor>& mods) {
   Arguments args;
   DecoderConfig& cfg = args.cfg;
   TORCH_CHECK_VALUE(codes.dim() == 2, "codes must have shape (B, C), got ", codes.sizes());
   TORCH_CHECK_TYPE(codes.scalar_type() == torch::kFloat32 || codes.scalar_type() == torch::kFloat64,
                    "codes must be float32 or float64, got ", codes.scalar_type());
-  TORCH_CHECK_VALUE(codes.size(0) >= 1 && codes.size(1) >= 1, "codes must have B >= 1 and C >= 1, got ",
-                    codes.sizes());
+  TORCH_CHECK_VALUE(codes.size(0) >= 1, "codes must have B >= 1, got ", codes.sizes());
   TORCH_CHECK_VALUE(height >= 1 && width >= 1, "shape must be (H, W) with two positive ints, got (", height,
                     ", ", width, ")");
   TORCH_CHECK_VALUE(layers >= 0, "layers_per_block must be >= 0, got ", layers);
@@ -80,6 +87,7 @@ Arguments parse(const Tensor& codes, std::vector<Tensor> params, std::vector<Ten
   cfg.act_out = parse_act(activation_out, "activation_out");
   cfg.eps = eps;
   cfg.norm_stats = parse_norm_stats(norm_stats);
+  cfg.modulation = parse_modulation(modulation);
   const int64_t nb = cfg.num_blocks(), n_norm = batch_norm ? nb : 0;
   const size_t expected = 2 + 2 * n_norm + 2 * nb * layers + 2;
   TORCH_CHECK_VALUE(params.size() == expected, "params must hold ", expected,
@@ -124,6 +132,15 @@ Arguments parse(const Tensor& codes, std::vector<Tensor> params, std::vector<Ten
     TORCH_CHECK_VALUE(count >= 2, "BatchNorm with ", norm_stats, " statistics needs more than one value per channel, got ",
                       cfg.batch, " image(s) of ", cfg.pixels(), " pixel(s); use a larger shape or eval mode");
   }
+  if (cfg.modulated()) {
+    for (bool c : cfg.concat) TORCH_CHECK_VALUE(!c, "modulation '", modulation, "' needs blocks of constant width (no concat)");
+    TORCH_CHECK_VALUE(mods.has_value(), "mods must be given with modulation '", modulation, "'");
+    check_tensor(*mods, "mods", codes,
+                 {cfg.batch, cfg.modulated_layers(), cfg.mod_width() / cfg.hidden, cfg.hidden});
+    args.mods = mods->contiguous();
+  } else {
+    TORCH_CHECK_VALUE(!mods.has_value(), "mods were given but modulation is 'none'");
+  }
   args.codes = codes.contiguous();
   return args;
 }
@@ -145,6 +162,7 @@ DecoderWeights<T> weights_of(const Arguments& args) {
   }
   w.w_out = ptr(args.params[k++]);
   w.b_out = ptr(args.params[k++]);
+  if (cfg.modulated()) w.mods = ptr(args.mods);
   for (size_t i = 0; i < args.running.size(); i += 2) {
     w.running_mean.push_back(ptr(args.running[i]));
     w.running_var.push_back(ptr(args.running[i + 1]));
@@ -247,14 +265,15 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>
     const Tensor& codes, std::vector<Tensor> params, std::vector<Tensor> running, int64_t height, int64_t width,
     std::vector<double> freqs, std::vector<bool> concat, int64_t layers, bool batch_norm,
     const std::string& activation, const std::string& activation_out, double eps, const std::string& norm_stats,
-    bool save) {
+    bool save, const std::string& modulation, const std::optional<Tensor>& mods) {
   Arguments args = parse(codes, std::move(params), std::move(running), height, width, std::move(freqs),
-                         std::move(concat), layers, batch_norm, activation, activation_out, eps, norm_stats);
+                         std::move(concat), layers, batch_norm, activation, activation_out, eps, norm_stats,
+                         modulation, mods);
   const DecoderConfig& cfg = args.cfg;
 #ifdef FASTINR_WITH_CUDA
   if (codes.is_cuda()) {
-    TORCH_CHECK_VALUE(!save && !cfg.batch_stats(), "the CUDA path of the native backend only renders "
-                      "(no gradients, BatchNorm with running statistics or none)");
+    TORCH_CHECK_VALUE(!save && !cfg.batch_stats() && !cfg.modulated(), "the CUDA path of the native backend "
+                      "only renders (no gradients, BatchNorm with running statistics or none, no modulation)");
     Tensor colors = torch::empty({cfg.batch, cfg.out_channels, height, width}, codes.options());
     render_on_cuda(args, colors);
     return {colors, {}, {}, {}};
@@ -292,9 +311,11 @@ std::vector<Tensor> backward(const Tensor& grad_colors, const Tensor& codes, std
                              std::vector<Tensor> running, const std::vector<Tensor>& saved, int64_t height,
                              int64_t width, std::vector<double> freqs, std::vector<bool> concat, int64_t layers,
                              bool batch_norm, const std::string& activation, const std::string& activation_out,
-                             double eps, const std::string& norm_stats) {
+                             double eps, const std::string& norm_stats, const std::string& modulation,
+                             const std::optional<Tensor>& mods) {
   Arguments args = parse(codes, std::move(params), std::move(running), height, width, std::move(freqs),
-                         std::move(concat), layers, batch_norm, activation, activation_out, eps, norm_stats);
+                         std::move(concat), layers, batch_norm, activation, activation_out, eps, norm_stats,
+                         modulation, mods);
   const DecoderConfig& cfg = args.cfg;
   TORCH_CHECK_VALUE(codes.device().is_cpu(), "backward runs on the CPU only, got codes on ", codes.device());
   check_tensor(grad_colors, "grad_colors", codes, {cfg.batch, cfg.out_channels, height, width});
@@ -302,6 +323,7 @@ std::vector<Tensor> backward(const Tensor& grad_colors, const Tensor& codes, std
   std::vector<Tensor> grads;
   grads.push_back(torch::empty_like(args.codes));
   for (const Tensor& p : args.params) grads.push_back(torch::empty_like(p));
+  if (cfg.modulated()) grads.push_back(torch::empty_like(args.mods));
   AT_DISPATCH_FLOATING_TYPES(codes.scalar_type(), "fastinr_backward", [&] {
     DecoderWeights<scalar_t> w = weights_of<scalar_t>(args);
     DecoderSaved<scalar_t> s = saved_view<scalar_t>(cfg, saved);
@@ -320,6 +342,7 @@ std::vector<Tensor> backward(const Tensor& grad_colors, const Tensor& codes, std
     }
     g.w_out = ptr();
     g.b_out = ptr();
+    if (cfg.modulated()) g.mods = ptr();
     pybind11::gil_scoped_release no_gil;
     decoder_backward_cpu<scalar_t>(cfg, grad.data_ptr<scalar_t>(), args.codes.data_ptr<scalar_t>(), w, s, g);
   });
@@ -342,11 +365,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &fastinr::forward, "colors, stats means, stats vars, saved tensors", py::arg("codes"),
         py::arg("params"), py::arg("running"), py::arg("height"), py::arg("width"), py::arg("freqs"),
         py::arg("concat"), py::arg("layers"), py::arg("batch_norm"), py::arg("activation"),
-        py::arg("activation_out"), py::arg("eps"), py::arg("norm_stats"), py::arg("save"));
-  m.def("backward", &fastinr::backward, "gradients of codes and of every params tensor", py::arg("grad_colors"),
-        py::arg("codes"), py::arg("params"), py::arg("running"), py::arg("saved"), py::arg("height"),
-        py::arg("width"), py::arg("freqs"), py::arg("concat"), py::arg("layers"), py::arg("batch_norm"),
-        py::arg("activation"), py::arg("activation_out"), py::arg("eps"), py::arg("norm_stats"));
+        py::arg("activation_out"), py::arg("eps"), py::arg("norm_stats"), py::arg("save"),
+        py::arg("modulation") = "none", py::arg("mods") = py::none());
+  m.def("backward", &fastinr::backward, "gradients of codes, of every params tensor and of mods (when modulated)",
+        py::arg("grad_colors"), py::arg("codes"), py::arg("params"), py::arg("running"), py::arg("saved"),
+        py::arg("height"), py::arg("width"), py::arg("freqs"), py::arg("concat"), py::arg("layers"),
+        py::arg("batch_norm"), py::arg("activation"), py::arg("activation_out"), py::arg("eps"),
+        py::arg("norm_stats"), py::arg("modulation") = "none", py::arg("mods") = py::none());
   m.def("built_with_cuda", &fastinr::built_with_cuda);
   m.def("elementwise_isa", &fastinr::elementwise_isa, "float activation kernels in use: avx512, avx2 or generic");
   m.def("elementwise_isas", &fastinr::elementwise_isas, "float activation kernel sets this CPU runs, fastest first");

@@ -4,6 +4,9 @@
 //   h0 = act(code_proj[b] + emb[p] W_pos^T)         code_proj = codes W_code^T + b_in
 //   block i: x = BN_i(h); y = act(... act(x W_i1^T + b_i1) ...); h = h + y or h ⊕ y
 //   colors[b, :, p] = act_out(h W_out^T + b_out)
+// With modulation, every pre-activation z of h0 and of the block layers (m = 0 .. M-1 in that
+// order, M = 1 + blocks * layers) becomes, per image, z + s (shift) or z * (1 + g) + s (film),
+// g and s read from mods (B, M, k, hidden), k = 2 for film ([g | s]) and 1 for shift ([s]).
 // Rows are processed in tiles inside one image; each tile runs the MLP with its activations in
 // per-thread scratch. BatchNorm with batch statistics needs a block's statistics before any tile can
 // normalise, so a pass over the tiles stops at such a block (stores h, accumulates statistics) and
@@ -17,6 +20,7 @@
 namespace fastinr {
 
 enum class NormStats { image, batch, running };
+enum class Modulation { none, shift, film };
 
 struct DecoderConfig {
   int64_t batch = 0, height = 0, width = 0, code_size = 0, hidden = 0, out_channels = 0;
@@ -27,6 +31,7 @@ struct DecoderConfig {
   Act act = Act::gelu, act_out = Act::sigmoid;
   double eps = 1e-5;
   NormStats norm_stats = NormStats::image;
+  Modulation modulation = Modulation::none;
 
   int64_t pixels() const { return height * width; }
   int64_t rows() const { return batch * pixels(); }
@@ -36,6 +41,9 @@ struct DecoderConfig {
   int64_t out_width() const { return block_width(num_blocks()); }
   bool batch_stats() const { return batch_norm && norm_stats != NormStats::running; }
   int64_t groups() const { return norm_stats == NormStats::image ? batch : 1; }
+  bool modulated() const { return modulation != Modulation::none; }
+  int64_t modulated_layers() const { return 1 + num_blocks() * layers; }
+  int64_t mod_width() const { return (modulation == Modulation::film ? 2 : 1) * hidden; }  // k * hidden
 };
 
 // Tensors in the seed's layout: nn.Linear weights are (out, in) row-major; weight[i*L + l].
@@ -47,14 +55,15 @@ struct DecoderWeights {
   std::vector<const T*> weight, bias;
   const T* w_out = nullptr;                 // (out, out_width)
   const T* b_out = nullptr;
+  const T* mods = nullptr;                  // (B, M, k, hidden) with modulation
 };
 
 // What the forward keeps for the backward (owned by the caller).
 template <typename T>
 struct DecoderSaved {
-  T* z_in = nullptr;                 // (N, hidden) pre-activation of h0
+  T* z_in = nullptr;                 // (N, hidden) pre-activation of h0 (before modulation)
   std::vector<T*> hidden;            // num_blocks + 1: (N, w_i), the last (N, out_width)
-  std::vector<T*> z;                 // [i*L + l] (N, w_i) pre-activations
+  std::vector<T*> z;                 // [i*L + l] (N, w_i) pre-activations (before modulation)
   T* z_out = nullptr;                // (N, out)
   std::vector<double*> mean, rstd;   // per block (groups, w_i), only with batch statistics
 };
@@ -73,6 +82,7 @@ struct DecoderGrads {
   std::vector<T*> norm_weight, norm_bias, weight, bias;
   T* w_out = nullptr;
   T* b_out = nullptr;
+  T* mods = nullptr;                 // (B, M, k, hidden) with modulation
 };
 
 // colors (B, out, H, W). `saved` may be null (no backward will follow).

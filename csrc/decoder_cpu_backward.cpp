@@ -56,6 +56,7 @@ class Backward {
       for (auto* e : {&carry0_, &carry1_}) e->resize(cfg.rows() * max_width(cfg));
     }
     dcode_tile_.assign(tiles_.size() * cfg.hidden, 0.0);
+    if (cfg.modulated()) dmods_tile_.assign(tiles_.size() * cfg.modulated_layers() * cfg.mod_width(), 0.0);
     const int64_t rows = decoder_tile_rows();
     for (int64_t i = 0; i < nb_; ++i)
       for (int64_t l = 0; l < cfg.layers; ++l) {
@@ -162,18 +163,23 @@ class Backward {
       bool have_dact = false;  // s.dact holds act'(z_l), computed with layer l+1's input
       for (int64_t l = L - 1; l >= 0; --l) {
         T* dz = s.la.data();
-        const T* z = saved_.z[i * L + l] + r0 * w;
+        const T* z_pre = saved_.z[i * L + l] + r0 * w;
         if (have_dact) {
           const T* d = s.dact.data();
           for (int64_t k = 0; k < n * w; ++k) dz[k] = dA[k] * d[k];
-        } else if (ld == w) {
-          act_backward(cfg_.act, z, dA, dz, n * w);
         } else {
-          for (int64_t j = 0; j < n; ++j) act_backward(cfg_.act, z + j * w, dA + j * ld, dz + j * w, w);
+          const T* z = modulated(tile, 1 + i * L + l, z_pre, n, s);
+          if (ld == w) {
+            act_backward(cfg_.act, z, dA, dz, n * w);
+          } else {
+            for (int64_t j = 0; j < n; ++j) act_backward(cfg_.act, z + j * w, dA + j * ld, dz + j * w, w);
+          }
         }
+        modulation_backward(t, tile, 1 + i * L + l, z_pre, dz, n);
         const T* x;
         if (l > 0) {
-          act_forward_grad(cfg_.act, saved_.z[i * L + l - 1] + r0 * w, s.lb.data(), s.dact.data(), n * w);
+          act_forward_grad(cfg_.act, modulated(tile, i * L + l, saved_.z[i * L + l - 1] + r0 * w, n, s),
+                           s.lb.data(), s.dact.data(), n * w);
           have_dact = true;
           x = s.lb.data();
         } else if (cfg_.batch_norm) {
@@ -226,12 +232,39 @@ class Backward {
     // Input layer: h0 = act(code_proj[b] + emb W_pos^T).
     const int64_t h = cfg_.hidden, e = cfg_.emb_size();
     T* dz = s.la.data();
-    act_backward(cfg_.act, saved_.z_in + r0 * h, G, dz, n * h);
+    const T* z_in = saved_.z_in + r0 * h;
+    act_backward(cfg_.act, modulated(tile, 0, z_in, n, s), G, dz, n * h);
+    modulation_backward(t, tile, 0, z_in, dz, n);
     double* dcode = &dcode_tile_[t * h];
     for (int64_t j = 0; j < n; ++j)
       for (int64_t c = 0; c < h; ++c) dcode[c] += dz[j * h + c];
     embedding_rows(cfg_, tile.p0, n, s.emb.data());
     gemm(true, false, h, e, n, T(1), dz, h, s.emb.data(), e, T(1), acc + layout_.w_pos, e);
+  }
+
+  const T* modulated(const Tile& tile, int64_t m, const T* z, int64_t n, Scratch<T>& s) const {
+    if (!cfg_.modulated()) return z;
+    modulate_rows(cfg_, mods_at(cfg_, wts_.mods, tile.image, m), z, s.zm.data(), n);
+    return s.zm.data();
+  }
+
+  // dz holds the gradient of the modulated pre-activation of layer m: sum it (and dz * z for film)
+  // into tile t's gradient of the modulation, then turn it into the gradient of z (times 1 + g).
+  void modulation_backward(int64_t t, const Tile& tile, int64_t m, const T* z, T* dz, int64_t n) {
+    if (!cfg_.modulated()) return;
+    const int64_t h = cfg_.hidden, k = cfg_.mod_width();
+    double* dmod = &dmods_tile_[(t * cfg_.modulated_layers() + m) * k];
+    const bool film = cfg_.modulation == Modulation::film;
+    double* ds = film ? dmod + h : dmod;
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t c = 0; c < h; ++c) ds[c] += dz[j * h + c];
+    if (!film) return;
+    const T* g = mods_at(cfg_, wts_.mods, tile.image, m);
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t c = 0; c < h; ++c) {
+        dmod[c] += static_cast<double>(dz[j * h + c]) * z[j * h + c];
+        dz[j * h + c] *= T(1) + g[c];
+      }
   }
 
   void normalized(int64_t i, int64_t g, const T* h, int64_t n, int64_t w, T* dst) const {
@@ -285,6 +318,14 @@ class Backward {
         db[k] += per_image[b * h + k];
       }
     for (int64_t k = 0; k < h; ++k) grads_.b_in[k] = static_cast<T>(db[k]);
+    if (cfg_.modulated()) {  // per image, summed over its tiles in tile order
+      const int64_t per_image = cfg_.modulated_layers() * cfg_.mod_width();
+      std::vector<double> dmods(cfg_.batch * per_image, 0.0);
+      for (size_t t = 0; t < tiles_.size(); ++t)
+        for (int64_t k = 0; k < per_image; ++k)
+          dmods[tiles_[t].image * per_image + k] += dmods_tile_[t * per_image + k];
+      for (int64_t k = 0; k < cfg_.batch * per_image; ++k) grads_.mods[k] = static_cast<T>(dmods[k]);
+    }
     gemm(false, false, cfg_.batch, c, h, T(1), dcode.data(), h, wts_.w_in, c + e, T(0), grads_.codes, c);
     gemm(true, false, h, c, cfg_.batch, T(1), dcode.data(), h, codes_, c, T(0), grads_.w_in, c + e);
   }
@@ -303,6 +344,7 @@ class Backward {
   int carry_in_ = 0;   // which carry buffer the next pass reads; it writes the other
   TileMoments sums_;   // per tile: sum of dx0 ("mean") and of dx0 * xhat ("m2")
   std::vector<double> dcode_tile_;
+  std::vector<double> dmods_tile_;   // (tiles, M, k, hidden) with modulation
   std::vector<TileGemm<T>> input_gemm_, out_input_gemm_;   // dz W for each Linear's input gradient
 };
 

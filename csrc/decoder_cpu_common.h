@@ -92,15 +92,35 @@ inline int64_t group_of(const DecoderConfig& cfg, const Tile& tile) {
 
 template <typename T>
 struct Scratch {
-  std::vector<T> emb, h0, h1, la, lb, lc, dact, g0, g1, out0, out1;
+  std::vector<T> emb, h0, h1, la, lb, lc, dact, g0, g1, zm, out0, out1;
   explicit Scratch(const DecoderConfig& cfg) {
     const int64_t t = decoder_tile_rows(), w = max_width(cfg);
     emb.resize(t * cfg.emb_size());
     for (auto* v : {&h0, &h1, &la, &lb, &lc, &dact, &g0, &g1}) v->resize(t * w);
+    if (cfg.modulated()) zm.resize(t * w);
     out0.resize(t * cfg.out_channels);
     out1.resize(t * cfg.out_channels);
   }
 };
+
+// The modulation constants of image b at modulated layer m: film [g | s], shift [s].
+template <typename T>
+const T* mods_at(const DecoderConfig& cfg, const T* mods, int64_t b, int64_t m) {
+  return mods + (b * cfg.modulated_layers() + m) * cfg.mod_width();
+}
+
+// out = z * (1 + g) + s (film) or z + s (shift), for n rows of width cfg.hidden.
+template <typename T>
+void modulate_rows(const DecoderConfig& cfg, const T* mod, const T* z, T* out, int64_t n) {
+  const int64_t h = cfg.hidden;
+  if (cfg.modulation == Modulation::film) {
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t c = 0; c < h; ++c) out[j * h + c] = z[j * h + c] * (T(1) + mod[c]) + mod[h + c];
+  } else {
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t c = 0; c < h; ++c) out[j * h + c] = z[j * h + c] + mod[c];
+  }
+}
 
 // Per-block normalisation as x * scale + shift, and the mean / rstd behind it, per group.
 template <typename T>

@@ -236,7 +236,7 @@ def resolve_config(args: argparse.Namespace, parser, device: torch.device) -> di
         elif cfg["decoder"] == "inr" and cfg["subpixel"]:
             plain = "sub-pixel training queries points off the pixel grid"
         elif cfg["decoder"] == "inr":
-            plain = inr_unfused_reason(cfg)
+            plain = inr_unfused_reason(cfg, cfg["backend"])
         if plain:
             parser.error(f"--backend {cfg['backend']}: {plain}, so it runs in plain PyTorch "
                          "(--backend auto or torch)")
@@ -295,23 +295,23 @@ def make_scheduler(optimizer, total_steps: int, warmup_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def inr_unfused_reason(cfg: dict):
-    """Why the --decoder inr variant of `cfg` is not fused (None: it is)."""
+def inr_unfused_reason(cfg: dict, backend: str):
+    """Why the --decoder inr variant of `cfg` is not fused on `backend` (None: it is)."""
     grid_floats = cfg["grid_size"] ** 2 * cfg["grid_channels"] if cfg["grid_size"] else 0
     return unfused_reason(cfg["conditioning"], cfg["norm"], cfg["inr_output"], cfg["embedding"],
-                          cfg["grid_size"], cfg["code_size"] - grid_floats)
+                          cfg["grid_size"], cfg["code_size"] - grid_floats, backend)
 
 
 def decoder_backend(cfg: dict, device: torch.device) -> str:
     """The fastinr backend the decoder trains on, or why it runs in plain PyTorch."""
     if cfg["decoder"] == "conv":
         return "plain PyTorch"
-    if cfg["decoder"] == "inr":
-        if cfg["subpixel"]:
-            return "plain PyTorch (sub-pixel query points)"
-        if inr_unfused_reason(cfg) is not None:
-            return f"plain PyTorch ({inr_unfused_reason(cfg)})"
-    return resolve_backend(cfg["backend"], device)[0]
+    if cfg["decoder"] == "inr" and cfg["subpixel"]:
+        return "plain PyTorch (sub-pixel query points)"
+    backend = resolve_backend(cfg["backend"], device)[0]
+    if cfg["decoder"] == "inr" and inr_unfused_reason(cfg, backend) is not None:
+        return f"plain PyTorch ({inr_unfused_reason(cfg, backend)})"
+    return backend
 
 
 def build_model(cfg: dict) -> EncoderDecoder:

@@ -22,12 +22,13 @@ norm: "image-bn" (the seed: per-image statistics in training, running statistics
 a `train_size`-pixel side), "gaussian" (Gaussian Fourier features, scale `sigma`, a seeded
 buffer saved in the state_dict).
 
-Fused paths: when the per-pixel function is the seed's shape (conditioning "concat", no grid, a
-"seed" or "log" embedding, norm "none" / "image-bn" / "instance" / "batch-bn", output "linear" or
-"sigmoid") and colors are asked on the pixel grid, forward runs through fastinr's decode contract
-(`backend`: "auto" picks Triton on CUDA, native on CPU; see fastinr.backend), forward and backward
-fused. Every other variant (FiLM, shift, grid, LayerNorm, Gaussian features, wide sigmoid, query
-points) runs the plain PyTorch path below; `fused_reason()` says why a configuration is not fused.
+Fused paths: when there is no grid, the embedding is "seed" or "log", norm is "none" / "image-bn" /
+"instance" / "batch-bn", output "linear" or "sigmoid", and colors are asked on the pixel grid,
+forward runs through fastinr's decode contract (`backend`: "auto" picks Triton on CUDA, native on
+CPU; see fastinr.backend), forward and backward fused; shift and FiLM conditioning are fused on the
+native (CPU) and torch backends, not yet on Triton. Every other variant (grid, LayerNorm, Gaussian
+features, wide sigmoid, query points) runs the plain PyTorch path below; `fused_reason(device)` says
+why a configuration is not fused.
 """
 import math
 from typing import Optional, Sequence, Tuple
@@ -60,14 +61,14 @@ def nyquist_frequency(size: int) -> float:
 
 
 def unfused_reason(conditioning: str, norm: str, output: str, embedding: str, grid_size: int,
-                   global_size: int) -> Optional[str]:
-    """What keeps a variant off the fused backends (None: it has the seed's per-pixel shape)."""
-    if conditioning != "concat":
-        return f"conditioning={conditioning!r} (modulation is not fused yet)"
+                   global_size: int, backend: str) -> Optional[str]:
+    """What keeps a variant off the fused backend `backend` (the resolved name; None: fused)."""
     if grid_size:
         return "a local latent grid (not fused yet)"
     if global_size == 0:
         return "no global code"
+    if conditioning != "concat" and backend == "triton":
+        return f"conditioning={conditioning!r} on the triton backend (modulation is fused on the CPU only so far)"
     if embedding == "gaussian":
         return "Gaussian Fourier features (not separable per axis)"
     if norm == "layer":
@@ -192,7 +193,7 @@ class INRDecoder(nn.Module):
                 raise ValueError(f"coords must have shape (P, 2) or ({batch}, P, 2), got "
                                  f"{tuple(coords.shape)}")
             xy = coords.to(codes.dtype)
-        if coords is None and self.fused_reason() is None:
+        if coords is None and self.fused_reason(codes.device) is None:
             colors = self._fused_forward(batch_codes, shape)
             return colors[0] if codes.ndim == 1 else colors
         xy = xy.expand(batch, -1, -1) if xy.ndim == 2 else xy
@@ -222,19 +223,21 @@ class INRDecoder(nn.Module):
             colors = colors.reshape(batch, self.out_channels, *shape)
         return colors[0] if codes.ndim == 1 else colors
 
-    def fused_reason(self) -> Optional[str]:
-        """None when forward on the pixel grid runs fused, else what keeps this variant on the
-        plain PyTorch path."""
+    def fused_reason(self, device="cpu") -> Optional[str]:
+        """None when forward on the pixel grid runs fused on `device`, else what keeps this variant
+        on the plain PyTorch path."""
         return unfused_reason(self.conditioning, self.norm, self.output, self.embedding,
-                              self.grid_size, self.global_size)
+                              self.grid_size, self.global_size, resolve_backend(self.backend, device)[0])
 
     def _fused_spec(self) -> DecoderSpec:
         return DecoderSpec(
-            code_size=self.global_size, out_channels=self.out_channels, hidden=self.hidden,
+            code_size=self.global_size if self.code_in is not None else 0,
+            out_channels=self.out_channels, hidden=self.hidden,
             concat=(False,) * len(self.blocks), layers_per_block=len(self.blocks[0]) if len(self.blocks) else 0,
             freqs=self.freqs, batch_norm=self.norms is not None, activation=self.activation,
             activation_out="sigmoid" if self.output == "sigmoid" else "none",
-            eps=self.norms[0].eps if self.norms is not None and len(self.norms) else 1e-5)
+            eps=self.norms[0].eps if self.norms is not None and len(self.norms) else 1e-5,
+            modulation="none" if self.conditioning == "concat" else self.conditioning)
 
     def _fused_params(self) -> DecoderParams:
         """This module's tensors in the decode contract's layout (differentiable views and cats):
@@ -242,7 +245,8 @@ class INRDecoder(nn.Module):
         norms = list(self.norms) if self.norms is not None else []
         b_out = self.linear_out.bias + 0.5 if self.output == "linear" else self.linear_out.bias
         return DecoderParams(
-            w_in=torch.cat([self.code_in.weight, self.embed_in.weight], dim=1), b_in=self.embed_in.bias,
+            w_in=(torch.cat([self.code_in.weight, self.embed_in.weight], dim=1) if self.code_in is not None
+                  else self.embed_in.weight), b_in=self.embed_in.bias,
             norm_weight=tuple(n.weight for n in norms), norm_bias=tuple(n.bias for n in norms),
             weights=tuple(tuple(lin.weight for lin in block) for block in self.blocks),
             biases=tuple(tuple(lin.bias for lin in block) for block in self.blocks),
@@ -259,7 +263,12 @@ class INRDecoder(nn.Module):
             norm_stats = "running"
         running = [(n.running_mean, n.running_var) for n in norms] if norm_stats == "running" else []
         _, decode = resolve_backend(self.backend, codes.device)
-        colors, stats = decode(codes, self._fused_params(), self._fused_spec(), shape, norm_stats, running)
+        mods = None
+        if self.modulation is not None:  # the per-image shift / FiLM constants, (B, M, k, hidden)
+            mods = self.modulation(codes).reshape(codes.shape[0], self.modulated_layers, -1, self.hidden)
+            codes = codes[:, :0]
+        colors, stats = decode(codes, self._fused_params(), self._fused_spec(), shape, norm_stats, running,
+                               mods=mods)
         if stats and self.training and norms[0].track_running_stats:
             for norm, block_stats in zip(norms, stats):
                 update_running_stats(norm.running_mean, norm.running_var, norm.num_batches_tracked,

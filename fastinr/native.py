@@ -2,7 +2,8 @@
 
 Same contract as `fastinr.reference.decode`:
 
-    decode(codes (B, C), params, spec, shape, norm_stats, running) -> (colors (B, out, H, W), [BlockStats])
+    decode(codes (B, C), params, spec, shape, norm_stats, running, mods=None)
+        -> (colors (B, out, H, W), [BlockStats])
 
 The C++ core runs the whole MLP on row tiles of 128 pixels of one image with OpenMP; with batch
 statistics BatchNorm it makes one pass over the tiles per block (statistics, then apply). Gradients
@@ -12,7 +13,7 @@ regions are handed to the reference (the core computes in float32 and float64).
 
 Importing this module imports the extension; fastinr.backend catches the failure when it is not built.
 """
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 
@@ -35,32 +36,38 @@ def _config(spec: DecoderSpec, shape: Tuple[int, int], norm_stats: str) -> dict:
     return dict(height=int(shape[0]), width=int(shape[1]), freqs=[float(f) for f in spec.freqs],
                 concat=[bool(c) for c in spec.concat], layers=int(spec.layers_per_block),
                 batch_norm=bool(spec.batch_norm), activation=spec.activation,
-                activation_out=spec.activation_out, eps=float(spec.eps), norm_stats=norm_stats)
+                activation_out=spec.activation_out, eps=float(spec.eps), norm_stats=norm_stats,
+                modulation=spec.modulation)
 
 
 class _NativeDecode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, config, running, stats_out, save, codes, *params):
-        colors, means, variances, saved = _C.forward(codes, list(params), running, save=save, **config)
+    def forward(ctx, config, running, stats_out, save, codes, mods, *params):
+        colors, means, variances, saved = _C.forward(codes, list(params), running, save=save, mods=mods,
+                                                     **config)
         stats_out.extend(zip(means, variances))
         if save:
-            ctx.config, ctx.running = config, running
-            ctx.save_for_backward(codes, *params, *saved)
+            ctx.config, ctx.running, ctx.modulated = config, running, mods is not None
+            ctx.save_for_backward(codes, *([mods] if mods is not None else []), *params, *saved)
             ctx.num_params = len(params)
         return colors
 
     @staticmethod
     def backward(ctx, grad_colors):
-        tensors = ctx.saved_tensors
-        codes, params = tensors[0], list(tensors[1:1 + ctx.num_params])
-        saved = list(tensors[1 + ctx.num_params:])
-        grads = _C.backward(grad_colors, codes, params, ctx.running, saved, **ctx.config)
+        tensors = list(ctx.saved_tensors)
+        codes = tensors.pop(0)
+        mods = tensors.pop(0) if ctx.modulated else None
+        params, saved = tensors[:ctx.num_params], tensors[ctx.num_params:]
+        grads = _C.backward(grad_colors, codes, params, ctx.running, saved, mods=mods, **ctx.config)
+        grad_mods = grads.pop() if ctx.modulated else None
+        grads = [grads[0], grad_mods, *grads[1:]]
         return (None, None, None, None, *(g if need else None
                                           for g, need in zip(grads, ctx.needs_input_grad[4:])))
 
 
 def decode(codes: torch.Tensor, params: DecoderParams, spec: DecoderSpec, shape: Tuple[int, int],
-           norm_stats: str = "image", running: Sequence[Tuple[torch.Tensor, torch.Tensor]] = ()):
+           norm_stats: str = "image", running: Sequence[Tuple[torch.Tensor, torch.Tensor]] = (),
+           mods: Optional[torch.Tensor] = None):
     """Colors (B, out, H, W) and the BlockStats of each normalized block (see fastinr.reference)."""
     if norm_stats not in NORM_STATS:
         raise ValueError(f"norm_stats must be one of {NORM_STATS}, got {norm_stats!r}")
@@ -72,9 +79,13 @@ def decode(codes: torch.Tensor, params: DecoderParams, spec: DecoderSpec, shape:
                          f"{tuple(codes.shape)}")
     if codes.dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled(codes.device.type):
         # the C++ core computes in float32 / float64; reduced precision follows the reference's rules
-        return reference.decode(codes, params, spec, shape, norm_stats, running)
+        return reference.decode(codes, params, spec, shape, norm_stats, running, mods)
+    reference.check_mods(spec, codes.shape[0], mods)
     config = _config(spec, shape, norm_stats)
     if not supports(codes.device):
+        if mods is not None:
+            raise ValueError("the native backend renders on CUDA without modulation only; use the "
+                             "torch backend for modulated decoders on the GPU")
         return _render(codes, params, spec, config, running), []
     flat_running = []
     if spec.batch_norm and norm_stats == "running":
@@ -85,8 +96,9 @@ def decode(codes: torch.Tensor, params: DecoderParams, spec: DecoderSpec, shape:
     stats_out = []
     tensors = params.flat()
     # Only keep activations for a backward that can happen (needs_input_grad ignores no_grad).
-    save = torch.is_grad_enabled() and any(t.requires_grad for t in (codes, *tensors))
-    colors = _NativeDecode.apply(config, flat_running, stats_out, save, codes, *tensors)
+    inputs = (codes, *tensors) if mods is None else (codes, mods, *tensors)
+    save = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+    colors = _NativeDecode.apply(config, flat_running, stats_out, save, codes, mods, *tensors)
     pixels = config["height"] * config["width"]
     count = pixels if norm_stats == "image" else codes.shape[0] * pixels
     # per image (B, w), per batch (w,)
@@ -106,4 +118,4 @@ def _render(codes, params, spec, config, running):
             f"norm_stats={config['norm_stats']!r}, gradients needed: {needs_grad})")
     flat_running = [t for pair in running for t in pair] if spec.batch_norm else []
     with torch.no_grad():
-        return _C.forward(codes, params.flat(), flat_running, save=False, **config)[0]
+        return _C.forward(codes, params.flat(), flat_running, save=False, mods=None, **config)[0]

@@ -10,6 +10,11 @@ For B codes (B, C) and an H x W image (P = H*W pixels, embedding emb (P, E)):
         h = h + y          or   h = h ⊕ y  (concat; width doubles)
     colors = act_out(h @ W_out^T + b_out)       (B, P, out) -> (B, out, H, W)
 
+With spec.modulation, every pre-activation z of the input layer and of the block layers (M =
+1 + blocks * layers_per_block of them, in that order) is modulated per image by `mods`
+(B, M, k, hidden): "shift" (k = 1) z + mods[b, m, 0]; "film" (k = 2) z * (1 + mods[b, m, 0]) +
+mods[b, m, 1]. Modulation needs blocks of constant width (no concat).
+
 The first layer is decomposed, W_in = [W_code | W_pos], so `code ⊕ emb` is never built per pixel.
 Normalization statistics come from `norm_stats`:
     "image"   - per image over its pixels (the seed's per-image loop, in training)
@@ -25,6 +30,7 @@ from fastinr.activations import apply_activation
 from fastinr.embedding import pos_embedding, pos_embedding_size
 
 NORM_STATS = ("image", "batch", "running")
+MODULATIONS = ("none", "shift", "film")
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,7 @@ class DecoderSpec:
     activation: str
     activation_out: str
     eps: float = 1e-5
+    modulation: str = "none"            # "none" | "shift" | "film" (see the module docstring)
 
     @property
     def num_blocks(self) -> int:
@@ -57,6 +64,13 @@ class DecoderSpec:
             widths.append(width)
             width *= 2 if concat else 1
         return tuple(widths)
+
+    @property
+    def modulated_layers(self) -> int:
+        return 1 + self.num_blocks * self.layers_per_block
+
+    def mods_shape(self, batch: int) -> Tuple[int, int, int, int]:
+        return (batch, self.modulated_layers, 2 if self.modulation == "film" else 1, self.hidden)
 
     @property
     def out_width(self) -> int:
@@ -131,21 +145,52 @@ def normalize(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: fl
                          count)
 
 
+def check_mods(spec: DecoderSpec, batch: int, mods: Optional[torch.Tensor]) -> None:
+    """Clear errors for a `mods` that does not fit spec.modulation."""
+    if spec.modulation not in MODULATIONS:
+        raise ValueError(f"spec.modulation must be one of {MODULATIONS}, got {spec.modulation!r}")
+    if spec.modulation == "none":
+        if mods is not None:
+            raise ValueError("mods were given but spec.modulation is 'none'")
+        return
+    if any(spec.concat):
+        raise ValueError(f"modulation={spec.modulation!r} needs blocks of constant width (no concat)")
+    expected = spec.mods_shape(batch)
+    if not isinstance(mods, torch.Tensor) or tuple(mods.shape) != expected:
+        raise ValueError(f"mods must be a tensor of shape {expected} (B, layers, k, hidden) for "
+                         f"modulation={spec.modulation!r}, got "
+                         f"{tuple(mods.shape) if isinstance(mods, torch.Tensor) else mods!r}")
+
+
+def modulate(z: torch.Tensor, spec: DecoderSpec, mods: Optional[torch.Tensor], layer: int) -> torch.Tensor:
+    """Pre-activation z (B, P, hidden) modulated per image (identity without modulation)."""
+    if mods is None:
+        return z
+    if spec.modulation == "shift":
+        return z + mods[:, layer, 0, None]
+    return z * (1 + mods[:, layer, 0, None]) + mods[:, layer, 1, None]
+
+
 def decode(codes: torch.Tensor, params: DecoderParams, spec: DecoderSpec, shape: Tuple[int, int],
            norm_stats: str = "image",
-           running: Sequence[Tuple[torch.Tensor, torch.Tensor]] = ()):
+           running: Sequence[Tuple[torch.Tensor, torch.Tensor]] = (),
+           mods: Optional[torch.Tensor] = None):
     """Colors (B, out, H, W) for codes (B, C), and the BlockStats of each normalized block.
 
-    `running` holds (running_mean, running_var) per block, used when norm_stats == "running".
+    `running` holds (running_mean, running_var) per block, used when norm_stats == "running";
+    `mods` the per-image modulation when spec.modulation is not "none".
     """
     batch, height, width = codes.shape[0], shape[0], shape[1]
     if spec.batch_norm and spec.num_blocks:
         check_norm_pixels(norm_stats, batch, height * width)
+    check_mods(spec, batch, mods)
     emb = pos_embedding(height, width, spec.freqs, device=codes.device, dtype=params.w_in.dtype)
     w_code, w_pos = params.w_in[:, :spec.code_size], params.w_in[:, spec.code_size:]
     code_proj = torch.addmm(params.b_in, codes, w_code.t())                # (B, hidden)
     pos_proj = emb @ w_pos.t()                                             # (P, hidden)
-    h = apply_activation(spec.activation, code_proj[:, None, :] + pos_proj[None, :, :])
+    h = apply_activation(spec.activation, modulate(code_proj[:, None, :] + pos_proj[None, :, :],
+                                                   spec, mods, 0))
+    layer = 1
 
     stats = []
     for i in range(spec.num_blocks):
@@ -156,7 +201,9 @@ def decode(codes: torch.Tensor, params: DecoderParams, spec: DecoderSpec, shape:
             if block_stats is not None:
                 stats.append(block_stats)
         for weight, bias in zip(params.weights[i], params.biases[i]):
-            x = apply_activation(spec.activation, torch.matmul(x, weight.t()) + bias)
+            x = apply_activation(spec.activation, modulate(torch.matmul(x, weight.t()) + bias,
+                                                           spec, mods, layer))
+            layer += 1
         h = torch.cat([h, x], dim=-1) if spec.concat[i] else h + x
 
     colors = apply_activation(spec.activation_out, torch.matmul(h, params.w_out.t()) + params.b_out)

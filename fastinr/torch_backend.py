@@ -19,12 +19,13 @@ def images_per_chunk(spec, pixels: int, itemsize: int) -> int:
     return max(1, CHUNK_BYTES // (pixels * widest * itemsize))
 
 
-def decode(codes, params, spec, shape, norm_stats="image", running=()):
+def decode(codes, params, spec, shape, norm_stats="image", running=(), mods=None):
     chunk = images_per_chunk(spec, shape[0] * shape[1], params.w_in.element_size())
     if codes.device.type != "cpu" or norm_stats == "batch" or codes.shape[0] <= chunk:
-        return reference_decode(codes, params, spec, shape, norm_stats, running)
-    pieces = [reference_decode(part, params, spec, shape, norm_stats, running)
-              for part in torch.split(codes, chunk)]
+        return reference_decode(codes, params, spec, shape, norm_stats, running, mods)
+    mod_parts = torch.split(mods, chunk) if mods is not None else [None] * -(-codes.shape[0] // chunk)
+    pieces = [reference_decode(part, params, spec, shape, norm_stats, running, part_mods)
+              for part, part_mods in zip(torch.split(codes, chunk), mod_parts)]
     colors = torch.cat([c for c, _ in pieces])
     stats = [BlockStats(torch.cat([s[i].mean for _, s in pieces]),
                         torch.cat([s[i].var for _, s in pieces]), pieces[0][1][i].count)

@@ -71,8 +71,10 @@ def test_every_variant_trains(conditioning, norm, output, embedding, grid):
 
 
 # The variants whose per-pixel function is the seed's shape, and the backends that fuse them.
-FUSED_VARIANTS = [("none", "linear", "seed"), ("image-bn", "sigmoid", "log"), ("instance", "linear", "log"),
-                  ("batch-bn", "linear", "seed")]
+FUSED_VARIANTS = [("concat", "none", "linear", "seed"), ("concat", "image-bn", "sigmoid", "log"),
+                  ("concat", "instance", "linear", "log"), ("concat", "batch-bn", "linear", "seed"),
+                  ("film", "none", "linear", "log"), ("shift", "instance", "sigmoid", "seed"),
+                  ("film", "image-bn", "linear", "seed")]
 
 
 def plain_forward(model, codes, shape):
@@ -82,18 +84,25 @@ def plain_forward(model, codes, shape):
 
 
 @pytest.mark.parametrize("backend", ["native", "triton", "torch"])
-@pytest.mark.parametrize("norm, output, embedding", FUSED_VARIANTS)
-def test_fused_paths_match_the_plain_path(backend, norm, output, embedding):
+@pytest.mark.parametrize("conditioning, norm, output, embedding", FUSED_VARIANTS)
+def test_fused_paths_match_the_plain_path(backend, conditioning, norm, output, embedding):
     """Training (colors, every gradient, running statistics) and eval, fused vs plain PyTorch."""
     if backend not in fastinr.available_backends("cpu"):
         pytest.skip(f"backend {backend!r} does not run here")
+    if backend == "triton" and conditioning != "concat":
+        assert "triton" in INRDecoder(9, hidden=8, conditioning=conditioning, backend="triton").fused_reason()
+        return
     dtype, tol = (torch.float32, 2e-4) if backend == "triton" else (torch.float64, 1e-9)
     torch.manual_seed(0)
-    fused = INRDecoder(9, hidden=16, num_blocks=2, layers_per_block=2, norm=norm, output=output,
-                       embedding=embedding, num_freqs=3, backend=backend).to(dtype)
+    kwargs = dict(hidden=16, num_blocks=2, layers_per_block=2, conditioning=conditioning, norm=norm,
+                  output=output, embedding=embedding, num_freqs=3)
+    fused = INRDecoder(9, backend=backend, **kwargs).to(dtype)
     assert fused.fused_reason() is None
-    plain = INRDecoder(9, hidden=16, num_blocks=2, layers_per_block=2, norm=norm, output=output,
-                       embedding=embedding, num_freqs=3).to(dtype)
+    if fused.modulation is not None:  # away from FiLM's identity start, so every path is exercised
+        with torch.no_grad():
+            fused.modulation.weight.normal_(0, 0.3)
+            fused.modulation.bias.normal_(0, 0.3)
+    plain = INRDecoder(9, **kwargs).to(dtype)
     plain.load_state_dict(fused.state_dict())
     shape = (5, 7)
     for step in range(2):
@@ -120,7 +129,6 @@ def test_fused_paths_match_the_plain_path(backend, norm, output, embedding):
 
 
 @pytest.mark.parametrize("kwargs, reason", [
-    (dict(conditioning="film"), "conditioning='film'"), (dict(conditioning="shift"), "conditioning='shift'"),
     (dict(grid_size=2, grid_channels=2), "grid"), (dict(norm="layer"), "LayerNorm"),
     (dict(embedding="gaussian"), "Gaussian"), (dict(output="wide-sigmoid"), "widened sigmoid")])
 def test_unfused_variants_say_why(kwargs, reason):

@@ -6,6 +6,7 @@ concat on/off/mixed, BatchNorm off / per image / per batch / running, every acti
 frequencies, shapes 1x1 .. 32x32 (several tiles per image, ragged last tile), batch 1..5.
 The extension must be built unless FASTINR_SKIP_EXT=1 says it was deliberately not.
 """
+import dataclasses
 import os
 
 import pytest
@@ -336,3 +337,69 @@ def test_reduced_precision_is_handed_to_the_reference():
     ours, _ = native.decode(codes, params, spec, (4, 5))
     ref, _ = reference.decode(codes, params, spec, (4, 5))
     assert ours.dtype == torch.bfloat16 and torch.equal(ours, ref)
+
+
+MODULATED = [("film", True, "image"), ("film", False, "image"), ("shift", True, "batch"), ("film", True, "running"),
+             ("shift", False, "image")]
+
+
+@pytest.mark.parametrize("dtype,rel", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("modulation,batch_norm,norm_stats", MODULATED)
+def test_modulated_decoder_matches_reference(modulation, batch_norm, norm_stats, dtype, rel):
+    """Per-image shift / FiLM of every pre-activation: colors and the gradients of codes, mods
+    (both halves for FiLM) and every parameter; codes may be empty (FiLM-only conditioning)."""
+    spec = dataclasses.replace(make_spec(hidden=12, batch_norm=batch_norm, layers_per_block=2),
+                               modulation=modulation)
+    for code_size in (spec.code_size, 0):
+        spec = dataclasses.replace(spec, code_size=code_size)
+        params, running = make_params(spec, dtype)
+        codes = torch.randn(3, code_size, dtype=dtype)
+        mods = (torch.randn(*spec.mods_shape(3), dtype=dtype) * 0.5).requires_grad_(True)
+        upstream = torch.randn(3, 3, 19, 11, dtype=dtype)
+        results = []
+        for module, cast in ((native, lambda t: t), (reference, lambda t: t.double())):
+            c = cast(codes).detach().requires_grad_(True)
+            m = cast(mods).detach().requires_grad_(True)
+            p = DecoderParams.from_flat(spec, [cast(t).detach().requires_grad_(True) for t in params.flat()])
+            r = [(cast(a), cast(b)) for a, b in running]
+            colors, _ = module.decode(c, p, spec, (19, 11), norm_stats, r, mods=m)
+            grads = torch.autograd.grad(colors, [c, m, *p.flat()], cast(upstream))
+            results.append((colors, grads))
+        (colors, grads), (ref_colors, ref_grads) = results
+        assert_close_scaled(colors.detach(), ref_colors.detach(), rel, "colors")
+        names = ["codes", "mods"] + [f"params[{k}]" for k in range(len(params.flat()))]
+        for name, a, b in zip(names, grads, ref_grads):
+            assert_close_scaled(a, b, rel, f"grad of {name}")
+
+
+def test_modulated_gradcheck_and_render():
+    spec = dataclasses.replace(make_spec(code_size=2, hidden=4, freqs=(2.0,), activation="silu"), modulation="film")
+    params, running = make_params(spec, torch.float64)
+    codes = torch.randn(2, 2, dtype=torch.float64, requires_grad=True)
+    mods = torch.randn(*spec.mods_shape(2), dtype=torch.float64, requires_grad=True)
+
+    def fn(codes, mods, *tensors):
+        return native.decode(codes, DecoderParams.from_flat(spec, tensors), spec, (3, 4), "image", mods=mods)[0]
+
+    assert torch.autograd.gradcheck(fn, (codes, mods, *params.flat()), eps=1e-6, atol=1e-7)
+    with torch.no_grad():  # the streaming render (BatchNorm folded) with modulation
+        ours, _ = native.decode(codes, params, spec, (40, 37), "running", running, mods=mods)
+        ref, _ = reference.decode(codes, params, spec, (40, 37), "running", running, mods=mods)
+    assert_close_scaled(ours, ref, 1e-10, "colors")
+
+
+def test_bad_mods_raise_clear_errors():
+    spec = dataclasses.replace(make_spec(hidden=8), modulation="film")
+    params, _ = make_params(spec, torch.float32)
+    codes = torch.randn(2, spec.code_size)
+    with pytest.raises(ValueError, match=r"mods must be a tensor of shape \(2, 5, 2, 8\)"):
+        native.decode(codes, params, spec, (4, 4), "image", mods=torch.zeros(2, 5, 1, 8))
+    with pytest.raises(ValueError, match="mods must be a tensor"):
+        native.decode(codes, params, spec, (4, 4), "image")
+    plain = make_spec(hidden=8)
+    with pytest.raises(ValueError, match="spec.modulation is 'none'"):
+        native.decode(codes, params, plain, (4, 4), "image", mods=torch.zeros(2, 5, 2, 8))
+    concat = dataclasses.replace(make_spec(hidden=8, concat=(True, False)), modulation="shift")
+    with pytest.raises(ValueError, match="no concat"):
+        native.decode(codes, make_params(concat, torch.float32)[0], concat, (4, 4), "image",
+                      mods=torch.zeros(2, 5, 1, 8))

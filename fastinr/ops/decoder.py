@@ -62,8 +62,11 @@ def _needs_grad(codes, params: DecoderParams) -> bool:
 
 def decode(codes: torch.Tensor, params: DecoderParams, spec: DecoderSpec, shape: Tuple[int, int],
            norm_stats: str = "image",
-           running: Sequence[Tuple[torch.Tensor, torch.Tensor]] = ()):
+           running: Sequence[Tuple[torch.Tensor, torch.Tensor]] = (), mods=None):
     """Colors (B, out, H, W) for codes (B, C), and the BlockStats of each normalized block."""
+    if spec.modulation != "none" or mods is not None:
+        raise ValueError(f"the triton backend does not fuse modulation yet (spec.modulation="
+                         f"{spec.modulation!r}); use the native or torch backend")
     shape = tuple(shape) if isinstance(shape, (tuple, list, torch.Size)) else shape
     _check_inputs(codes, params, spec, shape, norm_stats, running)
     batch, (height, width) = codes.shape[0], shape
