@@ -24,12 +24,14 @@ schedule. The ladder (each rung adds to the previous unless it says otherwise):
 Aggregation writes OUTPUT/results.md (validation L1 in eval mode, PSNR, Sobel-edge L1, decoder
 MACs per pixel, training images/s: mean ± standard deviation over the seeds; and for the
 variants with per-image BatchNorm (seed, seed-linear) the validation L1 with it in training vs
-eval mode), OUTPUT/curves.png (validation
+eval mode; and the closed-form references: each tile's mean color and PCA with the code size),
+OUTPUT/curves.png (validation
 L1 against training images, every variant, mean over seeds) and OUTPUT/best_vs_seed.png (the
 reconstruction and 4x-render grids of the best variant and the seed config side by side).
 """
 import argparse
 import csv
+import itertools
 import json
 import statistics
 import subprocess
@@ -135,7 +137,28 @@ def best_variant(root: Path, names):
     return min(scored)[1] if scored else None
 
 
-def aggregate(root: Path, names) -> str:
+def references_text(common) -> list:
+    """Lines on the closed-form references (each tile's mean color, PCA with the code size) for
+    the tiles the runs use; nothing when those tiles cannot be loaded here."""
+    from fastinr.data import load_tiles_uint8, split_tiles
+    from fastinr.training.references import linear_references
+    tiles_args, code_size = None, 102
+    for k, arg in enumerate(common):
+        if arg == "--tiles":
+            tiles_args = [a for a in itertools.takewhile(lambda a: not a.startswith("--"), common[k + 1:])]
+        elif arg == "--code-size" and k + 1 < len(common):
+            code_size = int(common[k + 1])
+    try:
+        train, val = split_tiles(load_tiles_uint8(tiles_args))
+    except (FileNotFoundError, ValueError) as err:
+        return [f"(References skipped: the tiles do not load here: {err})", ""]
+    refs = linear_references(train, val, code_size)
+    cells = ", ".join(f"{name} {r['val_l1']:.4f} (PSNR {r['val_psnr']:.2f} dB)" for name, r in refs.items())
+    return [f"Closed-form references on the same validation tiles (no training): {cells}. A "
+            f"variant above PCA-{code_size} is not limited by its {code_size}-float code.", ""]
+
+
+def aggregate(root: Path, names, common=()) -> str:
     """Write results.md, curves.png (and best_vs_seed.png when both exist); return the table."""
     root = Path(root)
     lines = ["| variant | seeds | val L1 (eval) | PSNR dB | Sobel-edge L1 | decoder MACs/px | "
@@ -157,7 +180,7 @@ def aggregate(root: Path, names) -> str:
                         for _, _, rows in runs]
     budgets = sorted({s["images"] for n in names for _, s, _ in variant_runs(root, n)})
     text = [f"Budget: {', '.join(f'{b:,}' for b in budgets) or '-'} training images per run; "
-            "mean ± standard deviation over seeds.", "", *lines, ""]
+            "mean ± standard deviation over seeds.", "", *lines, "", *references_text(list(common))]
     # The per-image BatchNorm hypothesis, on every variant that has it (seed, seed-linear).
     for name in names:
         runs = variant_runs(root, name)
@@ -266,7 +289,7 @@ def main(argv=None) -> int:
                 if only is None or name in only:
                     run_variant(root, name, variant + emb_args, seeds, common, args.dry_run)
     names = [n for n in known if (root / n).is_dir()]
-    print(aggregate(root, names))
+    print(aggregate(root, names, common))
     return 0
 
 

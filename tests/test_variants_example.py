@@ -176,17 +176,18 @@ def test_sobel_edge_l1():
         sobel_edge_l1_sum(target, target[..., :4])
 
 
-def test_ablation_plans_skips_and_aggregates(ablation, inr_run, conv_run, tmp_path, capsys):
+def test_ablation_plans_skips_and_aggregates(ablation, inr_run, conv_run, run_env, tmp_path, capsys):
     root = tmp_path / "campaign"
     for name, run in (("film-grid", inr_run), ("conv", conv_run)):
         shutil.copytree(run, ablation.run_dir(root, name, 0))
     shutil.copytree(conv_run, ablation.run_dir(root, "conv", 1))
-    table = ablation.aggregate(root, ["seed", "film-grid", "conv"])
+    table = ablation.aggregate(root, ["seed", "film-grid", "conv"], ["--tiles", str(run_env["sheet"])])
     inr_l1 = json.loads((inr_run / "summary.json").read_text())["val_l1"]
     conv_l1 = json.loads((conv_run / "summary.json").read_text())["val_l1"]
     assert f"| film-grid | 1 | {inr_l1:.4f} ± 0.0000 |" in table
     assert f"| conv | 2 | {conv_l1:.4f} ± 0.0000 |" in table
     assert "| seed |" not in table
+    assert "mean color 0." in table and "PCA-102 0." in table
     assert (root / "results.md").read_text() == table
     assert (root / "curves.png").stat().st_size > 1000
     assert ablation.best_variant(root, ["film-grid", "conv"]) == \
