@@ -122,6 +122,11 @@ def test_preset_is_overridden_by_explicit_flags(example):
     _, cfg, *_ = example.configure(["--output", "/nonexistent/never-written", "--device", "cpu"])
     assert (cfg["preset"], cfg["decoder"], cfg["activation_out"], cfg["batch_norm"]) == \
         ("baseline", "seed", "none", "none")   # the default is unchanged
+    _, cfg, *_ = example.configure(["--preset", "sharp", "--num-freqs", "8",
+                                    "--output", "/nonexistent/never-written", "--device", "cpu"])
+    assert (cfg["decoder"], cfg["norm"], cfg["inr_output"], cfg["embedding"], cfg["num_freqs"]) == \
+        ("inr", "instance", "linear", "log", 8)
+    assert example.decoder_backend(cfg, torch.device("cpu")) in ("native", "torch")  # fused
 
 
 @pytest.mark.parametrize("argv, message", [
