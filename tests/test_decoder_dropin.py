@@ -3,6 +3,8 @@
 Same state_dict, same inputs: outputs, gradients of the codes and of every parameter, and the
 running statistics after several training steps, in train and eval mode.
 """
+import copy
+
 import pytest
 import torch
 
@@ -54,25 +56,42 @@ def run_step(model, codes, shape, upstream):
     return out.detach(), codes.grad, grads
 
 
-def assert_close_scaled(actual, expected, atol, rtol, msg=None):
+def assert_close_scaled(actual, expected, atol, rtol, msg=None, truth=None):
     """assert_close with atol relative to the tensor's magnitude: gradients are sums over every
-    pixel of the batch, so their float32 rounding error grows with their size, not with 1."""
+    pixel of the batch, so their float32 rounding error grows with their size, not with 1.
+
+    With `truth` (the seed's result in float64), atol is also at least 8x the seed's own float32
+    error: per-image BatchNorm over a few near-constant channels is ill-conditioned (the hidden-8,
+    no-frequency config), and two float32 summation orders then differ by more than 2e-5."""
     scale = max(1.0, expected.abs().max().item()) if expected.numel() else 1.0
-    torch.testing.assert_close(actual, expected, atol=atol * scale, rtol=rtol, msg=msg)
+    tolerance = atol * scale
+    if truth is not None and expected.numel() and expected.is_floating_point():
+        tolerance = max(tolerance, 8 * (expected.double() - truth.double()).abs().max().item())
+    torch.testing.assert_close(actual, expected, atol=tolerance, rtol=rtol, msg=msg)
 
 
 def assert_models_match(seed, ours, codes, shape, atol, rtol):
     upstream = torch.randn(codes.shape[0], seed.num_output_channels, *shape, dtype=codes.dtype)
+    state_before = copy.deepcopy(seed.state_dict())
     out_s, dcodes_s, grads_s = run_step(seed, codes, shape, upstream)
     out_o, dcodes_o, grads_o = run_step(ours, codes, shape, upstream)
-    assert_close_scaled(out_o, out_s, atol=atol, rtol=rtol)
-    assert_close_scaled(dcodes_o, dcodes_s, atol=atol, rtol=rtol)
+    truth = {}
+    if codes.dtype != torch.float64:  # the same step of the seed in float64, from the same state
+        seed64 = copy.deepcopy(seed).double()
+        seed64.load_state_dict({k: v.double() if v.is_floating_point() else v for k, v in state_before.items()})
+        out64, dcodes64, grads64 = run_step(seed64, codes.double(), shape, upstream.double())
+        truth = {"out": out64, "codes": dcodes64, **{f"grad {k}": v for k, v in grads64.items()},
+                 **{f"state {k}": v for k, v in seed64.state_dict().items()}}
+    assert_close_scaled(out_o, out_s, atol=atol, rtol=rtol, truth=truth.get("out"))
+    assert_close_scaled(dcodes_o, dcodes_s, atol=atol, rtol=rtol, truth=truth.get("codes"))
     assert grads_o.keys() == grads_s.keys()
     for name in grads_s:
-        assert_close_scaled(grads_o[name], grads_s[name], atol=atol, rtol=rtol, msg=name)
+        assert_close_scaled(grads_o[name], grads_s[name], atol=atol, rtol=rtol, msg=name,
+                            truth=truth.get(f"grad {name}"))
     state_s, state_o = seed.state_dict(), ours.state_dict()
     for name in state_s:
-        assert_close_scaled(state_o[name], state_s[name], atol=atol, rtol=rtol, msg=name)
+        assert_close_scaled(state_o[name], state_s[name], atol=atol, rtol=rtol, msg=name,
+                            truth=truth.get(f"state {name}"))
 
 
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
