@@ -168,7 +168,7 @@ class Backward {
           const T* d = s.dact.data();
           for (int64_t k = 0; k < n * w; ++k) dz[k] = dA[k] * d[k];
         } else {
-          const T* z = modulated(tile, 1 + i * L + l, z_pre, n, s);
+          const T* z = modulated(cfg_, wts_.mods, tile.image, 1 + i * L + l, z_pre, n, s.zm);
           if (ld == w) {
             act_backward(cfg_.act, z, dA, dz, n * w);
           } else {
@@ -178,7 +178,8 @@ class Backward {
         modulation_backward(t, tile, 1 + i * L + l, z_pre, dz, n);
         const T* x;
         if (l > 0) {
-          act_forward_grad(cfg_.act, modulated(tile, i * L + l, saved_.z[i * L + l - 1] + r0 * w, n, s),
+          const T* z_prev = saved_.z[i * L + l - 1] + r0 * w;
+          act_forward_grad(cfg_.act, modulated(cfg_, wts_.mods, tile.image, i * L + l, z_prev, n, s.zm),
                            s.lb.data(), s.dact.data(), n * w);
           have_dact = true;
           x = s.lb.data();
@@ -233,7 +234,7 @@ class Backward {
     const int64_t h = cfg_.hidden, e = cfg_.emb_size();
     T* dz = s.la.data();
     const T* z_in = saved_.z_in + r0 * h;
-    act_backward(cfg_.act, modulated(tile, 0, z_in, n, s), G, dz, n * h);
+    act_backward(cfg_.act, modulated(cfg_, wts_.mods, tile.image, 0, z_in, n, s.zm), G, dz, n * h);
     modulation_backward(t, tile, 0, z_in, dz, n);
     double* dcode = &dcode_tile_[t * h];
     for (int64_t j = 0; j < n; ++j)
@@ -242,11 +243,6 @@ class Backward {
     gemm(true, false, h, e, n, T(1), dz, h, s.emb.data(), e, T(1), acc + layout_.w_pos, e);
   }
 
-  const T* modulated(const Tile& tile, int64_t m, const T* z, int64_t n, Scratch<T>& s) const {
-    if (!cfg_.modulated()) return z;
-    modulate_rows(cfg_, mods_at(cfg_, wts_.mods, tile.image, m), z, s.zm.data(), n);
-    return s.zm.data();
-  }
 
   // dz holds the gradient of the modulated pre-activation of layer m: sum it (and dz * z for film)
   // into tile t's gradient of the modulation, then turn it into the gradient of z (times 1 + g).

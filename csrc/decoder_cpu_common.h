@@ -122,6 +122,16 @@ void modulate_rows(const DecoderConfig& cfg, const T* mod, const T* z, T* out, i
   }
 }
 
+// The pre-activation z (n rows) of modulated layer m, modulated for image b into `scratch`; z
+// itself without modulation. The saved pre-activations stay unmodulated for the backward.
+template <typename T>
+const T* modulated(const DecoderConfig& cfg, const T* mods, int64_t b, int64_t m, const T* z, int64_t n,
+                   std::vector<T>& scratch) {
+  if (!cfg.modulated()) return z;
+  modulate_rows(cfg, mods_at(cfg, mods, b, m), z, scratch.data(), n);
+  return scratch.data();
+}
+
 // Per-block normalisation as x * scale + shift, and the mean / rstd behind it, per group.
 template <typename T>
 struct BlockNorm {

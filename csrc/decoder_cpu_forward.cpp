@@ -131,7 +131,7 @@ class Forward {
         for (int64_t k = 0; k < h; ++k) dst[k] = code[k] + (col[k] + row[k]);
       }
       cur = hidden_[0] ? hidden_[0] + r0 * h : s.h0.data();
-      act_forward(cfg_.act, modulated(tile, 0, z, n, s), cur, n * h);
+      act_forward(cfg_.act, modulated(cfg_, wts_.mods, tile.image, 0, z, n, s.zm), cur, n * h);
       i = 0;
       if (nb_ > 0 && cfg_.batch_stats()) {
         tile_moments(cur, n, h, &moments_.mean[t * h], &moments_.m2[t * h]);
@@ -162,7 +162,8 @@ class Forward {
         T* z = saved_ ? saved_->z[i * L + l] + r0 * w : other;
         fill_rows(z, l == 0 && fold_norms_ ? folded_[i].bias.data() : wts_.bias[i * L + l], n, w);
         layer_gemm_[i * L + l](x, n, T(1), z);
-        act_forward(cfg_.act, modulated(tile, 1 + i * L + l, z, n, s), other, n * w);
+        const T* za = modulated(cfg_, wts_.mods, tile.image, 1 + i * L + l, z, n, s.zm);
+        act_forward(cfg_.act, za, other, n * w);
         x = other;
       }
       T* next = hidden_[i + 1] ? hidden_[i + 1] + r0 * wn : (cur == s.h0.data() ? s.h1.data() : s.h0.data());
@@ -180,14 +181,6 @@ class Forward {
         return;
       }
     }
-  }
-
-  // The pre-activation z of modulated layer m, modulated for this tile's image (z itself without
-  // modulation); the saved z stays unmodulated for the backward.
-  const T* modulated(const Tile& tile, int64_t m, const T* z, int64_t n, Scratch<T>& s) const {
-    if (!cfg_.modulated()) return z;
-    modulate_rows(cfg_, mods_at(cfg_, wts_.mods, tile.image, m), z, s.zm.data(), n);
-    return s.zm.data();
   }
 
   void output(const Tile& tile, const T* h, Scratch<T>& s) {
