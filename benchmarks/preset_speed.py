@@ -3,8 +3,9 @@
     python benchmarks/preset_speed.py [--repeat 7] [--hidden 128] [--presets baseline,sharp]
 
 The issue's rule for a sharper decoder: not slower per image than the baseline on the same
-backend. Each round times one training step (batch 64 of 32x32 tiles: forward, L1, backward,
-Adam) of every preset in turn, so a change of machine load hits all alike; medians are printed.
+backend. Each round times one training step (each preset's own batch of 32x32 tiles unless --batch:
+forward, L1, backward, Adam) of every preset in turn, so a change of machine load hits all alike;
+median images/s are printed.
 """
 import argparse
 import importlib.util
@@ -30,7 +31,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=None, help="default: each preset's own")
     parser.add_argument("--presets", default="baseline,sharp")
     args = parser.parse_args()
     example = load_example()
@@ -44,25 +45,25 @@ def main():
         model = example.build_model(cfg)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-        images = torch.rand(args.batch, 3, 32, 32)
-        steps[f"{preset} ({example.decoder_backend(cfg, device)})"] = \
-            lambda m=model, o=optimizer, s=scheduler: example.train_step(m, o, s, images)
-    for step in steps.values():  # warm-up
+        batch = args.batch or cfg["batch_size"]
+        images = torch.rand(batch, 3, 32, 32)
+        name = f"{preset}, batch {batch} ({example.decoder_backend(cfg, device)})"
+        steps[name] = (batch, lambda m=model, o=optimizer, s=scheduler, x=images: example.train_step(m, o, s, x))
+    for _, step in steps.values():  # warm-up
         step()
-    times = {name: [] for name in steps}
+    rates = {name: [] for name in steps}
     for _ in range(args.repeat):
-        for name, step in steps.items():
+        for name, (batch, step) in steps.items():
             start = time.perf_counter()
             step()
-            times[name].append(time.perf_counter() - start)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
-          f"hidden {args.hidden}, median of {args.repeat}")
+            rates[name].append(batch / (time.perf_counter() - start))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, hidden {args.hidden}, "
+          f"median of {args.repeat}")
     first = None
-    for name, t in times.items():
-        seconds = statistics.median(t)
-        first = first or seconds
-        print(f"  {name:40s} {seconds * 1e3:8.1f} ms  {args.batch / seconds:7.1f} images/s  "
-              f"{first / seconds:5.2f}x the first")
+    for name, r in rates.items():
+        rate = statistics.median(r)
+        first = first or rate
+        print(f"  {name:45s} {rate:7.1f} images/s  {rate / first:5.2f}x the first")
 
 
 if __name__ == "__main__":

@@ -75,7 +75,8 @@ BATCH_NORM_MODES = ("none", "image", "batch")
 PRESETS = {"seed": {"activation_out": "sigmoid", "batch_norm": "image"},
            "baseline": {"activation_out": "none", "batch_norm": "none"},
            "sharp": {"activation_out": "none", "batch_norm": "none", "decoder": "inr",
-                     "norm": "instance", "inr_output": "linear", "embedding": "log", "num_freqs": 6}}
+                     "norm": "instance", "inr_output": "linear", "embedding": "log", "num_freqs": 6,
+                     "batch_size": 16}}
 # --decoder inr without --norm / --inr-output follows --batch-norm / --activation-out.
 INR_NORM_FROM_BATCH_NORM = {"none": "none", "image": "image-bn", "batch": "batch-bn"}
 INR_OUTPUT_FROM_ACTIVATION_OUT = {"none": "linear", "sigmoid": "sigmoid"}
@@ -115,8 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "collapses to black on these tiles); baseline: the seed's "
                             "architecture with the linear output and no BatchNorm; sharp: the "
                             "best variant so far (INRDecoder, per-image statistics in eval too, "
-                            "6 log-spaced frequencies up to Nyquist, linear output; see "
-                            "docs/experiments.md). Sets the defaults of the flags it names "
+                            "6 log-spaced frequencies up to Nyquist, linear output, batch 16; "
+                            "see docs/experiments.md). Sets the defaults of the flags it names "
                             "(explicit flags win)")
     model.add_argument("--decoder", choices=DECODERS, default="seed",
                        help="seed: fastinr.ImageManifoldDecoder (fused backends); inr: "

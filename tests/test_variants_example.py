@@ -124,8 +124,8 @@ def test_preset_is_overridden_by_explicit_flags(example):
         ("baseline", "seed", "none", "none")   # the default is unchanged
     _, cfg, *_ = example.configure(["--preset", "sharp", "--num-freqs", "8",
                                     "--output", "/nonexistent/never-written", "--device", "cpu"])
-    assert (cfg["decoder"], cfg["norm"], cfg["inr_output"], cfg["embedding"], cfg["num_freqs"]) == \
-        ("inr", "instance", "linear", "log", 8)
+    assert (cfg["decoder"], cfg["norm"], cfg["inr_output"], cfg["embedding"], cfg["num_freqs"],
+            cfg["batch_size"]) == ("inr", "instance", "linear", "log", 8, 16)
     assert example.decoder_backend(cfg, torch.device("cpu")) in ("native", "torch")  # fused
 
 
