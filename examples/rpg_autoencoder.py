@@ -71,7 +71,7 @@ EVAL_CHUNK = 128
 BATCH_NORM_MODES = ("none", "image", "batch")
 # Presets set these defaults; flags given on the command line override them. "baseline" is the
 # parser's own defaults. "sharp" is the best variant measured so far (docs/experiments.md:
-# provisional, one seed at 100k images, until the two-seed campaign has picked its variant).
+# provisional, two seeds at 100k images, until the campaign has picked its variant).
 PRESETS = {"seed": {"activation_out": "sigmoid", "batch_norm": "image"},
            "baseline": {"activation_out": "none", "batch_norm": "none"},
            "sharp": {"activation_out": "none", "batch_norm": "none", "decoder": "inr",
