@@ -193,9 +193,11 @@ class INRDecoder(nn.Module):
                 raise ValueError(f"coords must have shape (P, 2) or ({batch}, P, 2), got "
                                  f"{tuple(coords.shape)}")
             xy = coords.to(codes.dtype)
-        if coords is None and self.fused_reason(codes.device) is None:
-            colors = self._fused_forward(batch_codes, shape)
-            return colors[0] if codes.ndim == 1 else colors
+        if coords is None:
+            backend, decode = resolve_backend(self.backend, codes.device)
+            if self._unfused_reason(backend) is None:
+                colors = self._fused_forward(batch_codes, shape, decode)
+                return colors[0] if codes.ndim == 1 else colors
         xy = xy.expand(batch, -1, -1) if xy.ndim == 2 else xy
         pixels = xy.shape[1]
 
@@ -226,8 +228,11 @@ class INRDecoder(nn.Module):
     def fused_reason(self, device="cpu") -> Optional[str]:
         """None when forward on the pixel grid runs fused on `device`, else what keeps this variant
         on the plain PyTorch path."""
+        return self._unfused_reason(resolve_backend(self.backend, device)[0])
+
+    def _unfused_reason(self, backend: str) -> Optional[str]:
         return unfused_reason(self.conditioning, self.norm, self.output, self.embedding,
-                              self.grid_size, self.global_size, resolve_backend(self.backend, device)[0])
+                              self.grid_size, self.global_size, backend)
 
     def _fused_spec(self) -> DecoderSpec:
         return DecoderSpec(
@@ -252,7 +257,7 @@ class INRDecoder(nn.Module):
             biases=tuple(tuple(lin.bias for lin in block) for block in self.blocks),
             w_out=self.linear_out.weight, b_out=b_out)
 
-    def _fused_forward(self, codes: torch.Tensor, shape: Tuple[int, int]) -> torch.Tensor:
+    def _fused_forward(self, codes: torch.Tensor, shape: Tuple[int, int], decode) -> torch.Tensor:
         norms = list(self.norms) if self.norms is not None else []
         if not norms:
             norm_stats = "running"  # unused without normalization
@@ -262,7 +267,6 @@ class INRDecoder(nn.Module):
         else:
             norm_stats = "running"
         running = [(n.running_mean, n.running_var) for n in norms] if norm_stats == "running" else []
-        _, decode = resolve_backend(self.backend, codes.device)
         mods = None
         if self.modulation is not None:  # the per-image shift / FiLM constants, (B, M, k, hidden)
             mods = self.modulation(codes).reshape(codes.shape[0], self.modulated_layers, -1, self.hidden)
