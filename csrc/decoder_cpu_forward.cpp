@@ -55,7 +55,7 @@ class Forward {
       const int64_t w = cfg.block_width(i);
       for (int64_t l = 0; l < L; ++l) {
         const T* weight = wts.weight[i * L + l];
-        if (l == 0 && fold_norms_ && L > 0) weight = fold_norm(i);
+        if (l == 0 && fold_norms_) weight = fold_norm(i);
         layer_gemm_.emplace_back(weight, w, w, true, rows);
       }
     }
