@@ -350,6 +350,11 @@ def test_modulated_decoder_matches_reference(modulation, batch_norm, norm_stats,
     (both halves for FiLM) and every parameter; codes may be empty (FiLM-only conditioning)."""
     spec = dataclasses.replace(make_spec(hidden=12, batch_norm=batch_norm, layers_per_block=2),
                                modulation=modulation)
+    if dtype == torch.float32:
+        # The mods gradient sums each image's pixels through per-image BatchNorm's backward: in 300
+        # fresh draws torch's own float32 result was up to 1.6e-4 (of the largest entry) off float64,
+        # and ours up to 13x torch's error when torch happened to round well.
+        rel = 3e-4
     for code_size in (spec.code_size, 0):
         spec = dataclasses.replace(spec, code_size=code_size)
         params, running = make_params(spec, dtype)
@@ -357,19 +362,20 @@ def test_modulated_decoder_matches_reference(modulation, batch_norm, norm_stats,
         mods = (torch.randn(*spec.mods_shape(3), dtype=dtype) * 0.5).requires_grad_(True)
         upstream = torch.randn(3, 3, 19, 11, dtype=dtype)
         results = []
-        for module, cast in ((native, lambda t: t), (reference, lambda t: t.double())):
+        # native, then torch in the same dtype (its own rounding error bounds ours), then float64
+        for module, cast in ((native, lambda t: t), (reference, lambda t: t), (reference, lambda t: t.double())):
             c = cast(codes).detach().requires_grad_(True)
             m = cast(mods).detach().requires_grad_(True)
             p = DecoderParams.from_flat(spec, [cast(t).detach().requires_grad_(True) for t in params.flat()])
             r = [(cast(a), cast(b)) for a, b in running]
             colors, _ = module.decode(c, p, spec, (19, 11), norm_stats, r, mods=m)
             grads = torch.autograd.grad(colors, [c, m, *p.flat()], cast(upstream))
-            results.append((colors, grads))
-        (colors, grads), (ref_colors, ref_grads) = results
-        assert_close_scaled(colors.detach(), ref_colors.detach(), rel, "colors")
+            results.append((colors.detach(), grads))
+        (colors, grads), (torch_colors, torch_grads), (ref_colors, ref_grads) = results
+        assert_close_scaled(colors, ref_colors, rel, "colors", torch_colors)
         names = ["codes", "mods"] + [f"params[{k}]" for k in range(len(params.flat()))]
-        for name, a, b in zip(names, grads, ref_grads):
-            assert_close_scaled(a, b, rel, f"grad of {name}")
+        for name, a, t, b in zip(names, grads, torch_grads, ref_grads):
+            assert_close_scaled(a, b, rel, f"grad of {name}", t)
 
 
 def test_modulated_gradcheck_and_render():
