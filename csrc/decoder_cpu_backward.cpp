@@ -53,8 +53,13 @@ class Backward {
       }
     }
     if (cfg.batch_stats() && nb_ > 0) {
-      for (auto* e : {&carry0_, &carry1_}) e->resize(cfg.rows() * max_width(cfg));
+      const size_t size = static_cast<size_t>(cfg.rows() * max_width(cfg));
+      carry_[0] = reused_buffer<T>(0, size);
+      carry_[1] = reused_buffer<T>(1, size);
     }
+    // Every image has the same pixels: their embedding once, not one sin/cos per tile and pixel.
+    embedding_.resize(cfg.pixels() * cfg.emb_size());
+    embedding_rows(cfg, 0, cfg.pixels(), embedding_.data());
     dcode_tile_.assign(tiles_.size() * cfg.hidden, 0.0);
     if (cfg.modulated()) dmods_tile_.assign(tiles_.size() * cfg.modulated_layers() * cfg.mod_width(), 0.0);
     const int64_t rows = decoder_tile_rows();
@@ -97,7 +102,7 @@ class Backward {
     }
   }
 
-  T* carry(int which) { return (which == 0 ? carry0_ : carry1_).data(); }
+  T* carry(int which) { return carry_[which]; }
 
   // Sums of dx0 and dx0 * xhat per group -> the constants of the BatchNorm input gradient:
   // dh = carry - c1 - xhat * c2, carry = direct + rstd * gamma * dx0 (stored by the tile).
@@ -143,16 +148,9 @@ class Backward {
     } else {
       const int64_t w = cfg_.block_width(start);
       const T* in = carry(carry_in_) + r0 * w;
-      const T* h = saved_.hidden[start] + r0 * w;
-      const double* mean = &norms_[start].mean[g * w];
-      const double* rstd = &norms_[start].rstd[g * w];
-      const T* c1 = &c1_[g * w];
-      const T* c2 = &c2_[g * w];
-      for (int64_t j = 0; j < n; ++j)
-        for (int64_t c = 0; c < w; ++c) {
-          const T xhat = (h[j * w + c] - static_cast<T>(mean[c])) * static_cast<T>(rstd[c]);
-          G[j * w + c] = in[j * w + c] - c1[c] - xhat * c2[c];
-        }
+      const BlockNorm<T>& norm = norms_[start];
+      norm_input_grad_rows(in, saved_.hidden[start] + r0 * w, &norm.mean_t[g * w], &norm.rstd_t[g * w], &c1_[g * w],
+                           &c2_[g * w], G, n, w);
       i = start - 1;
     }
     for (; i >= 0; --i) {
@@ -201,30 +199,23 @@ class Backward {
         for (int64_t j = 0; j < n; ++j)
           for (int64_t c = 0; c < w; ++c) next[j * w + c] = G[j * wn + c] + dA[j * ld + c];
       } else {
-        const double* mean = &norms_[i].mean[(norms_[i].groups > 1 ? g : 0) * w];
-        const double* rstd = &norms_[i].rstd[(norms_[i].groups > 1 ? g : 0) * w];
+        const BlockNorm<T>& norm = norms_[i];
+        const int64_t k = norm.at(g, w);
         const T* gamma = wts_.norm_weight[i];
-        std::vector<double> sum_dx(w, 0.0), sum_dx_xhat(w, 0.0);
+        T *gr = s.col0.data(), *sum_dx = s.col1.data(), *sum_dx_xhat = s.col2.data();
+        for (int64_t c = 0; c < w; ++c) gr[c] = gamma[c] * norm.rstd_t[k + c], sum_dx[c] = sum_dx_xhat[c] = T(0);
         const bool batch = cfg_.batch_stats();
         T* out = batch ? carry(1 - carry_in_) + r0 * w : next;
-        for (int64_t j = 0; j < n; ++j)
-          for (int64_t c = 0; c < w; ++c) {
-            const T dx = dA[j * ld + c];
-            const T r = static_cast<T>(rstd[c]);
-            const T xhat = (h[j * w + c] - static_cast<T>(mean[c])) * r;
-            sum_dx[c] += dx;
-            sum_dx_xhat[c] += dx * xhat;
-            out[j * w + c] = G[j * wn + c] + dx * gamma[c] * r;
-          }
+        norm_backward_rows(dA, ld, h, &norm.mean_t[k], &norm.rstd_t[k], gr, G, wn, out, n, w, sum_dx, sum_dx_xhat);
         T* dgamma = acc + layout_.gamma[i];
         T* dbeta = acc + layout_.beta[i];
         for (int64_t c = 0; c < w; ++c) {
-          dgamma[c] += static_cast<T>(sum_dx_xhat[c]);
-          dbeta[c] += static_cast<T>(sum_dx[c]);
+          dgamma[c] += sum_dx_xhat[c];
+          dbeta[c] += sum_dx[c];
         }
         if (batch) {
-          std::copy(sum_dx.begin(), sum_dx.end(), &sums_.mean[t * w]);
-          std::copy(sum_dx_xhat.begin(), sum_dx_xhat.end(), &sums_.m2[t * w]);
+          std::copy(sum_dx, sum_dx + w, &sums_.mean[t * w]);
+          std::copy(sum_dx_xhat, sum_dx_xhat + w, &sums_.m2[t * w]);
           return;
         }
       }
@@ -239,8 +230,7 @@ class Backward {
     double* dcode = &dcode_tile_[t * h];
     for (int64_t j = 0; j < n; ++j)
       for (int64_t c = 0; c < h; ++c) dcode[c] += dz[j * h + c];
-    embedding_rows(cfg_, tile.p0, n, s.emb.data());
-    gemm(true, false, h, e, n, T(1), dz, h, s.emb.data(), e, T(1), acc + layout_.w_pos, e);
+    gemm(true, false, h, e, n, T(1), dz, h, &embedding_[tile.p0 * e], e, T(1), acc + layout_.w_pos, e);
   }
 
 
@@ -264,11 +254,8 @@ class Backward {
   }
 
   void normalized(int64_t i, int64_t g, const T* h, int64_t n, int64_t w, T* dst) const {
-    const int64_t k = norms_[i].groups > 1 ? g : 0;
-    const T* scale = &norms_[i].scale[k * w];
-    const T* shift = &norms_[i].shift[k * w];
-    for (int64_t j = 0; j < n; ++j)
-      for (int64_t c = 0; c < w; ++c) dst[j * w + c] = h[j * w + c] * scale[c] + shift[c];
+    const int64_t k = norms_[i].at(g, w);
+    affine_rows(h, &norms_[i].scale[k], &norms_[i].shift[k], dst, n, w);
   }
 
   static void add_colsum(const T* x, int64_t n, int64_t w, int64_t ld, T* dst) {
@@ -336,7 +323,8 @@ class Backward {
   int64_t nb_;
   GradLayout layout_;
   std::vector<BlockNorm<T>> norms_;
-  std::vector<T> carry0_, carry1_, c1_, c2_, acc_;
+  T* carry_[2] = {nullptr, nullptr};
+  std::vector<T> c1_, c2_, acc_, embedding_;
   int carry_in_ = 0;   // which carry buffer the next pass reads; it writes the other
   TileMoments sums_;   // per tile: sum of dx0 ("mean") and of dx0 * xhat ("m2")
   std::vector<double> dcode_tile_;

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "decoder_cpu.h"
+#include "rows.h"
 
 namespace fastinr {
 namespace detail {
@@ -63,7 +64,8 @@ void fill_rows(T* dst, const T* row, int64_t n, int64_t w) {
   for (int64_t j = 0; j < n; ++j) std::memcpy(dst + j * w, row, sizeof(T) * w);
 }
 
-// Per-tile (count, mean, M2) of a block input, merged in tile order into per-group statistics.
+// Per-tile (count, mean, M2) of a block input (column_moments), merged in tile order into per-group
+// statistics.
 struct TileMoments {
   std::vector<double> mean, m2;
   void resize(size_t tiles, int64_t w) {
@@ -72,17 +74,16 @@ struct TileMoments {
   }
 };
 
+// This thread's buffer number `slot` with room for n values, reused from call to call: a large
+// fresh allocation is a fresh mmap, whose page faults and zeroing cost more than the passes over
+// it (the batch-statistics backward's 2 x 32 MiB at batch 64). It only grows; its contents are
+// whatever the last call left.
 template <typename T>
-void tile_moments(const T* x, int64_t n, int64_t w, double* mean, double* m2) {
-  for (int64_t c = 0; c < w; ++c) mean[c] = 0.0, m2[c] = 0.0;
-  for (int64_t j = 0; j < n; ++j)
-    for (int64_t c = 0; c < w; ++c) mean[c] += x[j * w + c];
-  for (int64_t c = 0; c < w; ++c) mean[c] /= static_cast<double>(n);
-  for (int64_t j = 0; j < n; ++j)
-    for (int64_t c = 0; c < w; ++c) {
-      const double d = x[j * w + c] - mean[c];
-      m2[c] += d * d;
-    }
+T* reused_buffer(int slot, size_t n) {
+  thread_local std::vector<T> buffers[2];
+  std::vector<T>& buffer = buffers[slot];
+  if (buffer.size() < n) buffer.resize(n);
+  return buffer.data();
 }
 
 // Group of a tile for the statistics: its image with per-image statistics, else the whole batch.
@@ -92,10 +93,11 @@ inline int64_t group_of(const DecoderConfig& cfg, const Tile& tile) {
 
 template <typename T>
 struct Scratch {
-  std::vector<T> emb, h0, h1, la, lb, lc, dact, g0, g1, zm, out0, out1;
+  std::vector<T> h0, h1, la, lb, lc, dact, g0, g1, zm, out0, out1;
+  std::vector<T> col0, col1, col2;   // per-column values of one block (norm constants, sums)
   explicit Scratch(const DecoderConfig& cfg) {
     const int64_t t = decoder_tile_rows(), w = max_width(cfg);
-    emb.resize(t * cfg.emb_size());
+    for (auto* v : {&col0, &col1, &col2}) v->resize(w);
     for (auto* v : {&h0, &h1, &la, &lb, &lc, &dact, &g0, &g1}) v->resize(t * w);
     if (cfg.modulated()) zm.resize(t * w);
     out0.resize(t * cfg.out_channels);
@@ -136,20 +138,25 @@ const T* modulated(const DecoderConfig& cfg, const T* mods, int64_t b, int64_t m
 template <typename T>
 struct BlockNorm {
   std::vector<double> mean, rstd;   // (groups, w)
+  std::vector<T> mean_t, rstd_t;    // the same in T, for the row kernels
   std::vector<T> scale, shift;      // (groups, w)
   int64_t groups = 0;
 
   void set(int64_t g_count, int64_t w, const T* gamma, const T* beta) {
     groups = g_count;
-    scale.resize(groups * w);
-    shift.resize(groups * w);
+    for (auto* v : {&scale, &shift, &mean_t, &rstd_t}) v->resize(groups * w);
     for (int64_t g = 0; g < groups; ++g)
       for (int64_t c = 0; c < w; ++c) {
-        const T s = gamma[c] * static_cast<T>(rstd[g * w + c]);
-        scale[g * w + c] = s;
-        shift[g * w + c] = beta[c] - static_cast<T>(mean[g * w + c]) * s;
+        const int64_t k = g * w + c;
+        mean_t[k] = static_cast<T>(mean[k]);
+        rstd_t[k] = static_cast<T>(rstd[k]);
+        scale[k] = gamma[c] * rstd_t[k];
+        shift[k] = beta[c] - mean_t[k] * scale[k];
       }
   }
+
+  // Offset of group g's constants (running statistics have one group for all).
+  int64_t at(int64_t g, int64_t w) const { return (groups > 1 ? g : 0) * w; }
 };
 
 template <typename T>

@@ -134,7 +134,7 @@ class Forward {
       act_forward(cfg_.act, modulated(cfg_, wts_.mods, tile.image, 0, z, n, s.zm), cur, n * h);
       i = 0;
       if (nb_ > 0 && cfg_.batch_stats()) {
-        tile_moments(cur, n, h, &moments_.mean[t * h], &moments_.m2[t * h]);
+        column_moments(cur, n, h, &moments_.mean[t * h], &moments_.m2[t * h]);
         return;
       }
     } else {
@@ -149,13 +149,9 @@ class Forward {
       const int64_t w = cfg_.block_width(i), wn = cfg_.block_width(i + 1);
       const T* x = cur;
       if (cfg_.batch_norm && !(fold_norms_ && L > 0)) {
-        const int64_t g = group_of(cfg_, tile);
-        const T* scale = &norms_[i].scale[(norms_[i].groups > 1 ? g : 0) * w];
-        const T* shift = &norms_[i].shift[(norms_[i].groups > 1 ? g : 0) * w];
-        T* dst = s.la.data();
-        for (int64_t j = 0; j < n; ++j)
-          for (int64_t c = 0; c < w; ++c) dst[j * w + c] = cur[j * w + c] * scale[c] + shift[c];
-        x = dst;
+        const int64_t k = norms_[i].at(group_of(cfg_, tile), w);
+        affine_rows(cur, &norms_[i].scale[k], &norms_[i].shift[k], s.la.data(), n, w);
+        x = s.la.data();
       }
       for (int64_t l = 0; l < L; ++l) {
         T* other = x == s.la.data() ? s.lb.data() : s.la.data();
@@ -177,7 +173,7 @@ class Forward {
       }
       cur = next;
       if (i + 1 < nb_ && cfg_.batch_stats()) {
-        tile_moments(cur, n, wn, &moments_.mean[t * wn], &moments_.m2[t * wn]);
+        column_moments(cur, n, wn, &moments_.mean[t * wn], &moments_.m2[t * wn]);
         return;
       }
     }

@@ -1,5 +1,7 @@
-// Run-time choice of the float activation kernels, and the double ones (libm, exact).
+// Run-time choice of the kernel set (float activations, float and double row kernels of rows.h) by
+// instruction set, and the double activations (libm, exact).
 #include "elementwise.h"
+#include "rows.h"
 
 #include <math.h>
 
@@ -13,57 +15,62 @@ namespace generic {
 void act_forward_float(Act act, const float* z, float* a, int64_t n);
 void act_backward_float(Act act, const float* z, const float* g, float* dz, int64_t n);
 void act_forward_grad_float(Act act, const float* z, float* a, float* d, int64_t n);
+detail::RowKernels row_kernels();
 }  // namespace generic
 #if defined(__x86_64__) || defined(_M_X64)
 namespace avx2 {
 void act_forward_float(Act act, const float* z, float* a, int64_t n);
 void act_backward_float(Act act, const float* z, const float* g, float* dz, int64_t n);
 void act_forward_grad_float(Act act, const float* z, float* a, float* d, int64_t n);
+detail::RowKernels row_kernels();
 }  // namespace avx2
 namespace avx512 {
 void act_forward_float(Act act, const float* z, float* a, int64_t n);
 void act_backward_float(Act act, const float* z, const float* g, float* dz, int64_t n);
 void act_forward_grad_float(Act act, const float* z, float* a, float* d, int64_t n);
+detail::RowKernels row_kernels();
 }  // namespace avx512
 #endif
 
 namespace {
 
-struct FloatKernels {
+struct KernelSet {
   const char* isa;
   void (*forward)(Act, const float*, float*, int64_t);
   void (*backward)(Act, const float*, const float*, float*, int64_t);
   void (*forward_grad)(Act, const float*, float*, float*, int64_t);
+  detail::RowKernels rows;
 };
 
-// Every float kernel set this CPU can run, fastest first.
-std::vector<FloatKernels> supported_float_kernels() {
-  std::vector<FloatKernels> sets;
+// Every kernel set this CPU can run, fastest first.
+std::vector<KernelSet> supported_kernel_sets() {
+  std::vector<KernelSet> sets;
 #if (defined(__x86_64__) || defined(_M_X64)) && defined(__GNUC__)
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("fma"))
     sets.push_back({"avx512", avx512::act_forward_float, avx512::act_backward_float,
-                    avx512::act_forward_grad_float});
+                    avx512::act_forward_grad_float, avx512::row_kernels()});
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-    sets.push_back({"avx2", avx2::act_forward_float, avx2::act_backward_float, avx2::act_forward_grad_float});
+    sets.push_back({"avx2", avx2::act_forward_float, avx2::act_backward_float, avx2::act_forward_grad_float,
+                    avx2::row_kernels()});
 #endif
   sets.push_back({"generic", generic::act_forward_float, generic::act_backward_float,
-                  generic::act_forward_grad_float});
+                  generic::act_forward_grad_float, generic::row_kernels()});
   return sets;
 }
 
-const std::vector<FloatKernels>& float_kernel_sets() {
-  static const std::vector<FloatKernels> sets = supported_float_kernels();
+const std::vector<KernelSet>& kernel_sets() {
+  static const std::vector<KernelSet> sets = supported_kernel_sets();
   return sets;
 }
 
-std::atomic<const FloatKernels*> current{nullptr};
+std::atomic<const KernelSet*> current{nullptr};
 
-const FloatKernels& float_kernels() {
-  const FloatKernels* kernels = current.load(std::memory_order_acquire);
-  return kernels ? *kernels : float_kernel_sets().front();
+const KernelSet& kernels() {
+  const KernelSet* chosen = current.load(std::memory_order_acquire);
+  return chosen ? *chosen : kernel_sets().front();
 }
 
 constexpr double kSqrtHalf = 0.70710678118654752440;
@@ -73,28 +80,62 @@ inline double sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
 
 }  // namespace
 
-void act_forward(Act act, const float* z, float* a, int64_t n) { float_kernels().forward(act, z, a, n); }
+void act_forward(Act act, const float* z, float* a, int64_t n) { kernels().forward(act, z, a, n); }
 
 void act_backward(Act act, const float* z, const float* g, float* dz, int64_t n) {
-  float_kernels().backward(act, z, g, dz, n);
+  kernels().backward(act, z, g, dz, n);
 }
 
 void act_forward_grad(Act act, const float* z, float* a, float* d, int64_t n) {
-  float_kernels().forward_grad(act, z, a, d, n);
+  kernels().forward_grad(act, z, a, d, n);
 }
 
-const char* elementwise_isa() { return float_kernels().isa; }
+void affine_rows(const float* x, const float* scale, const float* shift, float* out, int64_t n, int64_t w) {
+  kernels().rows.f.affine(x, scale, shift, out, n, w);
+}
+void affine_rows(const double* x, const double* scale, const double* shift, double* out, int64_t n, int64_t w) {
+  kernels().rows.d.affine(x, scale, shift, out, n, w);
+}
+
+void column_moments(const float* x, int64_t n, int64_t w, double* mean, double* m2) {
+  kernels().rows.f.moments(x, n, w, mean, m2);
+}
+void column_moments(const double* x, int64_t n, int64_t w, double* mean, double* m2) {
+  kernels().rows.d.moments(x, n, w, mean, m2);
+}
+
+void norm_backward_rows(const float* dx, int64_t ldx, const float* h, const float* mean, const float* rstd,
+                        const float* gr, const float* g, int64_t ldg, float* out, int64_t n, int64_t w,
+                        float* s1, float* s2) {
+  kernels().rows.f.norm_backward(dx, ldx, h, mean, rstd, gr, g, ldg, out, n, w, s1, s2);
+}
+void norm_backward_rows(const double* dx, int64_t ldx, const double* h, const double* mean, const double* rstd,
+                        const double* gr, const double* g, int64_t ldg, double* out, int64_t n, int64_t w,
+                        double* s1, double* s2) {
+  kernels().rows.d.norm_backward(dx, ldx, h, mean, rstd, gr, g, ldg, out, n, w, s1, s2);
+}
+
+void norm_input_grad_rows(const float* in, const float* h, const float* mean, const float* rstd,
+                          const float* c1, const float* c2, float* out, int64_t n, int64_t w) {
+  kernels().rows.f.input_grad(in, h, mean, rstd, c1, c2, out, n, w);
+}
+void norm_input_grad_rows(const double* in, const double* h, const double* mean, const double* rstd,
+                          const double* c1, const double* c2, double* out, int64_t n, int64_t w) {
+  kernels().rows.d.input_grad(in, h, mean, rstd, c1, c2, out, n, w);
+}
+
+const char* elementwise_isa() { return kernels().isa; }
 
 std::vector<std::string> elementwise_isas() {
   std::vector<std::string> names;
-  for (const FloatKernels& kernels : float_kernel_sets()) names.emplace_back(kernels.isa);
+  for (const KernelSet& set : kernel_sets()) names.emplace_back(set.isa);
   return names;
 }
 
 void set_elementwise_isa(const std::string& isa) {
-  for (const FloatKernels& kernels : float_kernel_sets())
-    if (isa == kernels.isa) {
-      current.store(&kernels, std::memory_order_release);
+  for (const KernelSet& set : kernel_sets())
+    if (isa == set.isa) {
+      current.store(&set, std::memory_order_release);
       return;
     }
   std::string names;

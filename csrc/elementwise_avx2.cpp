@@ -5,10 +5,12 @@
 #include <cstdint>
 
 #include "elementwise.h"
+#include "rows.h"
 
 namespace fastinr {
 namespace avx2 {
 #include "elementwise_impl.h"
+#include "rows_impl.h"
 }  // namespace avx2
 }  // namespace fastinr
 #endif

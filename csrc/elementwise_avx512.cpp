@@ -5,10 +5,12 @@
 #include <cstdint>
 
 #include "elementwise.h"
+#include "rows.h"
 
 namespace fastinr {
 namespace avx512 {
 #include "elementwise_impl.h"
+#include "rows_impl.h"
 }  // namespace avx512
 }  // namespace fastinr
 #endif

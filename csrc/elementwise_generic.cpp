@@ -2,9 +2,11 @@
 #include <cstdint>
 
 #include "elementwise.h"
+#include "rows.h"
 
 namespace fastinr {
 namespace generic {
 #include "elementwise_impl.h"
+#include "rows_impl.h"
 }  // namespace generic
 }  // namespace fastinr
