@@ -211,14 +211,16 @@ def restore_isa():
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
 def test_every_cpu_kernel_set_matches_reference(isa, restore_isa):
-    """The float activation kernels are built per instruction set and picked at run time: check
-    each one this CPU can run, in training (forward + backward) and in the streaming render."""
+    """The float activation kernels and the float and double normalisation row kernels are built
+    per instruction set and picked at run time: check each set this CPU can run, in training
+    (forward + backward, per-image and per-batch statistics) and in the streaming render."""
     if isa not in restore_isa.elementwise_isas():
         pytest.skip(f"this CPU cannot run the {isa} kernels")
     restore_isa.set_elementwise_isa(isa)
     assert restore_isa.elementwise_isa() == isa
     check_against_reference(make_spec(hidden=40, concat=(True, False), activation="gelu"), (9, 14), 3,
                             "image", torch.float32, 2e-5)
+    check_against_reference(make_spec(hidden=20, activation="silu"), (9, 14), 3, "batch", *DTYPES[0])
     spec = make_spec(hidden=24, activation="silu", activation_out="tanh")
     params, running = make_params(spec, torch.float32, requires_grad=False)
     codes = torch.randn(3, spec.code_size)
