@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "block_cache.h"
 #include "decoder_cpu.h"
 #include "elementwise.h"
 #include "gemm.h"
@@ -170,19 +171,20 @@ DecoderWeights<T> weights_of(const Arguments& args) {
   return w;
 }
 
-// Saved tensors, in this order: z_in, hidden[0..nb], z[i*L+l], z_out, mean[i], rstd[i].
+// Saved tensors, in this order: z_in, hidden[0..nb], z[i*L+l], z_out, mean[i], rstd[i]; their memory is
+// reused from step to step (block_cache.h).
 std::vector<Tensor> allocate_saved(const DecoderConfig& cfg, const Tensor& like) {
   const int64_t n = cfg.rows(), nb = cfg.num_blocks();
   std::vector<Tensor> saved;
-  saved.push_back(torch::empty({n, cfg.hidden}, like.options()));
-  for (int64_t i = 0; i <= nb; ++i) saved.push_back(torch::empty({n, cfg.block_width(i)}, like.options()));
+  saved.push_back(cached_empty({n, cfg.hidden}, like.options()));
+  for (int64_t i = 0; i <= nb; ++i) saved.push_back(cached_empty({n, cfg.block_width(i)}, like.options()));
   for (int64_t i = 0; i < nb; ++i)
-    for (int64_t l = 0; l < cfg.layers; ++l) saved.push_back(torch::empty({n, cfg.block_width(i)}, like.options()));
-  saved.push_back(torch::empty({n, cfg.out_channels}, like.options()));
+    for (int64_t l = 0; l < cfg.layers; ++l) saved.push_back(cached_empty({n, cfg.block_width(i)}, like.options()));
+  saved.push_back(cached_empty({n, cfg.out_channels}, like.options()));
   if (cfg.batch_stats())
     for (int m = 0; m < 2; ++m)
       for (int64_t i = 0; i < nb; ++i)
-        saved.push_back(torch::empty({cfg.groups(), cfg.block_width(i)}, like.options().dtype(torch::kFloat64)));
+        saved.push_back(cached_empty({cfg.groups(), cfg.block_width(i)}, like.options().dtype(torch::kFloat64)));
   return saved;
 }
 
@@ -377,6 +379,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("elementwise_isas", &fastinr::elementwise_isas, "float activation kernel sets this CPU runs, fastest first");
   m.def("set_elementwise_isa", &fastinr::set_elementwise_isa, "use one of elementwise_isas()", py::arg("isa"));
   m.def("tile_rows", &fastinr::decoder_tile_rows);
+  m.def("cached_block_bytes", &fastinr::cached_block_bytes, "bytes of freed saved-activation blocks kept for reuse");
+  m.def("empty_block_cache", &fastinr::empty_block_cache, "return the cached saved-activation blocks to the system");
   m.def("blas_packs_weights", &fastinr::blas_packs_weights,
         "whether the BLAS offers sgemm_pack (MKL): float weights are then packed once per call");
 }

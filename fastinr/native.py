@@ -11,6 +11,10 @@ flow to codes and every tensor of params through one torch.autograd.Function. Ev
 gradient needed) stream tiles and keep O(output) memory. float16 / bfloat16 inputs and autocast
 regions are handed to the reference (the core computes in float32 and float64).
 
+The saved activations of a training step live in blocks the extension reuses from step to step
+(a fresh mmap, its page faults and munmap cost 15-30% of a step otherwise); `cached_bytes()` says
+how much freed memory it keeps for that, `empty_cache()` returns it to the system.
+
 Importing this module imports the extension; fastinr.backend catches the failure when it is not built.
 """
 from typing import Optional, Sequence, Tuple
@@ -30,6 +34,16 @@ def renders_on_cuda() -> bool:
     """True when the extension was built with nvcc: `decode` then also renders CUDA tensors in eval
     mode (no gradients; BatchNorm from running statistics or none)."""
     return _C.built_with_cuda()
+
+
+def cached_bytes() -> int:
+    """Bytes of freed saved-activation blocks the extension keeps for the next training step."""
+    return _C.cached_block_bytes()
+
+
+def empty_cache() -> None:
+    """Return the cached saved-activation blocks to the system (like torch.cuda.empty_cache)."""
+    _C.empty_block_cache()
 
 
 def _config(spec: DecoderSpec, shape: Tuple[int, int], norm_stats: str) -> dict:
