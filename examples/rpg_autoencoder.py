@@ -58,10 +58,10 @@ from fastinr.training import (COLLAPSE_RATIO, GracefulStop, atomic_write, init_d
 
 SHAPE = (3, 32, 32)
 GPU_DEFAULT_MAX_INPUTS = 1_000_000  # the seed's budget
-# Measured with the default model, batch 64, on a 2-core CPU: ~38 training images/s with the
-# torch backend when nearly idle; 9 images/s with the native backend while other jobs shared the
-# cores (10,240 images then took 22 minutes in all, validation ~3 of them). 6,400 images (100
-# steps) keep a busy machine under 20 minutes with margin.
+# Measured with the default model (hidden 256), batch 64, on a 2-core CPU: ~71 training images/s
+# with the native backend when idle (benchmarks/preset_speed.py --hidden 256 --presets baseline);
+# 9 images/s while other jobs shared the cores (10,240 images then took 22 minutes in all,
+# validation ~3 of them). 6,400 images (100 steps) keep a busy machine under 20 minutes.
 CPU_DEFAULT_MAX_INPUTS = 6_400
 CPU_BUSY_IMAGES_PER_SECOND = 9
 VALIDATIONS_PER_RUN = 10  # default --val-every: each costs ~1/3 of a training image per tile
@@ -590,7 +590,7 @@ def describe_run(cfg, model, backend, device, dist, n_train, n_val, total_steps,
         minutes = CPU_DEFAULT_MAX_INPUTS / CPU_BUSY_IMAGES_PER_SECOND / 60
         budget += (f": the CPU default, sized to finish in under 20 minutes on a busy 2-core CPU "
                    f"(about {minutes:.0f} minutes of training at {CPU_BUSY_IMAGES_PER_SECOND} "
-                   f"images/s, a few on an idle one); the seed's budget, --max-inputs "
+                   f"images/s, under 2 on an idle one); the seed's budget, --max-inputs "
                    f"{GPU_DEFAULT_MAX_INPUTS}, is meant for a GPU")
     lines.append(budget + (f"; resuming at {step * batch:,} images" if step else ""))
     return "\n".join(lines)
