@@ -1,6 +1,7 @@
 // Fused backward of the decoder on the CPU: the forward's passes in reverse. With batch statistics
 // a pass stops at each BatchNorm (its input gradient needs per-group sums of dx and dx * xhat) and
-// the next pass finishes it. Weight gradients are accumulated per thread, then summed.
+// the next pass finishes it; with per-image statistics each image runs its passes on one thread,
+// as in the forward (runs_per_image). Weight gradients are accumulated per thread, then summed.
 #include <omp.h>
 
 #include "decoder_cpu.h"
@@ -41,7 +42,8 @@ class Backward {
   Backward(const DecoderConfig& cfg, const T* grad_colors, const T* codes, const DecoderWeights<T>& wts,
            const DecoderSaved<T>& saved, const DecoderGrads<T>& grads)
       : cfg_(cfg), grad_colors_(grad_colors), codes_(codes), wts_(wts), saved_(saved), grads_(grads),
-        tiles_(make_tiles(cfg)), nb_(cfg.num_blocks()), layout_(cfg), norms_(nb_) {
+        tiles_(make_tiles(cfg)), nb_(cfg.num_blocks()), layout_(cfg), norms_(nb_), c1_(nb_), c2_(nb_),
+        sums_(nb_) {
     for (int64_t i = 0; i < nb_ && cfg.batch_norm; ++i) {
       if (cfg.batch_stats()) {
         const int64_t w = cfg.block_width(i), count = cfg.groups() * w;
@@ -74,61 +76,87 @@ class Backward {
   void run() {
     const int threads = omp_get_max_threads();
     acc_.assign(static_cast<size_t>(threads) * layout_.size, T(0));
-    int64_t start = nb_;
-    for (;;) {
-      pass(start);
-      // a pass started at `start` ends at block start-1 when that block has batch statistics
-      if (!cfg_.batch_stats() || start == 0) break;
-      --start;
-      finish_sums(start);
-      carry_in_ = 1 - carry_in_;
+    if (cfg_.batch_stats()) {
+      for (int64_t i = 0; i < nb_; ++i) {
+        const int64_t w = cfg_.block_width(i);
+        sums_[i].resize(tiles_.size(), w);
+        c1_[i].resize(cfg_.groups() * w);
+        c2_[i].resize(cfg_.groups() * w);
+      }
+    }
+    const int64_t count = static_cast<int64_t>(tiles_.size());
+    if (runs_per_image(cfg_, threads)) {
+      const int64_t per_image = tiles_per_image(cfg_);
+#pragma omp parallel
+      {
+        Scratch<T> scratch(cfg_);
+        T* acc = &acc_[static_cast<size_t>(omp_get_thread_num()) * layout_.size];
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < cfg_.batch; ++b) {
+          const int64_t t0 = b * per_image, t1 = t0 + per_image;
+          int carry_in = 0;
+          for (int64_t start = nb_;; --start) {
+            for (int64_t t = t0; t < t1; ++t) run_tile(t, start, carry_in, scratch, acc);
+            if (start == 0) break;
+            finish_sums(start - 1, t0, t1);
+            carry_in = 1 - carry_in;
+          }
+        }
+      }
+    } else {
+      int carry_in = 0;   // which carry buffer the next pass reads; it writes the other
+      for (int64_t start = nb_;; --start) {
+        pass(start, carry_in);
+        // a pass started at `start` ends at block start-1 when that block has batch statistics
+        if (!cfg_.batch_stats() || start == 0) break;
+        finish_sums(start - 1, 0, count);
+        carry_in = 1 - carry_in;
+      }
     }
     reduce(threads);
   }
 
  private:
-  void pass(int64_t start) {
-    if (cfg_.batch_stats() && start > 0) {
-      const int64_t w = cfg_.block_width(start - 1);
-      sums_.resize(tiles_.size(), w);
-    }
+  void pass(int64_t start, int carry_in) {
     const int64_t count = static_cast<int64_t>(tiles_.size());
 #pragma omp parallel
     {
       Scratch<T> scratch(cfg_);
       T* acc = &acc_[static_cast<size_t>(omp_get_thread_num()) * layout_.size];
 #pragma omp for schedule(static)
-      for (int64_t t = 0; t < count; ++t) run_tile(t, start, scratch, acc);
+      for (int64_t t = 0; t < count; ++t) run_tile(t, start, carry_in, scratch, acc);
     }
   }
 
   T* carry(int which) { return carry_[which]; }
 
-  // Sums of dx0 and dx0 * xhat per group -> the constants of the BatchNorm input gradient:
-  // dh = carry - c1 - xhat * c2, carry = direct + rstd * gamma * dx0 (stored by the tile).
-  void finish_sums(int64_t i) {
-    const int64_t w = cfg_.block_width(i), groups = cfg_.groups();
-    std::vector<double> s1(groups * w, 0.0), s2(groups * w, 0.0), count(groups, 0.0);
-    for (size_t t = 0; t < tiles_.size(); ++t) {
-      const int64_t g = group_of(cfg_, tiles_[t]);
-      count[g] += static_cast<double>(tiles_[t].rows);
+  // Sums of dx0 and dx0 * xhat per group (the groups of tiles t0 .. t1) -> the constants of block
+  // i's BatchNorm input gradient: dh = carry - c1 - xhat * c2, carry = direct + rstd * gamma * dx0.
+  void finish_sums(int64_t i, int64_t t0, int64_t t1) {
+    const int64_t w = cfg_.block_width(i);
+    const int64_t g0 = group_of(cfg_, tiles_[t0]), g1 = group_of(cfg_, tiles_[t1 - 1]) + 1;
+    std::vector<double> s1((g1 - g0) * w, 0.0), s2((g1 - g0) * w, 0.0), count(g1 - g0, 0.0);
+    const TileMoments& sums = sums_[i];
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t k = group_of(cfg_, tiles_[t]) - g0;
+      count[k] += static_cast<double>(tiles_[t].rows);
       for (int64_t c = 0; c < w; ++c) {
-        s1[g * w + c] += sums_.mean[t * w + c];
-        s2[g * w + c] += sums_.m2[t * w + c];
+        s1[k * w + c] += sums.mean[t * w + c];
+        s2[k * w + c] += sums.m2[t * w + c];
       }
     }
-    c1_.resize(groups * w);
-    c2_.resize(groups * w);
     const T* gamma = wts_.norm_weight[i];
-    for (int64_t g = 0; g < groups; ++g)
+    for (int64_t g = g0; g < g1; ++g) {
+      const int64_t k = g - g0;
       for (int64_t c = 0; c < w; ++c) {
-        const double k = norms_[i].rstd[g * w + c] * gamma[c] / count[g];
-        c1_[g * w + c] = static_cast<T>(k * s1[g * w + c]);
-        c2_[g * w + c] = static_cast<T>(k * s2[g * w + c]);
+        const double f = norms_[i].rstd[g * w + c] * gamma[c] / count[k];
+        c1_[i][g * w + c] = static_cast<T>(f * s1[k * w + c]);
+        c2_[i][g * w + c] = static_cast<T>(f * s2[k * w + c]);
       }
+    }
   }
 
-  void run_tile(int64_t t, int64_t start, Scratch<T>& s, T* acc) {
+  void run_tile(int64_t t, int64_t start, int carry_in, Scratch<T>& s, T* acc) {
     const Tile& tile = tiles_[t];
     const int64_t n = tile.rows, r0 = tile.r0, L = cfg_.layers, g = group_of(cfg_, tile);
     T* G = s.g0.data();
@@ -147,10 +175,10 @@ class Backward {
       i = nb_ - 1;
     } else {
       const int64_t w = cfg_.block_width(start);
-      const T* in = carry(carry_in_) + r0 * w;
+      const T* in = carry(carry_in) + r0 * w;
       const BlockNorm<T>& norm = norms_[start];
-      norm_input_grad_rows(in, saved_.hidden[start] + r0 * w, &norm.mean_t[g * w], &norm.rstd_t[g * w], &c1_[g * w],
-                           &c2_[g * w], G, n, w);
+      norm_input_grad_rows(in, saved_.hidden[start] + r0 * w, &norm.mean_t[g * w], &norm.rstd_t[g * w],
+                           &c1_[start][g * w], &c2_[start][g * w], G, n, w);
       i = start - 1;
     }
     for (; i >= 0; --i) {
@@ -205,7 +233,7 @@ class Backward {
         T *gr = s.col0.data(), *sum_dx = s.col1.data(), *sum_dx_xhat = s.col2.data();
         for (int64_t c = 0; c < w; ++c) gr[c] = gamma[c] * norm.rstd_t[k + c], sum_dx[c] = sum_dx_xhat[c] = T(0);
         const bool batch = cfg_.batch_stats();
-        T* out = batch ? carry(1 - carry_in_) + r0 * w : next;
+        T* out = batch ? carry(1 - carry_in) + r0 * w : next;
         norm_backward_rows(dA, ld, h, &norm.mean_t[k], &norm.rstd_t[k], gr, G, wn, out, n, w, sum_dx, sum_dx_xhat);
         T* dgamma = acc + layout_.gamma[i];
         T* dbeta = acc + layout_.beta[i];
@@ -214,8 +242,8 @@ class Backward {
           dbeta[c] += sum_dx[c];
         }
         if (batch) {
-          std::copy(sum_dx, sum_dx + w, &sums_.mean[t * w]);
-          std::copy(sum_dx_xhat, sum_dx_xhat + w, &sums_.m2[t * w]);
+          std::copy(sum_dx, sum_dx + w, &sums_[i].mean[t * w]);
+          std::copy(sum_dx_xhat, sum_dx_xhat + w, &sums_[i].m2[t * w]);
           return;
         }
       }
@@ -324,9 +352,9 @@ class Backward {
   GradLayout layout_;
   std::vector<BlockNorm<T>> norms_;
   T* carry_[2] = {nullptr, nullptr};
-  std::vector<T> c1_, c2_, acc_, embedding_;
-  int carry_in_ = 0;   // which carry buffer the next pass reads; it writes the other
-  TileMoments sums_;   // per tile: sum of dx0 ("mean") and of dx0 * xhat ("m2")
+  std::vector<T> acc_, embedding_;
+  std::vector<std::vector<T>> c1_, c2_;   // per block, (groups, w)
+  std::vector<TileMoments> sums_;         // per block, per tile: sum of dx0 ("mean") and of dx0 * xhat ("m2")
   std::vector<double> dcode_tile_;
   std::vector<double> dmods_tile_;   // (tiles, M, k, hidden) with modulation
   std::vector<TileGemm<T>> input_gemm_, out_input_gemm_;   // dz W for each Linear's input gradient

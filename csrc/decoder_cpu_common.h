@@ -25,6 +25,17 @@ inline std::vector<Tile> make_tiles(const DecoderConfig& cfg) {
   return tiles;
 }
 
+inline int64_t tiles_per_image(const DecoderConfig& cfg) {
+  return (cfg.pixels() + decoder_tile_rows() - 1) / decoder_tile_rows();
+}
+
+// With per-image statistics every image can run all its passes on its own: one thread takes an
+// image through every block while its activations are still in cache, and no pass waits for the
+// whole batch. Worth it when there are at least as many images as threads.
+inline bool runs_per_image(const DecoderConfig& cfg, int threads) {
+  return cfg.batch_stats() && cfg.norm_stats == NormStats::image && cfg.batch >= threads;
+}
+
 inline int64_t max_width(const DecoderConfig& cfg) {
   int64_t w = 0;
   for (int64_t i = 0; i <= cfg.num_blocks(); ++i) w = std::max(w, cfg.block_width(i));
@@ -142,17 +153,28 @@ struct BlockNorm {
   std::vector<T> scale, shift;      // (groups, w)
   int64_t groups = 0;
 
+  // Room for g_count groups of w channels (mean and rstd are filled by the caller).
+  void resize(int64_t g_count, int64_t w) {
+    groups = g_count;
+    for (auto* v : {&mean, &rstd}) v->resize(groups * w);
+    for (auto* v : {&scale, &shift, &mean_t, &rstd_t}) v->resize(groups * w);
+  }
+
+  // The T constants of group g from its mean and rstd.
+  void set_group(int64_t g, int64_t w, const T* gamma, const T* beta) {
+    for (int64_t c = 0; c < w; ++c) {
+      const int64_t k = g * w + c;
+      mean_t[k] = static_cast<T>(mean[k]);
+      rstd_t[k] = static_cast<T>(rstd[k]);
+      scale[k] = gamma[c] * rstd_t[k];
+      shift[k] = beta[c] - mean_t[k] * scale[k];
+    }
+  }
+
   void set(int64_t g_count, int64_t w, const T* gamma, const T* beta) {
     groups = g_count;
     for (auto* v : {&scale, &shift, &mean_t, &rstd_t}) v->resize(groups * w);
-    for (int64_t g = 0; g < groups; ++g)
-      for (int64_t c = 0; c < w; ++c) {
-        const int64_t k = g * w + c;
-        mean_t[k] = static_cast<T>(mean[k]);
-        rstd_t[k] = static_cast<T>(rstd[k]);
-        scale[k] = gamma[c] * rstd_t[k];
-        shift[k] = beta[c] - mean_t[k] * scale[k];
-      }
+    for (int64_t g = 0; g < groups; ++g) set_group(g, w, gamma, beta);
   }
 
   // Offset of group g's constants (running statistics have one group for all).

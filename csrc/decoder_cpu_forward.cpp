@@ -1,7 +1,9 @@
 // Fused forward of the decoder on the CPU (see decoder_cpu.h for the math and the pass plan).
 //
-// OpenMP over row tiles with a static schedule. Block statistics are reduced per tile and merged
-// in tile order (Chan et al.), so they do not depend on the thread count.
+// OpenMP over row tiles with a static schedule, one pass per block with batch statistics; with
+// per-image statistics and at least as many images as threads, over images instead, each taken
+// through all its passes by one thread (runs_per_image). Block statistics are reduced per tile and
+// merged in tile order (Chan et al.), so they do not depend on the thread count.
 #include <omp.h>
 
 #include "decoder_cpu.h"
@@ -28,7 +30,7 @@ class Forward {
   Forward(const DecoderConfig& cfg, const T* codes, const DecoderWeights<T>& wts, T* colors,
           const DecoderStats<T>& stats, DecoderSaved<T>* saved)
       : cfg_(cfg), wts_(wts), colors_(colors), stats_(stats), saved_(saved), tiles_(make_tiles(cfg)),
-        nb_(cfg.num_blocks()), norms_(nb_) {
+        nb_(cfg.num_blocks()), norms_(nb_), moments_(nb_) {
     const int64_t h = cfg.hidden, c = cfg.code_size, e = cfg.emb_size();
     code_proj_.resize(cfg.batch * h);
     for (int64_t b = 0; b < cfg.batch; ++b) std::memcpy(&code_proj_[b * h], wts.b_in, sizeof(T) * h);
@@ -63,17 +65,40 @@ class Forward {
   }
 
   void run() {
+    if (cfg_.batch_stats()) {
+      for (int64_t i = 0; i < nb_; ++i) {
+        moments_[i].resize(tiles_.size(), cfg_.block_width(i));
+        norms_[i].resize(cfg_.groups(), cfg_.block_width(i));
+      }
+    }
+    const int64_t count = static_cast<int64_t>(tiles_.size());
+    if (runs_per_image(cfg_, omp_get_max_threads())) {
+      const int64_t per_image = tiles_per_image(cfg_);
+#pragma omp parallel
+      {
+        Scratch<T> scratch(cfg_);
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < cfg_.batch; ++b) {
+          const int64_t t0 = b * per_image, t1 = t0 + per_image;
+          for (int64_t t = t0; t < t1; ++t) run_tile(t, -1, scratch);
+          for (int64_t s = 0; s < nb_; ++s) {
+            finish_stats(s, t0, t1);
+            for (int64_t t = t0; t < t1; ++t) run_tile(t, s, scratch);
+          }
+        }
+      }
+      return;
+    }
     pass(-1);
     if (!cfg_.batch_stats()) return;
     for (int64_t s = 0; s < nb_; ++s) {
-      finish_stats(s);
+      finish_stats(s, 0, count);
       pass(s);
     }
   }
 
  private:
   void pass(int64_t start) {
-    if (start + 1 < nb_ && cfg_.batch_stats()) moments_.resize(tiles_.size(), cfg_.block_width(start + 1));
     const int64_t count = static_cast<int64_t>(tiles_.size());
 #pragma omp parallel
     {
@@ -83,34 +108,38 @@ class Forward {
     }
   }
 
-  void finish_stats(int64_t i) {
-    const int64_t w = cfg_.block_width(i), groups = cfg_.groups();
+  // Block i's statistics of the groups of tiles t0 .. t1 (whole groups), merged in tile order.
+  void finish_stats(int64_t i, int64_t t0, int64_t t1) {
+    const int64_t w = cfg_.block_width(i);
+    const int64_t g0 = group_of(cfg_, tiles_[t0]), g1 = group_of(cfg_, tiles_[t1 - 1]) + 1;
     BlockNorm<T>& norm = norms_[i];
-    norm.mean.assign(groups * w, 0.0);
-    norm.rstd.assign(groups * w, 0.0);
-    std::vector<double> m2(groups * w, 0.0), count(groups, 0.0);
-    for (size_t t = 0; t < tiles_.size(); ++t) {
-      const int64_t g = group_of(cfg_, tiles_[t]);
-      const double nb = static_cast<double>(tiles_[t].rows), na = count[g], n = na + nb;
+    const TileMoments& moments = moments_[i];
+    std::vector<double> m2((g1 - g0) * w, 0.0), count(g1 - g0, 0.0);
+    std::fill(norm.mean.data() + g0 * w, norm.mean.data() + g1 * w, 0.0);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t g = group_of(cfg_, tiles_[t]), k = g - g0;
+      const double nb = static_cast<double>(tiles_[t].rows), na = count[k], n = na + nb;
       for (int64_t c = 0; c < w; ++c) {
         double& mean = norm.mean[g * w + c];
-        const double delta = moments_.mean[t * w + c] - mean;
+        const double delta = moments.mean[t * w + c] - mean;
         mean += delta * nb / n;
-        m2[g * w + c] += moments_.m2[t * w + c] + delta * delta * na * nb / n;
+        m2[k * w + c] += moments.m2[t * w + c] + delta * delta * na * nb / n;
       }
-      count[g] = n;
+      count[k] = n;
     }
-    for (int64_t g = 0; g < groups; ++g)
+    for (int64_t g = g0; g < g1; ++g) {
+      const int64_t k = g - g0;
       for (int64_t c = 0; c < w; ++c) {
-        const double n = count[g], var = m2[g * w + c] / n;
+        const double n = count[k], var = m2[k * w + c] / n;
         norm.rstd[g * w + c] = 1.0 / std::sqrt(var + cfg_.eps);
         stats_.mean[i][g * w + c] = static_cast<T>(norm.mean[g * w + c]);
-        stats_.var[i][g * w + c] = static_cast<T>(m2[g * w + c] / std::max(n - 1.0, 1.0));
+        stats_.var[i][g * w + c] = static_cast<T>(m2[k * w + c] / std::max(n - 1.0, 1.0));
       }
-    norm.set(groups, w, wts_.norm_weight[i], wts_.norm_bias[i]);
+      norm.set_group(g, w, wts_.norm_weight[i], wts_.norm_bias[i]);
+    }
     if (saved_) {
-      std::copy(norm.mean.begin(), norm.mean.end(), saved_->mean[i]);
-      std::copy(norm.rstd.begin(), norm.rstd.end(), saved_->rstd[i]);
+      std::copy(norm.mean.data() + g0 * w, norm.mean.data() + g1 * w, saved_->mean[i] + g0 * w);
+      std::copy(norm.rstd.data() + g0 * w, norm.rstd.data() + g1 * w, saved_->rstd[i] + g0 * w);
     }
   }
 
@@ -134,7 +163,7 @@ class Forward {
       act_forward(cfg_.act, modulated(cfg_, wts_.mods, tile.image, 0, z, n, s.zm), cur, n * h);
       i = 0;
       if (nb_ > 0 && cfg_.batch_stats()) {
-        column_moments(cur, n, h, &moments_.mean[t * h], &moments_.m2[t * h]);
+        column_moments(cur, n, h, &moments_[0].mean[t * h], &moments_[0].m2[t * h]);
         return;
       }
     } else {
@@ -173,7 +202,7 @@ class Forward {
       }
       cur = next;
       if (i + 1 < nb_ && cfg_.batch_stats()) {
-        column_moments(cur, n, wn, &moments_.mean[t * wn], &moments_.m2[t * wn]);
+        column_moments(cur, n, wn, &moments_[i + 1].mean[t * wn], &moments_[i + 1].m2[t * wn]);
         return;
       }
     }
@@ -243,7 +272,7 @@ class Forward {
   std::vector<T> code_proj_;
   std::vector<T*> hidden_;
   std::vector<std::vector<T>> owned_;
-  TileMoments moments_;
+  std::vector<TileMoments> moments_;   // per block: each tile's moments of the block's input
   std::vector<T> col_proj_, row_proj_;
   bool fold_norms_ = false;
   std::vector<Folded> folded_;
