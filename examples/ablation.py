@@ -20,6 +20,8 @@ schedule. The ladder (each rung adds to the previous unless it says otherwise):
     film-grid       instance + FiLM + grid
     <best>-log, <best>-gaussian   the embedding sweep on the best INR rung by validation L1
     conv            the ConvDecoder baseline
+    sharp           --preset sharp: the best recipe found so far (instance statistics, log-spaced
+                    frequencies, batch 16), so the campaign measures the preset it documents
 
 Aggregation writes OUTPUT/results.md (validation L1 in eval mode, PSNR, Sobel-edge L1, decoder
 MACs per pixel, training images/s: mean ± standard deviation over the seeds; and for the
@@ -55,6 +57,7 @@ SWEEP_BASES = ("instance", "film", "grid", "film-grid")
 EMBEDDINGS = [("log", ["--embedding", "log", "--num-freqs", "6"]),
               ("gaussian", ["--embedding", "gaussian", "--num-freqs", "16", "--sigma", "10"])]
 CONV = ("conv", ["--decoder", "conv"])
+SHARP = ("sharp", ["--preset", "sharp"])
 
 
 def run_dir(root: Path, name: str, seed: int) -> Path:
@@ -270,7 +273,7 @@ def main(argv=None) -> int:
     root = Path(args.output)
     root.mkdir(parents=True, exist_ok=True)
     seeds = range(args.seeds)
-    ladder = LADDER + [CONV]
+    ladder = LADDER + [CONV, SHARP]
     known = [n for n, _ in ladder] + [f"{b}-{e}" for b in SWEEP_BASES for e, _ in EMBEDDINGS]
     only = None if args.only is None else [n.strip() for n in args.only.split(",") if n.strip()]
     if only is not None and set(only) - set(known):
