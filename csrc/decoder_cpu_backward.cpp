@@ -43,7 +43,7 @@ class Backward {
            const DecoderSaved<T>& saved, const DecoderGrads<T>& grads)
       : cfg_(cfg), grad_colors_(grad_colors), codes_(codes), wts_(wts), saved_(saved), grads_(grads),
         tiles_(make_tiles(cfg)), nb_(cfg.num_blocks()), layout_(cfg), norms_(nb_), c1_(nb_), c2_(nb_),
-        sums_(nb_) {
+        sums_(nb_), max_width_(max_width(cfg)) {
     for (int64_t i = 0; i < nb_ && cfg.batch_norm; ++i) {
       if (cfg.batch_stats()) {
         const int64_t w = cfg.block_width(i), count = cfg.groups() * w;
@@ -55,7 +55,7 @@ class Backward {
       }
     }
     if (cfg.batch_stats() && nb_ > 0) {
-      const size_t size = static_cast<size_t>(cfg.rows() * max_width(cfg));
+      const size_t size = static_cast<size_t>(cfg.rows() * max_width_);
       carry_[0] = reused_buffer<T>(0, size);
       carry_[1] = reused_buffer<T>(1, size);
     }
@@ -128,6 +128,8 @@ class Backward {
     }
   }
 
+  // A tile's rows of a carry buffer start at r0 * max_width whatever the block's width, so images
+  // at different blocks (per-image schedule) never share memory.
   T* carry(int which) { return carry_[which]; }
 
   // Sums of dx0 and dx0 * xhat per group (the groups of tiles t0 .. t1) -> the constants of block
@@ -175,7 +177,7 @@ class Backward {
       i = nb_ - 1;
     } else {
       const int64_t w = cfg_.block_width(start);
-      const T* in = carry(carry_in) + r0 * w;
+      const T* in = carry(carry_in) + r0 * max_width_;
       const BlockNorm<T>& norm = norms_[start];
       norm_input_grad_rows(in, saved_.hidden[start] + r0 * w, &norm.mean_t[g * w], &norm.rstd_t[g * w],
                            &c1_[start][g * w], &c2_[start][g * w], G, n, w);
@@ -233,7 +235,7 @@ class Backward {
         T *gr = s.col0.data(), *sum_dx = s.col1.data(), *sum_dx_xhat = s.col2.data();
         for (int64_t c = 0; c < w; ++c) gr[c] = gamma[c] * norm.rstd_t[k + c], sum_dx[c] = sum_dx_xhat[c] = T(0);
         const bool batch = cfg_.batch_stats();
-        T* out = batch ? carry(1 - carry_in) + r0 * w : next;
+        T* out = batch ? carry(1 - carry_in) + r0 * max_width_ : next;
         norm_backward_rows(dA, ld, h, &norm.mean_t[k], &norm.rstd_t[k], gr, G, wn, out, n, w, sum_dx, sum_dx_xhat);
         T* dgamma = acc + layout_.gamma[i];
         T* dbeta = acc + layout_.beta[i];
@@ -355,6 +357,7 @@ class Backward {
   std::vector<T> acc_, embedding_;
   std::vector<std::vector<T>> c1_, c2_;   // per block, (groups, w)
   std::vector<TileMoments> sums_;         // per block, per tile: sum of dx0 ("mean") and of dx0 * xhat ("m2")
+  int64_t max_width_;
   std::vector<double> dcode_tile_;
   std::vector<double> dmods_tile_;   // (tiles, M, k, hidden) with modulation
   std::vector<TileGemm<T>> input_gemm_, out_input_gemm_;   // dz W for each Linear's input gradient
