@@ -232,16 +232,17 @@ class Backward {
         const BlockNorm<T>& norm = norms_[i];
         const int64_t k = norm.at(g, w);
         const T* gamma = wts_.norm_weight[i];
-        T *gr = s.col0.data(), *sum_dx = s.col1.data(), *sum_dx_xhat = s.col2.data();
-        for (int64_t c = 0; c < w; ++c) gr[c] = gamma[c] * norm.rstd_t[k + c], sum_dx[c] = sum_dx_xhat[c] = T(0);
+        T* gr = s.col0.data();
+        double *sum_dx = s.sum0.data(), *sum_dx_xhat = s.sum1.data();
+        for (int64_t c = 0; c < w; ++c) gr[c] = gamma[c] * norm.rstd_t[k + c], sum_dx[c] = sum_dx_xhat[c] = 0.0;
         const bool batch = cfg_.batch_stats();
         T* out = batch ? carry(1 - carry_in) + r0 * max_width_ : next;
         norm_backward_rows(dA, ld, h, &norm.mean_t[k], &norm.rstd_t[k], gr, G, wn, out, n, w, sum_dx, sum_dx_xhat);
         T* dgamma = acc + layout_.gamma[i];
         T* dbeta = acc + layout_.beta[i];
         for (int64_t c = 0; c < w; ++c) {
-          dgamma[c] += sum_dx_xhat[c];
-          dbeta[c] += sum_dx[c];
+          dgamma[c] += static_cast<T>(sum_dx_xhat[c]);
+          dbeta[c] += static_cast<T>(sum_dx[c]);
         }
         if (batch) {
           std::copy(sum_dx, sum_dx + w, &sums_[i].mean[t * w]);

@@ -105,10 +105,13 @@ inline int64_t group_of(const DecoderConfig& cfg, const Tile& tile) {
 template <typename T>
 struct Scratch {
   std::vector<T> h0, h1, la, lb, lc, dact, g0, g1, zm, out0, out1;
-  std::vector<T> col0, col1, col2;   // per-column values of one block (norm constants, sums)
+  std::vector<T> col0;               // per-column values of one block (norm constants)
+  std::vector<double> sum0, sum1;    // and per-column sums
   explicit Scratch(const DecoderConfig& cfg) {
     const int64_t t = decoder_tile_rows(), w = max_width(cfg);
-    for (auto* v : {&col0, &col1, &col2}) v->resize(w);
+    col0.resize(w);
+    sum0.resize(w);
+    sum1.resize(w);
     for (auto* v : {&h0, &h1, &la, &lb, &lc, &dact, &g0, &g1}) v->resize(t * w);
     if (cfg.modulated()) zm.resize(t * w);
     out0.resize(t * cfg.out_channels);

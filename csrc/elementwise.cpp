@@ -106,7 +106,7 @@ void column_moments(const double* x, int64_t n, int64_t w, double* mean, double*
 
 void norm_backward_rows(const float* dx, int64_t ldx, const float* h, const float* mean, const float* rstd,
                         const float* gr, const float* g, int64_t ldg, float* out, int64_t n, int64_t w,
-                        float* s1, float* s2) {
+                        double* s1, double* s2) {
   kernels().rows.f.norm_backward(dx, ldx, h, mean, rstd, gr, g, ldg, out, n, w, s1, s2);
 }
 void norm_backward_rows(const double* dx, int64_t ldx, const double* h, const double* mean, const double* rstd,

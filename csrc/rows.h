@@ -5,8 +5,8 @@
 //
 //   affine_rows:          out[j, c] = x[j, c] * scale[c] + shift[c]
 //   column_moments:       mean[c] and m2[c] = sum_j (x[j, c] - mean[c])^2 of the n rows
-//                         (two passes in T over one tile; tiles are merged in double by the caller)
-//   norm_backward_rows:   xhat = (h - mean) * rstd; s1[c] += dx; s2[c] += dx * xhat;
+//                         (two passes in double over one tile; tiles are merged by the caller)
+//   norm_backward_rows:   xhat = (h - mean) * rstd; s1[c] += dx; s2[c] += dx * xhat (sums in double);
 //                         out[j, c] = g[j, c] + dx * gr[c]           (dx, g with leading dims ldx, ldg)
 //   norm_input_grad_rows: out[j, c] = in[j, c] - c1[c] - (h[j, c] - mean[c]) * rstd[c] * c2[c]
 //
@@ -24,7 +24,7 @@ void column_moments(const double* x, int64_t n, int64_t w, double* mean, double*
 
 void norm_backward_rows(const float* dx, int64_t ldx, const float* h, const float* mean, const float* rstd,
                         const float* gr, const float* g, int64_t ldg, float* out, int64_t n, int64_t w,
-                        float* s1, float* s2);
+                        double* s1, double* s2);
 void norm_backward_rows(const double* dx, int64_t ldx, const double* h, const double* mean, const double* rstd,
                         const double* gr, const double* g, int64_t ldg, double* out, int64_t n, int64_t w,
                         double* s1, double* s2);
@@ -42,7 +42,7 @@ struct RowKernelsOf {
   void (*affine)(const T*, const T*, const T*, T*, int64_t, int64_t);
   void (*moments)(const T*, int64_t, int64_t, double*, double*);
   void (*norm_backward)(const T*, int64_t, const T*, const T*, const T*, const T*, const T*, int64_t, T*,
-                        int64_t, int64_t, T*, T*);
+                        int64_t, int64_t, double*, double*);
   void (*input_grad)(const T*, const T*, const T*, const T*, const T*, const T*, T*, int64_t, int64_t);
 };
 

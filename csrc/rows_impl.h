@@ -12,37 +12,34 @@ void affine_rows_kernel(const T* __restrict__ x, const T* __restrict__ scale, co
     for (int64_t c = 0; c < w; ++c) out[j * w + c] = x[j * w + c] * scale[c] + shift[c];
 }
 
+// Accumulated in double: a block input's variance can be tiny next to its mean (near-constant
+// channels), and its rstd then amplifies every rounding error of the moments.
 template <typename T>
 void column_moments_kernel(const T* __restrict__ x, int64_t n, int64_t w, double* __restrict__ mean,
                            double* __restrict__ m2) {
-  constexpr int64_t kChunk = 64;  // columns per pass: their accumulators stay in registers / L1
-  T sum[kChunk], sq[kChunk];
-  for (int64_t c0 = 0; c0 < w; c0 += kChunk) {
-    const int64_t m = w - c0 < kChunk ? w - c0 : kChunk;
-    for (int64_t c = 0; c < m; ++c) sum[c] = T(0), sq[c] = T(0);
-    for (int64_t j = 0; j < n; ++j)
-      for (int64_t c = 0; c < m; ++c) sum[c] += x[j * w + c0 + c];
-    for (int64_t c = 0; c < m; ++c) sum[c] /= static_cast<T>(n);
-    for (int64_t j = 0; j < n; ++j)
-      for (int64_t c = 0; c < m; ++c) {
-        const T d = x[j * w + c0 + c] - sum[c];
-        sq[c] += d * d;
-      }
-    for (int64_t c = 0; c < m; ++c) mean[c0 + c] = sum[c], m2[c0 + c] = sq[c];
-  }
+  for (int64_t c = 0; c < w; ++c) mean[c] = 0.0, m2[c] = 0.0;
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t c = 0; c < w; ++c) mean[c] += static_cast<double>(x[j * w + c]);
+  for (int64_t c = 0; c < w; ++c) mean[c] /= static_cast<double>(n);
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t c = 0; c < w; ++c) {
+      const double d = static_cast<double>(x[j * w + c]) - mean[c];
+      m2[c] += d * d;
+    }
 }
 
 template <typename T>
 void norm_backward_rows_kernel(const T* __restrict__ dx, int64_t ldx, const T* __restrict__ h,
                                const T* __restrict__ mean, const T* __restrict__ rstd, const T* __restrict__ gr,
                                const T* __restrict__ g, int64_t ldg, T* __restrict__ out, int64_t n, int64_t w,
-                               T* __restrict__ s1, T* __restrict__ s2) {
+                               double* __restrict__ s1, double* __restrict__ s2) {
+  // The sums in double, like the moments: they meet rstd again in the input gradient.
   for (int64_t j = 0; j < n; ++j)
     for (int64_t c = 0; c < w; ++c) {
       const T d = dx[j * ldx + c];
       const T xhat = (h[j * w + c] - mean[c]) * rstd[c];
-      s1[c] += d;
-      s2[c] += d * xhat;
+      s1[c] += static_cast<double>(d);
+      s2[c] += static_cast<double>(d * xhat);
       out[j * w + c] = g[j * ldg + c] + d * gr[c];
     }
 }
