@@ -1,12 +1,14 @@
 """Training images/s of the example's presets, side by side (encoder + decoder + the example's Adam).
 
     python benchmarks/preset_speed.py [--rounds 3] [--steps 20] [--hidden 128] [--presets baseline,sharp]
+    python benchmarks/preset_speed.py --presets "baseline,sharp,sharp --layers-per-block 1 --batch-size 8"
 
 The issue's rule for a sharper decoder: not slower per image than the baseline on the same
 backend. A training run is one preset in one process, and the process's memory history matters
 (freed activations are reused or faulted in afresh), so every measurement is a fresh process
 training one preset: a few warm-up steps, then the median of `--steps` steps at the preset's own
-batch (or `--batch`). Rounds alternate the presets, so a change of machine load hits all alike;
+batch (or `--batch`). A preset may carry more of the example's flags after its name (a variant of
+it). Rounds alternate the presets, so a change of machine load hits all alike;
 the median over rounds is printed.
 """
 import argparse
@@ -32,11 +34,13 @@ def load_example():
     return module
 
 
-def measure(preset: str, hidden: int, batch, steps: int) -> dict:
-    """Median training images/s of one preset in this process."""
+def measure(variant: str, hidden: int, batch, steps: int) -> dict:
+    """Median training images/s of one preset (name, then any further flags) in this process."""
+    preset, *flags = variant.split()
     example = load_example()
     _, cfg, device, dist, _ = example.configure(
-        ["--preset", preset, "--hidden", str(hidden), "--device", "cpu", "--output", "/nonexistent/never-written"])
+        ["--preset", preset, "--hidden", str(hidden), "--device", "cpu", "--output", "/nonexistent/never-written",
+         *flags])
     dist.close()
     torch.manual_seed(0)
     model = example.build_model(cfg)
@@ -50,7 +54,7 @@ def measure(preset: str, hidden: int, batch, steps: int) -> dict:
         example.train_step(model, optimizer, scheduler, images)
         if step >= WARMUP_STEPS:
             rates.append(batch / (time.perf_counter() - start))
-    return {"name": f"{preset}, batch {batch} ({example.decoder_backend(cfg, device)})",
+    return {"name": f"{variant}, batch {batch} ({example.decoder_backend(cfg, device)})",
             "rate": statistics.median(rates)}
 
 
@@ -83,7 +87,7 @@ def main():
         rate = statistics.median(r["rate"] for r in results[preset])
         spread = ", ".join(f"{r['rate']:.0f}" for r in results[preset])
         first = first or rate
-        print(f"  {results[preset][0]['name']:45s} {rate:7.1f} images/s  {rate / first:5.2f}x the first  "
+        print(f"  {results[preset][0]['name']:60s} {rate:7.1f} images/s  {rate / first:5.2f}x the first  "
               f"(rounds: {spread})")
 
 
