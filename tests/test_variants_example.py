@@ -125,7 +125,7 @@ def test_preset_is_overridden_by_explicit_flags(example):
     _, cfg, *_ = example.configure(["--preset", "sharp", "--num-freqs", "8",
                                     "--output", "/nonexistent/never-written", "--device", "cpu"])
     assert (cfg["decoder"], cfg["norm"], cfg["inr_output"], cfg["embedding"], cfg["num_freqs"],
-            cfg["batch_size"]) == ("inr", "instance", "linear", "log", 8, 16)
+            cfg["batch_size"], cfg["lr"], cfg["warmup"]) == ("inr", "instance", "linear", "log", 8, 16, 2e-3, 5000)
     assert example.decoder_backend(cfg, torch.device("cpu")) in ("native", "torch")  # fused
 
 
