@@ -171,6 +171,15 @@ DecoderWeights<T> weights_of(const Arguments& args) {
   return w;
 }
 
+// An uninitialised CPU tensor whose memory comes from (and returns to) the block cache.
+Tensor cached_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  int64_t count = 1;
+  for (int64_t s : sizes) count *= s;
+  const size_t bytes = block_size(count * c10::elementSize(c10::typeMetaToScalarType(options.dtype())));
+  void* block = take_block(bytes);
+  return torch::from_blob(block, sizes, [bytes](void* p) { give_back_block(p, bytes); }, options);
+}
+
 // Saved tensors, in this order: z_in, hidden[0..nb], z[i*L+l], z_out, mean[i], rstd[i]; their memory is
 // reused from step to step (block_cache.h).
 std::vector<Tensor> allocate_saved(const DecoderConfig& cfg, const Tensor& like) {

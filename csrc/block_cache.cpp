@@ -1,9 +1,11 @@
 // See block_cache.h.
 #include "block_cache.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <map>
 #include <mutex>
+#include <new>
 
 namespace fastinr {
 namespace {
@@ -25,7 +27,7 @@ class BlockCache {
       }
     }
     void* block = std::aligned_alloc(kAlignment, bytes);
-    TORCH_CHECK(block != nullptr, "fastinr: out of memory allocating ", bytes, " bytes for saved activations");
+    if (block == nullptr) throw std::bad_alloc();
     return block;
   }
 
@@ -70,16 +72,14 @@ BlockCache& cache() {
 
 }  // namespace
 
-torch::Tensor cached_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  TORCH_CHECK(options.device().is_cpu(), "cached_empty: CPU tensors only");
-  int64_t count = 1;
-  for (int64_t s : sizes) count *= s;
-  const size_t itemsize = c10::elementSize(c10::typeMetaToScalarType(options.dtype()));
-  // Round up to the alignment (aligned_alloc's contract); at least one line for empty tensors.
-  const size_t bytes = std::max<size_t>(kAlignment, (count * itemsize + kAlignment - 1) / kAlignment * kAlignment);
-  void* block = cache().take(bytes);
-  return torch::from_blob(block, sizes, [bytes](void* p) { cache().give_back(p, bytes); }, options);
+size_t block_size(size_t bytes) {
+  // A multiple of the alignment (aligned_alloc's contract), at least one line.
+  return std::max<size_t>(kAlignment, (bytes + kAlignment - 1) / kAlignment * kAlignment);
 }
+
+void* take_block(size_t bytes) { return cache().take(block_size(bytes)); }
+
+void give_back_block(void* block, size_t bytes) { cache().give_back(block, block_size(bytes)); }
 
 int64_t cached_block_bytes() { return cache().cached(); }
 

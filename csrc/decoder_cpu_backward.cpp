@@ -4,6 +4,9 @@
 // as in the forward (runs_per_image). Weight gradients are accumulated per thread, then summed.
 #include <omp.h>
 
+#include <memory>
+
+#include "block_cache.h"
 #include "decoder_cpu.h"
 #include "decoder_cpu_common.h"
 #include "gemm.h"
@@ -55,9 +58,8 @@ class Backward {
       }
     }
     if (cfg.batch_stats() && nb_ > 0) {
-      const size_t size = static_cast<size_t>(cfg.rows() * max_width_);
-      carry_[0] = reused_buffer<T>(0, size);
-      carry_[1] = reused_buffer<T>(1, size);
+      const size_t bytes = sizeof(T) * static_cast<size_t>(cfg.rows() * max_width_);
+      for (auto& block : carry_) block = std::make_unique<CachedBlock>(bytes);
     }
     // Every image has the same pixels: their embedding once, not one sin/cos per tile and pixel.
     embedding_.resize(cfg.pixels() * cfg.emb_size());
@@ -130,7 +132,7 @@ class Backward {
 
   // A tile's rows of a carry buffer start at r0 * max_width whatever the block's width, so images
   // at different blocks (per-image schedule) never share memory.
-  T* carry(int which) { return carry_[which]; }
+  T* carry(int which) { return carry_[which]->data<T>(); }
 
   // Sums of dx0 and dx0 * xhat per group (the groups of tiles t0 .. t1) -> the constants of block
   // i's BatchNorm input gradient: dh = carry - c1 - xhat * c2, carry = direct + rstd * gamma * dx0.
@@ -354,7 +356,7 @@ class Backward {
   int64_t nb_;
   GradLayout layout_;
   std::vector<BlockNorm<T>> norms_;
-  T* carry_[2] = {nullptr, nullptr};
+  std::unique_ptr<CachedBlock> carry_[2];   // with batch statistics: (rows, max width) each
   std::vector<T> acc_, embedding_;
   std::vector<std::vector<T>> c1_, c2_;   // per block, (groups, w)
   std::vector<TileMoments> sums_;         // per block, per tile: sum of dx0 ("mean") and of dx0 * xhat ("m2")

@@ -85,18 +85,6 @@ struct TileMoments {
   }
 };
 
-// This thread's buffer number `slot` with room for n values, reused from call to call: a large
-// fresh allocation is a fresh mmap, whose page faults and zeroing cost more than the passes over
-// it (the batch-statistics backward's 2 x 32 MiB at batch 64). It only grows; its contents are
-// whatever the last call left.
-template <typename T>
-T* reused_buffer(int slot, size_t n) {
-  thread_local std::vector<T> buffers[2];
-  std::vector<T>& buffer = buffers[slot];
-  if (buffer.size() < n) buffer.resize(n);
-  return buffer.data();
-}
-
 // Group of a tile for the statistics: its image with per-image statistics, else the whole batch.
 inline int64_t group_of(const DecoderConfig& cfg, const Tile& tile) {
   return cfg.norm_stats == NormStats::image ? tile.image : 0;
@@ -175,8 +163,7 @@ struct BlockNorm {
   }
 
   void set(int64_t g_count, int64_t w, const T* gamma, const T* beta) {
-    groups = g_count;
-    for (auto* v : {&scale, &shift, &mean_t, &rstd_t}) v->resize(groups * w);
+    resize(g_count, w);   // keeps mean and rstd
     for (int64_t g = 0; g < groups; ++g) set_group(g, w, gamma, beta);
   }
 
