@@ -50,7 +50,7 @@ NormStats parse_norm_stats(const std::string& name) {
 // The Python-side description of the decoder, and the parameters in DecoderParams.flat() order.
 struct Arguments {
   DecoderConfig cfg;
-  Tensor codes, mods;                   // mods: undefined without modulation
+  Tensor codes, mods, offset_basis, offset_cells;   // undefined when not given
   std::vector<Tensor> params, running;  // running: mean_0, var_0, mean_1, var_1, ...
 };
 
@@ -65,7 +65,8 @@ void check_tensor(const Tensor& t, const std::string& name, const Tensor& like, 
 Arguments parse(const Tensor& codes, std::vector<Tensor> params, std::vector<Tensor> running, int64_t height,
                 int64_t width, std::vector<double> freqs, std::vector<bool> concat, int64_t layers,
                 bool batch_norm, const std::string& activation, const std::string& activation_out, double eps,
-                const std::string& norm_stats, const std::string& modulation, const std::optional<Tensor>& mods) {
+                const std::string& norm_stats, const std::string& modulation, const std::optional<Tensor>& mods,
+                const std::optional<Tensor>& offset_basis, const std::optional<Tensor>& offset_cells) {
   Arguments args;
   DecoderConfig& cfg = args.cfg;
   TORCH_CHECK_VALUE(codes.dim() == 2, "codes must have shape (B, C), got ", codes.sizes());
@@ -142,6 +143,17 @@ Arguments parse(const Tensor& codes, std::vector<Tensor> params, std::vector<Ten
   } else {
     TORCH_CHECK_VALUE(!mods.has_value(), "mods were given but modulation is 'none'");
   }
+  TORCH_CHECK_VALUE(offset_basis.has_value() == offset_cells.has_value(),
+                    "offset_basis and offset_cells come together (the input offset basis[p] cells[b])");
+  if (offset_basis.has_value()) {
+    TORCH_CHECK_VALUE(offset_basis->dim() == 3 && offset_basis->size(2) >= 1,
+                      "offset_basis must have shape (H, W, K) with K >= 1, got ", offset_basis->sizes());
+    cfg.offset_rank = offset_basis->size(2);
+    check_tensor(*offset_basis, "offset_basis", codes, {height, width, cfg.offset_rank});
+    check_tensor(*offset_cells, "offset_cells", codes, {cfg.batch, cfg.offset_rank, cfg.hidden});
+    args.offset_basis = offset_basis->contiguous();
+    args.offset_cells = offset_cells->contiguous();
+  }
   args.codes = codes.contiguous();
   return args;
 }
@@ -164,6 +176,10 @@ DecoderWeights<T> weights_of(const Arguments& args) {
   w.w_out = ptr(args.params[k++]);
   w.b_out = ptr(args.params[k++]);
   if (cfg.modulated()) w.mods = ptr(args.mods);
+  if (cfg.offset_rank) {
+    w.offset_basis = ptr(args.offset_basis);
+    w.offset_cells = ptr(args.offset_cells);
+  }
   for (size_t i = 0; i < args.running.size(); i += 2) {
     w.running_mean.push_back(ptr(args.running[i]));
     w.running_var.push_back(ptr(args.running[i + 1]));
@@ -276,15 +292,17 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>
     const Tensor& codes, std::vector<Tensor> params, std::vector<Tensor> running, int64_t height, int64_t width,
     std::vector<double> freqs, std::vector<bool> concat, int64_t layers, bool batch_norm,
     const std::string& activation, const std::string& activation_out, double eps, const std::string& norm_stats,
-    bool save, const std::string& modulation, const std::optional<Tensor>& mods) {
+    bool save, const std::string& modulation, const std::optional<Tensor>& mods,
+    const std::optional<Tensor>& offset_basis, const std::optional<Tensor>& offset_cells) {
   Arguments args = parse(codes, std::move(params), std::move(running), height, width, std::move(freqs),
                          std::move(concat), layers, batch_norm, activation, activation_out, eps, norm_stats,
-                         modulation, mods);
+                         modulation, mods, offset_basis, offset_cells);
   const DecoderConfig& cfg = args.cfg;
 #ifdef FASTINR_WITH_CUDA
   if (codes.is_cuda()) {
-    TORCH_CHECK_VALUE(!save && !cfg.batch_stats() && !cfg.modulated(), "the CUDA path of the native backend "
-                      "only renders (no gradients, BatchNorm with running statistics or none, no modulation)");
+    TORCH_CHECK_VALUE(!save && !cfg.batch_stats() && !cfg.modulated() && !cfg.offset_rank,
+                      "the CUDA path of the native backend only renders (no gradients, BatchNorm with running "
+                      "statistics or none, no modulation, no input offset)");
     Tensor colors = torch::empty({cfg.batch, cfg.out_channels, height, width}, codes.options());
     render_on_cuda(args, colors);
     return {colors, {}, {}, {}};
@@ -323,10 +341,11 @@ std::vector<Tensor> backward(const Tensor& grad_colors, const Tensor& codes, std
                              int64_t width, std::vector<double> freqs, std::vector<bool> concat, int64_t layers,
                              bool batch_norm, const std::string& activation, const std::string& activation_out,
                              double eps, const std::string& norm_stats, const std::string& modulation,
-                             const std::optional<Tensor>& mods) {
+                             const std::optional<Tensor>& mods, const std::optional<Tensor>& offset_basis,
+                             const std::optional<Tensor>& offset_cells) {
   Arguments args = parse(codes, std::move(params), std::move(running), height, width, std::move(freqs),
                          std::move(concat), layers, batch_norm, activation, activation_out, eps, norm_stats,
-                         modulation, mods);
+                         modulation, mods, offset_basis, offset_cells);
   const DecoderConfig& cfg = args.cfg;
   TORCH_CHECK_VALUE(codes.device().is_cpu(), "backward runs on the CPU only, got codes on ", codes.device());
   check_tensor(grad_colors, "grad_colors", codes, {cfg.batch, cfg.out_channels, height, width});
@@ -335,6 +354,7 @@ std::vector<Tensor> backward(const Tensor& grad_colors, const Tensor& codes, std
   grads.push_back(torch::empty_like(args.codes));
   for (const Tensor& p : args.params) grads.push_back(torch::empty_like(p));
   if (cfg.modulated()) grads.push_back(torch::empty_like(args.mods));
+  if (cfg.offset_rank) grads.push_back(torch::empty_like(args.offset_cells));
   AT_DISPATCH_FLOATING_TYPES(codes.scalar_type(), "fastinr_backward", [&] {
     DecoderWeights<scalar_t> w = weights_of<scalar_t>(args);
     DecoderSaved<scalar_t> s = saved_view<scalar_t>(cfg, saved);
@@ -354,6 +374,7 @@ std::vector<Tensor> backward(const Tensor& grad_colors, const Tensor& codes, std
     g.w_out = ptr();
     g.b_out = ptr();
     if (cfg.modulated()) g.mods = ptr();
+    if (cfg.offset_rank) g.offset_cells = ptr();
     pybind11::gil_scoped_release no_gil;
     decoder_backward_cpu<scalar_t>(cfg, grad.data_ptr<scalar_t>(), args.codes.data_ptr<scalar_t>(), w, s, g);
   });
@@ -377,12 +398,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("params"), py::arg("running"), py::arg("height"), py::arg("width"), py::arg("freqs"),
         py::arg("concat"), py::arg("layers"), py::arg("batch_norm"), py::arg("activation"),
         py::arg("activation_out"), py::arg("eps"), py::arg("norm_stats"), py::arg("save"),
-        py::arg("modulation") = "none", py::arg("mods") = py::none());
-  m.def("backward", &fastinr::backward, "gradients of codes, of every params tensor and of mods (when modulated)",
+        py::arg("modulation") = "none", py::arg("mods") = py::none(), py::arg("offset_basis") = py::none(),
+        py::arg("offset_cells") = py::none());
+  m.def("backward", &fastinr::backward,
+        "gradients of codes, of every params tensor, of mods (when modulated) and of offset_cells (when given)",
         py::arg("grad_colors"), py::arg("codes"), py::arg("params"), py::arg("running"), py::arg("saved"),
         py::arg("height"), py::arg("width"), py::arg("freqs"), py::arg("concat"), py::arg("layers"),
         py::arg("batch_norm"), py::arg("activation"), py::arg("activation_out"), py::arg("eps"),
-        py::arg("norm_stats"), py::arg("modulation") = "none", py::arg("mods") = py::none());
+        py::arg("norm_stats"), py::arg("modulation") = "none", py::arg("mods") = py::none(),
+        py::arg("offset_basis") = py::none(), py::arg("offset_cells") = py::none());
   m.def("built_with_cuda", &fastinr::built_with_cuda);
   m.def("elementwise_isa", &fastinr::elementwise_isa, "float activation kernels in use: avx512, avx2 or generic");
   m.def("elementwise_isas", &fastinr::elementwise_isas, "float activation kernel sets this CPU runs, fastest first");

@@ -7,6 +7,9 @@
 // With modulation, every pre-activation z of h0 and of the block layers (m = 0 .. M-1 in that
 // order, M = 1 + blocks * layers) becomes, per image, z + s (shift) or z * (1 + g) + s (film),
 // g and s read from mods (B, M, k, hidden), k = 2 for film ([g | s]) and 1 for shift ([s]).
+// An optional input offset is added to h0's pre-activation before modulation: pixel p of image b
+// gets basis[p] cells[b], basis (P, K) fixed per pixel, cells (B, K, hidden) per image. That is a
+// local latent grid: bilinear weights over the projected cells (plus K - g*g constant rows).
 // Rows are processed in tiles inside one image; each tile runs the MLP with its activations in
 // per-thread scratch. BatchNorm with batch statistics needs a block's statistics before any tile can
 // normalise, so a pass over the tiles stops at such a block (stores h, accumulates statistics) and
@@ -32,6 +35,7 @@ struct DecoderConfig {
   double eps = 1e-5;
   NormStats norm_stats = NormStats::image;
   Modulation modulation = Modulation::none;
+  int64_t offset_rank = 0;            // K of the input offset, 0: none
 
   int64_t pixels() const { return height * width; }
   int64_t rows() const { return batch * pixels(); }
@@ -56,6 +60,8 @@ struct DecoderWeights {
   const T* w_out = nullptr;                 // (out, out_width)
   const T* b_out = nullptr;
   const T* mods = nullptr;                  // (B, M, k, hidden) with modulation
+  const T* offset_basis = nullptr;          // (P, K) with an input offset
+  const T* offset_cells = nullptr;          // (B, K, hidden) with an input offset
 };
 
 // What the forward keeps for the backward (owned by the caller).
@@ -83,6 +89,7 @@ struct DecoderGrads {
   T* w_out = nullptr;
   T* b_out = nullptr;
   T* mods = nullptr;                 // (B, M, k, hidden) with modulation
+  T* offset_cells = nullptr;         // (B, K, hidden) with an input offset
 };
 
 // colors (B, out, H, W). `saved` may be null (no backward will follow).

@@ -4,6 +4,7 @@
 // as in the forward (runs_per_image). Weight gradients are accumulated per thread, then summed.
 #include <omp.h>
 
+#include <algorithm>
 #include <memory>
 
 #include "block_cache.h"
@@ -66,6 +67,7 @@ class Backward {
     embedding_rows(cfg, 0, cfg.pixels(), embedding_.data());
     dcode_tile_.assign(tiles_.size() * cfg.hidden, 0.0);
     if (cfg.modulated()) dmods_tile_.assign(tiles_.size() * cfg.modulated_layers() * cfg.mod_width(), 0.0);
+    dcells_tile_.resize(tiles_.size() * cfg.offset_rank * cfg.hidden);
     const int64_t rows = decoder_tile_rows();
     for (int64_t i = 0; i < nb_; ++i)
       for (int64_t l = 0; l < cfg.layers; ++l) {
@@ -260,6 +262,8 @@ class Backward {
     const T* z_in = saved_.z_in + r0 * h;
     act_backward(cfg_.act, modulated(cfg_, wts_.mods, tile.image, 0, z_in, n, s.zm), G, dz, n * h);
     modulation_backward(t, tile, 0, z_in, dz, n);
+    if (const int64_t K = cfg_.offset_rank; K > 0)   // this tile's basis^T dz, summed per image in reduce
+      gemm(true, false, K, h, n, T(1), wts_.offset_basis + tile.p0 * K, K, dz, h, T(0), &dcells_tile_[t * K * h], h);
     double* dcode = &dcode_tile_[t * h];
     for (int64_t j = 0; j < n; ++j)
       for (int64_t c = 0; c < h; ++c) dcode[c] += dz[j * h + c];
@@ -342,6 +346,12 @@ class Backward {
           dmods[tiles_[t].image * per_image + k] += dmods_tile_[t * per_image + k];
       for (int64_t k = 0; k < cfg_.batch * per_image; ++k) grads_.mods[k] = static_cast<T>(dmods[k]);
     }
+    if (const int64_t cells = cfg_.offset_rank * h; cells > 0) {  // per image, summed over its tiles in tile order
+      std::vector<double> dcells(cfg_.batch * cells, 0.0);
+      for (size_t t = 0; t < tiles_.size(); ++t)
+        for (int64_t k = 0; k < cells; ++k) dcells[tiles_[t].image * cells + k] += dcells_tile_[t * cells + k];
+      for (int64_t k = 0; k < cfg_.batch * cells; ++k) grads_.offset_cells[k] = static_cast<T>(dcells[k]);
+    }
     gemm(false, false, cfg_.batch, c, h, T(1), dcode.data(), h, wts_.w_in, c + e, T(0), grads_.codes, c);
     gemm(true, false, h, c, cfg_.batch, T(1), dcode.data(), h, codes_, c, T(0), grads_.w_in, c + e);
   }
@@ -363,6 +373,7 @@ class Backward {
   int64_t max_width_;
   std::vector<double> dcode_tile_;
   std::vector<double> dmods_tile_;   // (tiles, M, k, hidden) with modulation
+  std::vector<T> dcells_tile_;       // (tiles, K, hidden) with an input offset
   std::vector<TileGemm<T>> input_gemm_, out_input_gemm_;   // dz W for each Linear's input gradient
 };
 

@@ -83,7 +83,7 @@ INR_OUTPUT_FROM_ACTIVATION_OUT = {"none": "linear", "sigmoid": "sigmoid"}
 # Settings added with --decoder; a checkpoint written before them gets these values on --resume.
 DECODER_DEFAULTS = {"preset": "baseline", "decoder": "seed", "conditioning": "concat",
                     "norm": None, "inr_output": None, "embedding": "seed", "num_freqs": 6,
-                    "max_freq": None, "sigma": 10.0, "grid_size": 0, "grid_channels": 6,
+                    "max_freq": None, "sigma": 10.0, "grid_size": 0, "grid_channels": 6, "grid_head": "pool",
                     "subpixel": False, "conv_channels": 64, "warmup": 0}
 # Settings that may change when a run is resumed; everything else must match the checkpoint.
 RUNTIME_KEYS = ("output", "resume", "device", "backend", "tiles", "quiet")
@@ -173,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "none); the rest of the code is global: 4 -> 102 = 4x4x6 + 6. The "
                           "encoder then gets a grid head on its CNN body's spatial features")
     inr.add_argument("--grid-channels", type=int, default=6, help="channels per grid cell")
+    inr.add_argument("--grid-head", choices=("pool", "linear"), default="pool",
+                     help="how the encoder makes the grid: pool (its CNN body's features averaged "
+                          "over each cell, then a 1x1 conv) or linear (the seed's encoder unchanged: "
+                          "its Linear head's outputs are read as grid and global code)")
     inr.add_argument("--subpixel", action="store_true",
                      help="train on one random point inside every pixel (nearest-pixel target) "
                           "instead of the pixel centres; validation stays on the pixel grid")
@@ -312,9 +316,7 @@ def make_scheduler(optimizer, total_steps: int, warmup_steps: int):
 
 def inr_unfused_reason(cfg: dict, backend: str):
     """Why the --decoder inr variant of `cfg` is not fused on `backend` (None: it is)."""
-    grid_floats = cfg["grid_size"] ** 2 * cfg["grid_channels"] if cfg["grid_size"] else 0
-    return unfused_reason(cfg["conditioning"], cfg["norm"], cfg["inr_output"], cfg["embedding"],
-                          cfg["grid_size"], cfg["code_size"] - grid_floats, backend)
+    return unfused_reason(cfg["conditioning"], cfg["norm"], cfg["inr_output"], cfg["embedding"], backend)
 
 
 def decoder_backend(cfg: dict, device: torch.device) -> str:
@@ -330,7 +332,8 @@ def decoder_backend(cfg: dict, device: torch.device) -> str:
 
 
 def build_model(cfg: dict) -> EncoderDecoder:
-    grid = (cfg["grid_size"], cfg["grid_channels"]) if cfg["decoder"] == "inr" else (0, 0)
+    pooled_grid = cfg["decoder"] == "inr" and cfg["grid_head"] == "pool"
+    grid = (cfg["grid_size"], cfg["grid_channels"]) if pooled_grid else (0, 0)
     encoder = build_encoder(cfg["encoder"], SHAPE, cfg["code_size"], cfg["encoder_weights"], *grid)
     if cfg["decoder"] == "inr":
         decoder = INRDecoder(
@@ -566,7 +569,7 @@ def describe_decoder(cfg: dict) -> str:
     layers = f"hidden {cfg['hidden']}, {cfg['blocks']}x{cfg['layers_per_block']} layers"
     if cfg["decoder"] == "seed":
         return (f"seed ({layers}, output {cfg['activation_out']}, BatchNorm {cfg['batch_norm']})")
-    grid = (f", grid {cfg['grid_size']}x{cfg['grid_size']}x{cfg['grid_channels']}"
+    grid = (f", grid {cfg['grid_size']}x{cfg['grid_size']}x{cfg['grid_channels']} ({cfg['grid_head']} head)"
             if cfg["grid_size"] else "")
     return (f"inr ({layers}, {cfg['conditioning']}, norm {cfg['norm']}, output "
             f"{cfg['inr_output']}, embedding {cfg['embedding']}{grid}"

@@ -22,13 +22,14 @@ norm: "image-bn" (the seed: per-image statistics in training, running statistics
 a `train_size`-pixel side), "gaussian" (Gaussian Fourier features, scale `sigma`, a seeded
 buffer saved in the state_dict).
 
-Fused paths: when there is no grid, the embedding is "seed" or "log", norm is "none" / "image-bn" /
-"instance" / "batch-bn", output "linear" or "sigmoid", and colors are asked on the pixel grid,
-forward runs through fastinr's decode contract (`backend`: "auto" picks Triton on CUDA, native on
-CPU; see fastinr.backend), forward and backward fused; shift and FiLM conditioning are fused on the
-native (CPU) and torch backends, not yet on Triton. Every other variant (grid, LayerNorm, Gaussian
-features, wide sigmoid, query points) runs the plain PyTorch path below; `fused_reason(device)` says
-why a configuration is not fused.
+Fused paths: when the embedding is "seed" or "log", norm is "none" / "image-bn" / "instance" /
+"batch-bn", output "linear" or "sigmoid", and colors are asked on the pixel grid, forward runs
+through fastinr's decode contract (`backend`: "auto" picks Triton on CUDA, native on CPU; see
+fastinr.backend), forward and backward fused; shift and FiLM conditioning are fused on the
+native (CPU) and torch backends, not yet on Triton. The local latent grid enters the contract as
+its `input_offset` (projected cells per image, fixed bilinear weights per pixel) on every backend.
+Every other variant (LayerNorm, Gaussian features, wide sigmoid, query points) runs the plain
+PyTorch path below; `fused_reason(device)` says why a configuration is not fused.
 """
 import math
 from typing import Optional, Sequence, Tuple
@@ -41,7 +42,8 @@ from fastinr.activations import apply_activation, canonical_activation
 from fastinr.backend import resolve_backend
 from fastinr.embedding import embed_coordinates, pixel_coordinates, pos_embedding_size
 from fastinr.modules import _check_shape
-from fastinr.reference import DecoderParams, DecoderSpec, check_norm_pixels, normalize, update_running_stats
+from fastinr.reference import (DecoderParams, DecoderSpec, InputOffset, check_norm_pixels, normalize,
+                               update_running_stats)
 
 CONDITIONINGS = ("concat", "shift", "film")
 NORMS = ("none", "image-bn", "instance", "batch-bn", "layer")
@@ -60,13 +62,8 @@ def nyquist_frequency(size: int) -> float:
     return math.pi * (size - 1) / 2
 
 
-def unfused_reason(conditioning: str, norm: str, output: str, embedding: str, grid_size: int,
-                   global_size: int, backend: str) -> Optional[str]:
+def unfused_reason(conditioning: str, norm: str, output: str, embedding: str, backend: str) -> Optional[str]:
     """What keeps a variant off the fused backend `backend` (the resolved name; None: fused)."""
-    if grid_size:
-        return "a local latent grid (not fused yet)"
-    if global_size == 0:
-        return "no global code"
     if conditioning != "concat" and backend == "triton":
         return f"conditioning={conditioning!r} on the triton backend (modulation is fused on the CPU only so far)"
     if embedding == "gaussian":
@@ -162,6 +159,37 @@ class INRDecoder(nn.Module):
             return torch.cat([xy, proj.sin(), proj.cos()], dim=-1)
         return embed_coordinates(xy, self.freqs)
 
+    def grid_offset(self, grid: torch.Tensor, shape: Tuple[int, int]) -> InputOffset:
+        """grid_in(sample_grid(grid, pixel centres)) in the decode contract's low-rank form.
+
+        Bilinear sampling on the pixel grid is linear in the cells, one weight per axis: so the
+        cells are projected once per image (B, g*g, hidden) and each pixel blends them with its
+        fixed weights, the basis (H, W, g*g); the relative position's projection rides along as two
+        more basis columns (the position) and cells (the grid Linear's weights for it). The
+        weights come from grid_sample itself (sampling an identity grid): exactly sample_grid's."""
+        g, c = self.grid_size, self.grid_channels
+        height, width = shape
+        xy = pixel_coordinates(height, width, device=grid.device, dtype=grid.dtype)
+        weight_x, rel_x = self._cell_weights(xy[:width, 0])          # (W, g), (W,)
+        weight_y, rel_y = self._cell_weights(xy[::width, 1])         # (H, g), (H,)
+        bilinear = (weight_y[:, None, :, None] * weight_x[None, :, None, :]).reshape(height, width, g * g)
+        rel = torch.stack(torch.broadcast_tensors(rel_x[None, :], rel_y[:, None]), dim=-1)   # (H, W, 2)
+        w_sample, w_rel = self.grid_in.weight.split([c, 2], dim=1)   # (hidden, c), (hidden, 2)
+        cells = grid.reshape(-1, c, g * g).transpose(1, 2) @ w_sample.t()          # (B, g*g, hidden)
+        cells = torch.cat([cells, w_rel.t().expand(cells.shape[0], -1, -1)], dim=1)
+        return InputOffset(torch.cat([bilinear, rel], dim=-1).contiguous(), cells)
+
+    def _cell_weights(self, t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """For coordinates t (n,) along one axis: their bilinear weights over the g cells (n, g) and
+        their position relative to their cell (n,), as sample_grid computes them."""
+        g = self.grid_size
+        identity = torch.eye(g, device=t.device, dtype=t.dtype).reshape(1, g, 1, g)
+        at = torch.stack([t, torch.zeros_like(t)], dim=1).reshape(1, 1, -1, 2)
+        weights = F.grid_sample(identity, at, mode="bilinear", padding_mode="border",
+                                align_corners=False)[0, :, 0].t()
+        cell = ((t + 1) * (g / 2)).floor().clamp(0, g - 1)
+        return weights, (t + 1) * (g / 2) - cell - 0.5
+
     def sample_grid(self, grid: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
         """(B, P, c + 2): the grid sampled bilinearly at xy (B, P, 2), and xy relative to its cell."""
         g = self.grid_size
@@ -231,8 +259,7 @@ class INRDecoder(nn.Module):
         return self._unfused_reason(resolve_backend(self.backend, device)[0])
 
     def _unfused_reason(self, backend: str) -> Optional[str]:
-        return unfused_reason(self.conditioning, self.norm, self.output, self.embedding,
-                              self.grid_size, self.global_size, backend)
+        return unfused_reason(self.conditioning, self.norm, self.output, self.embedding, backend)
 
     def _fused_spec(self) -> DecoderSpec:
         return DecoderSpec(
@@ -267,12 +294,17 @@ class INRDecoder(nn.Module):
         else:
             norm_stats = "running"
         running = [(n.running_mean, n.running_var) for n in norms] if norm_stats == "running" else []
+        offset = None
+        if self.grid_in is not None:
+            grid, codes = codes.split([self.grid_floats, self.global_size], dim=1)
+            offset = self.grid_offset(grid, shape)
         mods = None
         if self.modulation is not None:  # the per-image shift / FiLM constants, (B, M, k, hidden)
             mods = self.modulation(codes).reshape(codes.shape[0], self.modulated_layers, -1, self.hidden)
+        if self.code_in is None:
             codes = codes[:, :0]
         colors, stats = decode(codes, self._fused_params(), self._fused_spec(), shape, norm_stats, running,
-                               mods=mods)
+                               mods=mods, input_offset=offset)
         if stats and self.training and norms[0].track_running_stats:
             for norm, block_stats in zip(norms, stats):
                 update_running_stats(norm.running_mean, norm.running_var, norm.num_batches_tracked,

@@ -2,7 +2,7 @@
 
 Same contract as `fastinr.reference.decode`:
 
-    decode(codes (B, C), params, spec, shape, norm_stats, running, mods=None)
+    decode(codes (B, C), params, spec, shape, norm_stats, running, mods=None, input_offset=None)
         -> (colors (B, out, H, W), [BlockStats])
 
 The C++ core runs the whole MLP on row tiles of 128 pixels of one image with OpenMP; with batch
@@ -56,13 +56,15 @@ def _config(spec: DecoderSpec, shape: Tuple[int, int], norm_stats: str) -> dict:
 
 class _NativeDecode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, config, running, stats_out, save, codes, mods, *params):
+    def forward(ctx, config, running, stats_out, save, codes, mods, basis, cells, *params):
         colors, means, variances, saved = _C.forward(codes, list(params), running, save=save, mods=mods,
-                                                     **config)
+                                                     offset_basis=basis, offset_cells=cells, **config)
         stats_out.extend(zip(means, variances))
         if save:
-            ctx.config, ctx.running, ctx.modulated = config, running, mods is not None
-            ctx.save_for_backward(codes, *([mods] if mods is not None else []), *params, *saved)
+            ctx.config, ctx.running = config, running
+            ctx.modulated, ctx.offset = mods is not None, cells is not None
+            extra = [t for t in (mods, basis, cells) if t is not None]
+            ctx.save_for_backward(codes, *extra, *params, *saved)
             ctx.num_params = len(params)
         return colors
 
@@ -71,17 +73,20 @@ class _NativeDecode(torch.autograd.Function):
         tensors = list(ctx.saved_tensors)
         codes = tensors.pop(0)
         mods = tensors.pop(0) if ctx.modulated else None
+        basis, cells = (tensors.pop(0), tensors.pop(0)) if ctx.offset else (None, None)
         params, saved = tensors[:ctx.num_params], tensors[ctx.num_params:]
-        grads = _C.backward(grad_colors, codes, params, ctx.running, saved, mods=mods, **ctx.config)
+        grads = _C.backward(grad_colors, codes, params, ctx.running, saved, mods=mods, offset_basis=basis,
+                            offset_cells=cells, **ctx.config)
+        grad_cells = grads.pop() if ctx.offset else None
         grad_mods = grads.pop() if ctx.modulated else None
-        grads = [grads[0], grad_mods, *grads[1:]]
+        grads = [grads[0], grad_mods, None, grad_cells, *grads[1:]]
         return (None, None, None, None, *(g if need else None
                                           for g, need in zip(grads, ctx.needs_input_grad[4:])))
 
 
 def decode(codes: torch.Tensor, params: DecoderParams, spec: DecoderSpec, shape: Tuple[int, int],
            norm_stats: str = "image", running: Sequence[Tuple[torch.Tensor, torch.Tensor]] = (),
-           mods: Optional[torch.Tensor] = None):
+           mods: Optional[torch.Tensor] = None, input_offset: Optional[reference.InputOffset] = None):
     """Colors (B, out, H, W) and the BlockStats of each normalized block (see fastinr.reference)."""
     if norm_stats not in NORM_STATS:
         raise ValueError(f"norm_stats must be one of {NORM_STATS}, got {norm_stats!r}")
@@ -93,13 +98,14 @@ def decode(codes: torch.Tensor, params: DecoderParams, spec: DecoderSpec, shape:
                          f"{tuple(codes.shape)}")
     if codes.dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled(codes.device.type):
         # the C++ core computes in float32 / float64; reduced precision follows the reference's rules
-        return reference.decode(codes, params, spec, shape, norm_stats, running, mods)
+        return reference.decode(codes, params, spec, shape, norm_stats, running, mods, input_offset)
     reference.check_mods(spec, codes.shape[0], mods)
+    reference.check_input_offset(spec, codes.shape[0], shape, input_offset)
     config = _config(spec, shape, norm_stats)
     if not supports(codes.device):
-        if mods is not None:
-            raise ValueError("the native backend renders on CUDA without modulation only; use the "
-                             "torch backend for modulated decoders on the GPU")
+        if mods is not None or input_offset is not None:
+            raise ValueError("the native backend renders on CUDA without modulation or input_offset only; "
+                             "use the torch backend for these decoders on the GPU")
         return _render(codes, params, spec, config, running), []
     flat_running = []
     if spec.batch_norm and norm_stats == "running":
@@ -110,9 +116,10 @@ def decode(codes: torch.Tensor, params: DecoderParams, spec: DecoderSpec, shape:
     stats_out = []
     tensors = params.flat()
     # Only keep activations for a backward that can happen (needs_input_grad ignores no_grad).
-    inputs = (codes, *tensors) if mods is None else (codes, mods, *tensors)
+    basis, cells = input_offset if input_offset is not None else (None, None)
+    inputs = [t for t in (codes, mods, cells, *tensors) if t is not None]
     save = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
-    colors = _NativeDecode.apply(config, flat_running, stats_out, save, codes, mods, *tensors)
+    colors = _NativeDecode.apply(config, flat_running, stats_out, save, codes, mods, basis, cells, *tensors)
     pixels = config["height"] * config["width"]
     count = pixels if norm_stats == "image" else codes.shape[0] * pixels
     # per image (B, w), per batch (w,)

@@ -15,6 +15,12 @@ With spec.modulation, every pre-activation z of the input layer and of the block
 (B, M, k, hidden): "shift" (k = 1) z + mods[b, m, 0]; "film" (k = 2) z * (1 + mods[b, m, 0]) +
 mods[b, m, 1]. Modulation needs blocks of constant width (no concat).
 
+An optional `input_offset` (InputOffset: basis (H, W, K), cells (B, K, hidden)) adds
+basis[y, x] @ cells[b] to the input layer's pre-activation of pixel (x, y) of image b, before
+modulation: per-pixel inputs that the decomposed first layer cannot express. A local latent grid
+is one: its cells projected by the grid's Linear, blended by fixed bilinear weights per pixel
+(fastinr.INRDecoder.grid_offset builds it). The basis is a constant (no gradient).
+
 The first layer is decomposed, W_in = [W_code | W_pos], so `code ⊕ emb` is never built per pixel.
 Normalization statistics come from `norm_stats`:
     "image"   - per image over its pixels (the seed's per-image loop, in training)
@@ -112,6 +118,16 @@ class DecoderParams(NamedTuple):
                              w_out, b_out)
 
 
+class InputOffset(NamedTuple):
+    """basis[y, x] @ cells[b] is added to pixel (x, y) of image b before the input activation."""
+    basis: torch.Tensor    # (H, W, K), fixed per pixel
+    cells: torch.Tensor    # (B, K, hidden), per image
+
+    def dense(self) -> torch.Tensor:
+        """(B, H*W, hidden)."""
+        return self.basis.reshape(-1, self.basis.shape[-1]) @ self.cells
+
+
 class BlockStats(NamedTuple):
     """Normalization statistics of one block's input, for the running-statistics update."""
     mean: torch.Tensor      # (B, w) per image, or (w,) per batch
@@ -162,6 +178,24 @@ def check_mods(spec: DecoderSpec, batch: int, mods: Optional[torch.Tensor]) -> N
                          f"{tuple(mods.shape) if isinstance(mods, torch.Tensor) else mods!r}")
 
 
+def check_input_offset(spec: DecoderSpec, batch: int, shape, input_offset: Optional[InputOffset]) -> None:
+    """Clear errors for an `input_offset` that does not fit: basis (H, W, K), cells (B, K, hidden)."""
+    if input_offset is None:
+        return
+    if not isinstance(input_offset, InputOffset):
+        raise TypeError(f"input_offset must be an InputOffset(basis, cells), got {type(input_offset).__name__}")
+    basis, cells = input_offset
+    if basis.ndim != 3 or tuple(basis.shape[:2]) != (int(shape[0]), int(shape[1])) or basis.shape[2] < 1:
+        raise ValueError(f"input_offset.basis must have shape ({shape[0]}, {shape[1]}, K) (H, W, K) with "
+                         f"K >= 1, got {tuple(basis.shape)}")
+    if tuple(cells.shape) != (batch, basis.shape[2], spec.hidden):
+        raise ValueError(f"input_offset.cells must have shape {(batch, basis.shape[2], spec.hidden)} "
+                         f"(B, K, hidden), got {tuple(cells.shape)}")
+    if basis.requires_grad:
+        raise ValueError("input_offset.basis is a constant of the pixel grid; detach it (no gradient "
+                         "flows to it)")
+
+
 def modulate(z: torch.Tensor, spec: DecoderSpec, mods: Optional[torch.Tensor], layer: int) -> torch.Tensor:
     """Pre-activation z (B, P, hidden) modulated per image (identity without modulation)."""
     if mods is None:
@@ -174,22 +208,26 @@ def modulate(z: torch.Tensor, spec: DecoderSpec, mods: Optional[torch.Tensor], l
 def decode(codes: torch.Tensor, params: DecoderParams, spec: DecoderSpec, shape: Tuple[int, int],
            norm_stats: str = "image",
            running: Sequence[Tuple[torch.Tensor, torch.Tensor]] = (),
-           mods: Optional[torch.Tensor] = None):
+           mods: Optional[torch.Tensor] = None, input_offset: Optional[InputOffset] = None):
     """Colors (B, out, H, W) for codes (B, C), and the BlockStats of each normalized block.
 
     `running` holds (running_mean, running_var) per block, used when norm_stats == "running";
-    `mods` the per-image modulation when spec.modulation is not "none".
+    `mods` the per-image modulation when spec.modulation is not "none"; `input_offset`, if
+    given, is added to the input layer's pre-activation (see InputOffset).
     """
     batch, height, width = codes.shape[0], shape[0], shape[1]
     if spec.batch_norm and spec.num_blocks:
         check_norm_pixels(norm_stats, batch, height * width)
     check_mods(spec, batch, mods)
+    check_input_offset(spec, batch, shape, input_offset)
     emb = pos_embedding(height, width, spec.freqs, device=codes.device, dtype=params.w_in.dtype)
     w_code, w_pos = params.w_in[:, :spec.code_size], params.w_in[:, spec.code_size:]
     code_proj = torch.addmm(params.b_in, codes, w_code.t())                # (B, hidden)
     pos_proj = emb @ w_pos.t()                                             # (P, hidden)
-    h = apply_activation(spec.activation, modulate(code_proj[:, None, :] + pos_proj[None, :, :],
-                                                   spec, mods, 0))
+    z = code_proj[:, None, :] + pos_proj[None, :, :]
+    if input_offset is not None:
+        z = z + input_offset.dense()
+    h = apply_activation(spec.activation, modulate(z, spec, mods, 0))
     layer = 1
 
     stats = []

@@ -9,7 +9,7 @@ over the whole batch need the whole batch, and GPUs gain nothing, so those run u
 """
 import torch
 
-from fastinr.reference import BlockStats, decode as reference_decode
+from fastinr.reference import BlockStats, InputOffset, check_input_offset, decode as reference_decode
 
 CHUNK_BYTES = 16 * 2 ** 20
 
@@ -19,13 +19,18 @@ def images_per_chunk(spec, pixels: int, itemsize: int) -> int:
     return max(1, CHUNK_BYTES // (pixels * widest * itemsize))
 
 
-def decode(codes, params, spec, shape, norm_stats="image", running=(), mods=None):
+def decode(codes, params, spec, shape, norm_stats="image", running=(), mods=None, input_offset=None):
     chunk = images_per_chunk(spec, shape[0] * shape[1], params.w_in.element_size())
     if codes.device.type != "cpu" or norm_stats == "batch" or codes.shape[0] <= chunk:
-        return reference_decode(codes, params, spec, shape, norm_stats, running, mods)
-    mod_parts = torch.split(mods, chunk) if mods is not None else [None] * -(-codes.shape[0] // chunk)
-    pieces = [reference_decode(part, params, spec, shape, norm_stats, running, part_mods)
-              for part, part_mods in zip(torch.split(codes, chunk), mod_parts)]
+        return reference_decode(codes, params, spec, shape, norm_stats, running, mods, input_offset)
+    check_input_offset(spec, codes.shape[0], shape, input_offset)
+
+    def parts(tensor):   # per-image tensors split like the codes (None stays None)
+        return torch.split(tensor, chunk) if tensor is not None else [None] * -(-codes.shape[0] // chunk)
+    offsets = ([InputOffset(input_offset.basis, cells) for cells in parts(input_offset.cells)]
+               if input_offset is not None else parts(None))
+    pieces = [reference_decode(part, params, spec, shape, norm_stats, running, part_mods, part_offset)
+              for part, part_mods, part_offset in zip(torch.split(codes, chunk), parts(mods), offsets)]
     colors = torch.cat([c for c, _ in pieces])
     stats = [BlockStats(torch.cat([s[i].mean for _, s in pieces]),
                         torch.cat([s[i].var for _, s in pieces]), pieces[0][1][i].count)

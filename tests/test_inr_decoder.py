@@ -92,21 +92,43 @@ def test_fused_paths_match_the_plain_path(backend, conditioning, norm, output, e
     if backend == "triton" and conditioning != "concat":
         assert "triton" in INRDecoder(9, hidden=8, conditioning=conditioning, backend="triton").fused_reason()
         return
+    check_fused_matches_plain(backend, 9, dict(conditioning=conditioning, norm=norm, output=output,
+                                                embedding=embedding))
+
+
+# (code size, conditioning, norm, grid size, grid channels): a global part, FiLM of the global part,
+# and a grid that takes the whole code.
+GRID_VARIANTS = [(2 * 2 * 3 + 5, "concat", "instance", 2, 3), (3 * 3 * 2 + 4, "film", "batch-bn", 3, 2),
+                 (2 * 2 * 2, "concat", "none", 2, 2)]
+
+
+@pytest.mark.parametrize("backend", ["native", "triton", "torch"])
+@pytest.mark.parametrize("code_size, conditioning, norm, grid_size, grid_channels", GRID_VARIANTS)
+def test_fused_grid_matches_the_plain_path(backend, code_size, conditioning, norm, grid_size, grid_channels):
+    """The local latent grid through the decode contract's input_offset, vs grid_sample per pixel."""
+    if backend not in fastinr.available_backends("cpu"):
+        pytest.skip(f"backend {backend!r} does not run here")
+    if backend == "triton" and conditioning != "concat":
+        conditioning = "concat"   # modulation is not fused on triton (see the test above)
+    check_fused_matches_plain(backend, code_size, dict(conditioning=conditioning, norm=norm, embedding="log",
+                                                        grid_size=grid_size, grid_channels=grid_channels))
+
+
+def check_fused_matches_plain(backend, code_size, variant):
     dtype, tol = (torch.float32, 2e-4) if backend == "triton" else (torch.float64, 1e-9)
     torch.manual_seed(0)
-    kwargs = dict(hidden=16, num_blocks=2, layers_per_block=2, conditioning=conditioning, norm=norm,
-                  output=output, embedding=embedding, num_freqs=3)
-    fused = INRDecoder(9, backend=backend, **kwargs).to(dtype)
+    kwargs = dict(hidden=16, num_blocks=2, layers_per_block=2, num_freqs=3, **variant)
+    fused = INRDecoder(code_size, backend=backend, **kwargs).to(dtype)
     assert fused.fused_reason() is None
     if fused.modulation is not None:  # away from FiLM's identity start, so every path is exercised
         with torch.no_grad():
             fused.modulation.weight.normal_(0, 0.3)
             fused.modulation.bias.normal_(0, 0.3)
-    plain = INRDecoder(9, **kwargs).to(dtype)
+    plain = INRDecoder(code_size, **kwargs).to(dtype)
     plain.load_state_dict(fused.state_dict())
     shape = (5, 7)
     for step in range(2):
-        codes = torch.randn(3, 9, dtype=dtype)
+        codes = torch.randn(3, code_size, dtype=dtype)
         upstream = torch.randn(3, 3, *shape, dtype=dtype)
         results = []
         for model, forward in ((fused, lambda m, c: m(c, shape)), (plain, lambda m, c: plain_forward(m, c, shape))):
@@ -123,13 +145,13 @@ def test_fused_paths_match_the_plain_path(backend, conditioning, norm, output, e
     for name, buffer in fused.named_buffers():
         torch.testing.assert_close(buffer, dict(plain.named_buffers())[name], rtol=tol, atol=tol, msg=name)
     fused.eval(), plain.eval()
-    codes = torch.randn(2, 9, dtype=dtype)
+    codes = torch.randn(2, code_size, dtype=dtype)
     with torch.no_grad():
         torch.testing.assert_close(fused(codes, shape), plain_forward(plain, codes, shape), rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("kwargs, reason", [
-    (dict(grid_size=2, grid_channels=2), "grid"), (dict(norm="layer"), "LayerNorm"),
+    (dict(norm="layer"), "LayerNorm"),
     (dict(embedding="gaussian"), "Gaussian"), (dict(output="wide-sigmoid"), "widened sigmoid")])
 def test_unfused_variants_say_why(kwargs, reason):
     assert reason in INRDecoder(10, hidden=8, **kwargs).fused_reason()

@@ -15,7 +15,7 @@ import torch
 import fastinr
 from fastinr import backend, reference
 from fastinr.activations import ACTIVATIONS
-from fastinr.reference import DecoderParams, DecoderSpec
+from fastinr.reference import DecoderParams, DecoderSpec, InputOffset
 
 if os.environ.get("FASTINR_SKIP_EXT", "0") == "1":
     pytest.skip("FASTINR_SKIP_EXT=1: the native extension was deliberately not built",
@@ -461,3 +461,72 @@ def test_bad_mods_raise_clear_errors():
     with pytest.raises(ValueError, match="no concat"):
         native.decode(codes, make_params(concat, torch.float32)[0], concat, (4, 4), "image",
                       mods=torch.zeros(2, 5, 1, 8))
+
+
+OFFSET_CASES = [(True, "image", "none"), (False, "image", "film"), (True, "batch", "shift"), (True, "running", "none"),
+                (False, "running", "none")]
+
+
+@pytest.mark.parametrize("dtype,rel", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("batch_norm,norm_stats,modulation", OFFSET_CASES)
+def test_input_offset_matches_reference(batch_norm, norm_stats, modulation, dtype, rel):
+    """basis[p] @ cells[b] added to the input layer's pre-activation (how a local latent grid
+    enters): colors and the gradients of codes, cells, mods and every parameter, in training; the
+    streaming render without gradients."""
+    spec = dataclasses.replace(make_spec(hidden=12, batch_norm=batch_norm, activation_out="none"),
+                               modulation=modulation)
+    if dtype == torch.float32:
+        rel = 3e-4   # as for modulation: sums over each image's pixels through per-image BatchNorm
+    shape, rank = (19, 11), 7
+    params, running = make_params(spec, dtype)
+    codes = torch.randn(3, spec.code_size, dtype=dtype)
+    basis = torch.rand(*shape, rank, dtype=dtype)
+    cells = torch.randn(3, rank, spec.hidden, dtype=dtype)
+    mods = torch.randn(*spec.mods_shape(3), dtype=dtype) * 0.5 if modulation != "none" else None
+    upstream = torch.randn(3, 3, *shape, dtype=dtype)
+    results = []
+    for module, cast in ((native, lambda t: t), (reference, lambda t: t), (reference, lambda t: t.double())):
+        c, k = (cast(t).detach().requires_grad_(True) for t in (codes, cells))
+        m = cast(mods).detach().requires_grad_(True) if mods is not None else None
+        p = DecoderParams.from_flat(spec, [cast(t).detach().requires_grad_(True) for t in params.flat()])
+        r = [(cast(a), cast(b)) for a, b in running]
+        colors, _ = module.decode(c, p, spec, shape, norm_stats, r, mods=m, input_offset=InputOffset(cast(basis), k))
+        inputs = [c, k, *([m] if m is not None else []), *p.flat()]
+        results.append((colors.detach(), torch.autograd.grad(colors, inputs, cast(upstream))))
+    (colors, grads), (torch_colors, torch_grads), (ref_colors, ref_grads) = results
+    assert_close_scaled(colors, ref_colors, rel, "colors", torch_colors)
+    names = ["codes", "cells"] + (["mods"] if mods is not None else []) + \
+        [f"params[{k}]" for k in range(len(params.flat()))]
+    for name, a, t, b in zip(names, grads, torch_grads, ref_grads):
+        assert_close_scaled(a, b, rel, f"grad of {name}", t)
+    if norm_stats == "running" or not batch_norm:
+        with torch.no_grad():
+            ours, _ = native.decode(codes, params, spec, shape, norm_stats, running, mods=mods,
+                                    input_offset=InputOffset(basis, cells))
+        assert_close_scaled(ours, ref_colors.to(dtype), rel, "colors of the render", torch_colors)
+
+
+def test_input_offset_gradcheck_and_bad_inputs():
+    spec = make_spec(code_size=2, hidden=4, freqs=(2.0,), activation="silu")
+    params, _ = make_params(spec, torch.float64)
+    codes = torch.randn(2, 2, dtype=torch.float64, requires_grad=True)
+    basis = torch.rand(3, 4, 5, dtype=torch.float64)
+    cells = torch.randn(2, 5, 4, dtype=torch.float64, requires_grad=True)
+
+    def fn(codes, cells, *tensors):
+        return native.decode(codes, DecoderParams.from_flat(spec, tensors), spec, (3, 4), "image",
+                             input_offset=InputOffset(basis, cells))[0]
+
+    assert torch.autograd.gradcheck(fn, (codes, cells, *params.flat()), eps=1e-6, atol=1e-7)
+    for module in (native, reference):
+        with pytest.raises(ValueError, match=r"input_offset.basis must have shape \(3, 4, K\)"):
+            module.decode(codes, params, spec, (3, 4), input_offset=InputOffset(basis[:, :3], cells))
+        with pytest.raises(ValueError, match=r"input_offset.cells must have shape \(2, 5, 4\)"):
+            module.decode(codes, params, spec, (3, 4), input_offset=InputOffset(basis, cells[:, :4]))
+        with pytest.raises(ValueError, match="basis is a constant"):
+            module.decode(codes, params, spec, (3, 4), input_offset=InputOffset(basis.requires_grad_(True), cells))
+        basis.requires_grad_(False)
+        with pytest.raises(TypeError, match="must be an InputOffset"):
+            module.decode(codes, params, spec, (3, 4), input_offset=(basis, cells))
+    with pytest.raises(TypeError, match="offset_cells has dtype Float but codes have Double"):
+        native.decode(codes, params, spec, (3, 4), input_offset=InputOffset(basis, cells.float()))

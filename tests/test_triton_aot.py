@@ -53,7 +53,7 @@ def aot_cases():
     with the heaviest epilogue (gelu, BatchNorm prologue, concat); every activation once in the
     forward and backward kernels; a few decoder shapes of the one-pass render."""
     from fastinr.ops.activation import ACTIVATION_CODES
-    from fastinr.ops.embed import embed_meta
+    from fastinr.ops.embed import DZ_BLOCK, embed_meta
     from fastinr.ops.render import render_meta
 
     cases = []
@@ -78,13 +78,17 @@ def aot_cases():
                     cases.append((f"{dot_name} res={res_mode} norm={has_norm}", kernel,
                                   dict(metas[-1], ACT=gelu, HAS_NORM=has_norm,
                                        RES_MODE=res_mode, STORE_Z=store_z)))
-        for kernel in ("embed_fwd", "embed_bwd"):
-            for freqs, hidden in ((0, 8), (8, 512)):
-                meta = embed_meta((1.0,) * freqs, gelu, hidden, config)
-                cases.append((f"{dot_name} gelu F={freqs} hidden={hidden}", kernel, meta))
+        for freqs, hidden in ((0, 8), (8, 512)):
+            meta = embed_meta((1.0,) * freqs, gelu, hidden, config)
+            label = f"{dot_name} gelu F={freqs} hidden={hidden}"
+            cases.append((label, "embed_bwd", meta))
+            for offset in (False, True):   # without and with a local latent grid's input offset
+                cases.append((label + " offset" * offset, "embed_fwd", dict(meta, HAS_OFFSET=offset)))
         for label, spec in _render_specs().items():
             if dot_name in ("fp32", "bf16") or label == "seed 256 2x2":
                 cases.append((f"{dot_name} {label}", "render", render_meta(spec, config)))
+    for act_name, act in ACTIVATION_CODES.items():   # the input offset's gradient (float32 only)
+        cases.append((f"fp32 {act_name}", "embed_dz", dict(ACT=act, BLOCK=DZ_BLOCK, num_warps=4, num_stages=1)))
     # Deduplicate: several labels may describe one compiled configuration.
     unique = {}
     for label, kernel, meta in cases:
@@ -94,12 +98,12 @@ def aot_cases():
 
 
 def _kernels():
-    from fastinr.ops.embed import _embed_bwd_kernel, _embed_fwd_kernel
+    from fastinr.ops.embed import _dz_kernel, _embed_bwd_kernel, _embed_fwd_kernel
     from fastinr.ops.linear import _linear_bwd_dw_kernel, _linear_bwd_dx_kernel, _linear_fwd_kernel
     from fastinr.ops.render import _render_fwd_kernel
     return {"linear_fwd": _linear_fwd_kernel, "linear_dx": _linear_bwd_dx_kernel,
             "linear_dw": _linear_bwd_dw_kernel, "embed_fwd": _embed_fwd_kernel,
-            "embed_bwd": _embed_bwd_kernel, "render": _render_fwd_kernel}
+            "embed_bwd": _embed_bwd_kernel, "embed_dz": _dz_kernel, "render": _render_fwd_kernel}
 
 
 def compile_case(case):

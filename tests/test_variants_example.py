@@ -77,6 +77,22 @@ def test_inr_grid_film_subpixel_run(inr_run):
     assert "decoder.grid_in.weight" in model and "decoder.modulation.weight" in model
 
 
+def test_sharp_with_a_linear_grid_head_runs_fused(example, run_env):
+    """--grid-head linear keeps the seed's encoder (its Linear makes all 102 floats, 96 of them read
+    as the grid); the grid then trains on the fused backend."""
+    output = run_env["root"] / "sharp-grid"
+    args = small_args(run_env, output, **{"--max-inputs": str(4 * BATCH), "--val-every": str(2 * BATCH)})
+    assert example.main(args + ["--preset", "sharp", "--grid-size", "4", "--grid-head", "linear"]) == 0
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["backend"] in ("native", "torch") and summary["config"]["grid_head"] == "linear"
+    rows = read_metrics(output)
+    assert float(rows[-1]["val_l1"]) < float(rows[0]["val_l1"])
+    model = load_checkpoint(output / "checkpoint.pt")["model"]
+    assert model["encoder.linear.weight"].shape[0] == 102
+    assert not any(name.startswith("encoder.grid_head") for name in model)
+    assert model["decoder.grid_in.weight"].shape[1] == 6 + 2
+
+
 def test_inr_resume_matches(example, run_env, inr_run, monkeypatch):
     output = run_env["root"] / "inr_ctrl_c"
     interrupt_at(example, monkeypatch, 6, lambda: signal.raise_signal(signal.SIGINT))
@@ -133,7 +149,6 @@ def test_preset_is_overridden_by_explicit_flags(example):
     (["--subpixel"], "--decoder inr"),
     (["--decoder", "inr", "--grid-size", "5"], "leave no global part"),
     (["--decoder", "conv", "--backend", "native"], "only the PyTorch path"),
-    (["--decoder", "inr", "--grid-size", "4", "--backend", "native"], "local latent grid"),
     (["--decoder", "inr", "--conditioning", "film", "--backend", "triton"], "conditioning='film' on the triton"),
     (["--decoder", "inr", "--subpixel", "--backend", "native"], "sub-pixel training"),
     (["--grid-size", "4"], "only --decoder inr"),

@@ -19,7 +19,8 @@ from fastinr.ops.config import LaunchConfig, interpreting
 from fastinr.ops.embed import embed_linear
 from fastinr.ops.linear import RES_ADD, RES_CONCAT, RES_NONE, fused_linear
 from fastinr.ops.render import MAX_OUT_CHANNELS, render_forward
-from fastinr.reference import NORM_STATS, BlockStats, DecoderParams, DecoderSpec, check_norm_pixels
+from fastinr.reference import (NORM_STATS, BlockStats, DecoderParams, DecoderSpec, check_input_offset,
+                               check_norm_pixels)
 
 
 def _check_inputs(codes, params: DecoderParams, spec: DecoderSpec, shape, norm_stats, running):
@@ -62,32 +63,36 @@ def _needs_grad(codes, params: DecoderParams) -> bool:
 
 def decode(codes: torch.Tensor, params: DecoderParams, spec: DecoderSpec, shape: Tuple[int, int],
            norm_stats: str = "image",
-           running: Sequence[Tuple[torch.Tensor, torch.Tensor]] = (), mods=None):
+           running: Sequence[Tuple[torch.Tensor, torch.Tensor]] = (), mods=None, input_offset=None):
     """Colors (B, out, H, W) for codes (B, C), and the BlockStats of each normalized block."""
     if spec.modulation != "none" or mods is not None:
         raise ValueError(f"the triton backend does not fuse modulation yet (spec.modulation="
                          f"{spec.modulation!r}); use the native or torch backend")
     shape = tuple(shape) if isinstance(shape, (tuple, list, torch.Size)) else shape
     _check_inputs(codes, params, spec, shape, norm_stats, running)
+    check_input_offset(spec, codes.shape[0], shape, input_offset)
     batch, (height, width) = codes.shape[0], shape
     normalized = spec.batch_norm and spec.num_blocks > 0
     if normalized:
         check_norm_pixels(norm_stats, batch, height * width)
     config = LaunchConfig.for_call(codes.device)
-    renderable = spec.out_channels <= MAX_OUT_CHANNELS
+    # The one-pass render has no input offset (yet): decoders with one render with the train kernels.
+    renderable = spec.out_channels <= MAX_OUT_CHANNELS and input_offset is None
     if renderable and (not normalized or norm_stats == "running") and not _needs_grad(codes, params):
         return render_forward(codes, params, spec, shape, running, config), []
-    return _train_forward(codes, params, spec, shape, norm_stats, running, config)
+    return _train_forward(codes, params, spec, shape, norm_stats, running, config, input_offset)
 
 
-def _train_forward(codes, params, spec, shape, norm_stats, running, config):
+def _train_forward(codes, params, spec, shape, norm_stats, running, config, input_offset=None):
     batch, (height, width) = codes.shape[0], shape
     pixels = height * width
     act = activation_code(spec.activation)
     w_code, w_pos = params.w_in[:, :spec.code_size], params.w_in[:, spec.code_size:]
     code_proj = torch.addmm(params.b_in, codes, w_code.t()).float()         # (B, hidden)
     w_pos = w_pos if w_pos.stride(1) == 1 else w_pos.contiguous()
-    h = embed_linear(code_proj.contiguous(), w_pos, spec.freqs, shape, act, config)
+    # On a GPU the dense offset (B*P, hidden) is one batched matmul; the kernel adds it to z.
+    offset = input_offset.dense().float().reshape(-1, spec.hidden).contiguous() if input_offset is not None else None
+    h = embed_linear(code_proj.contiguous(), w_pos, spec.freqs, shape, act, config, offset)
 
     groups = batch if norm_stats == "image" else 1
     stats = []

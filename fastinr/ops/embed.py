@@ -3,11 +3,12 @@
 For B images of H x W (P = H*W pixels, row r = b * P + p):
 
     emb[p] = [x, y, sin(f1 x), sin(f1 y), ..., cos(f1 x), cos(f1 y), ...]   (E = 4F + 2 values)
-    z[r]   = code_proj[b] + emb[p] @ W_pos^T           code_proj = codes @ W_code^T + b_in (B, N)
+    z[r]   = code_proj[b] + emb[p] @ W_pos^T (+ offset[r])   code_proj = codes @ W_code^T + b_in (B, N)
     h[r]   = act(z[r])
 
 Backward (dz = dh * act'(z)): d code_proj[b] = Σ_{p} dz[b, p] (per image, per-tile partials),
-d W_pos = Σ_r dz[r]^T emb[p] (split over tiles, partials, one torch sum). (B*P, E) is never built.
+d W_pos = Σ_r dz[r]^T emb[p] (split over tiles, partials, one torch sum), d offset = dz (its own
+elementwise kernel, only when the offset needs it). (B*P, E) is never built.
 """
 import torch
 import triton
@@ -45,9 +46,10 @@ def _embed_fwd_kernel(
     w_pos_ptr,       # (N, E) float32, row stride stride_wpos
     z_ptr,           # (B*P, N) float32 pre-activation, written
     h_ptr,           # (B*P, N) float32 act(z), written
+    offset_ptr,      # (B*P, N) float32 added to z, read when HAS_OFFSET
     stride_cp, stride_wpos,
     P, N, width, tiles_per_image,
-    E: tl.constexpr, E_PAD: tl.constexpr, ACT: tl.constexpr,
+    E: tl.constexpr, E_PAD: tl.constexpr, ACT: tl.constexpr, HAS_OFFSET: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -63,6 +65,8 @@ def _embed_fwd_kernel(
     acc = tl.dot(emb.to(DOT_DTYPE), w_pos.to(DOT_DTYPE), input_precision=PRECISION)
     z = acc + tl.load(code_proj_ptr + b * stride_cp + n, mask=n_mask, other=0.0)[None, :]
     mask = pix_mask[:, None] & n_mask[None, :]
+    if HAS_OFFSET:
+        z += tl.load(offset_ptr + rows[:, None] * N + n[None, :], mask=mask, other=0.0)
     tl.store(z_ptr + rows[:, None] * N + n[None, :], z, mask=mask)
     tl.store(h_ptr + rows[:, None] * N + n[None, :], _act(z, ACT), mask=mask)
 
@@ -102,6 +106,21 @@ def _embed_bwd_kernel(
              mask=n_mask[:, None] & (e < E)[None, :])
 
 
+@triton.jit
+def _dz_kernel(dh_ptr, z_ptr, dz_ptr, rows, N, stride_dh, ACT: tl.constexpr, BLOCK: tl.constexpr):
+    """dz = dh * act'(z) over (rows, N): the input offset's gradient. Storing it from inside
+    _embed_bwd_kernel made that kernel spill registers (tests/test_triton_aot.py)."""
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = i < rows * N
+    r = i // N
+    dh = tl.load(dh_ptr + r * stride_dh + (i - r * N), mask=mask, other=0.0)
+    z = tl.load(z_ptr + i, mask=mask, other=0.0)
+    tl.store(dz_ptr + i, dh * _act_grad(z, ACT), mask=mask)
+
+
+DZ_BLOCK = 1024
+
+
 def embedding_tables(freqs, shape, device):
     """(x_table (W, E), y_table (H, E)): the embedding of one row and of one column."""
     height, width = shape
@@ -116,10 +135,10 @@ def embed_meta(freqs, act: int, hidden: int, config: LaunchConfig) -> dict:
 
 
 class EmbedLinear(torch.autograd.Function):
-    """h = act(code_proj[b] + emb @ W_pos^T) for every pixel of every image."""
+    """h = act(code_proj[b] + emb @ W_pos^T (+ offset)) for every pixel of every image."""
 
     @staticmethod
-    def forward(ctx, code_proj, w_pos, freqs, shape, act, config):
+    def forward(ctx, code_proj, w_pos, offset, freqs, shape, act, config):
         height, width = shape
         batch, hidden = code_proj.shape
         pixels = height * width
@@ -130,9 +149,9 @@ class EmbedLinear(torch.autograd.Function):
         h = config_module.kernel_output(batch * pixels, hidden, device=code_proj.device)
         grid = (batch * tiles, triton.cdiv(hidden, meta["BLOCK_N"]))
         _embed_fwd_kernel[grid](
-            code_proj, x_table, y_table, w_pos, z, h, code_proj.stride(0), w_pos.stride(0),
-            pixels, hidden, width, tiles,
-            **meta)
+            code_proj, x_table, y_table, w_pos, z, h, z if offset is None else offset,
+            code_proj.stride(0), w_pos.stride(0), pixels, hidden, width, tiles,
+            HAS_OFFSET=offset is not None, **meta)
         ctx.save_for_backward(z, x_table, y_table)
         ctx.meta = (batch, shape, meta, tiles, config)
         return h
@@ -153,9 +172,15 @@ class EmbedLinear(torch.autograd.Function):
         _embed_bwd_kernel[(n_blocks, splits)](
             dh, z, x_table, y_table, dcp, dw, dh.stride(0),
             height * width, hidden, width, tiles, n_tiles, **meta)
-        return dcp.view(batch, tiles, hidden).sum(1), dw.sum(0), None, None, None, None
+        dz = None
+        if ctx.needs_input_grad[2]:
+            dz = config_module.kernel_output(*z.shape, device=z.device)
+            _dz_kernel[(triton.cdiv(z.numel(), DZ_BLOCK),)](
+                dh, z, dz, z.shape[0], hidden, dh.stride(0), ACT=meta["ACT"], BLOCK=DZ_BLOCK)
+        return dcp.view(batch, tiles, hidden).sum(1), dw.sum(0), dz, None, None, None, None
 
 
-def embed_linear(code_proj, w_pos, freqs, shape, act, config):
-    return EmbedLinear.apply(code_proj, w_pos, tuple(float(f) for f in freqs), tuple(shape), act,
+def embed_linear(code_proj, w_pos, freqs, shape, act, config, offset=None):
+    """`offset` (B*P, hidden) float32, contiguous, or None."""
+    return EmbedLinear.apply(code_proj, w_pos, offset, tuple(float(f) for f in freqs), tuple(shape), act,
                              config)
