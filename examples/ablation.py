@@ -16,8 +16,11 @@ schedule. The ladder (each rung adds to the previous unless it says otherwise):
     baseline        + no BatchNorm (--preset baseline: the example's default)
     instance        per-image statistics in training AND evaluation (INRDecoder norm instance)
     film            instance + FiLM conditioning
-    grid            instance + 4x4x6 local grid (+ 6 global floats)
-    film-grid       instance + FiLM + grid
+    grid            instance + 4x4x6 local grid (+ 6 global floats), made by the encoder's pooled
+                    grid head
+    grid-linear     the same grid, made by the seed's encoder unchanged (its Linear's 102 outputs
+                    are read as grid and global code)
+    film-grid       instance + FiLM + grid (pooled head)
     <best>-log, <best>-gaussian   the embedding sweep on the best INR rung by validation L1
     conv            the ConvDecoder baseline
     sharp           --preset sharp: the best recipe found so far (instance statistics, log-spaced
@@ -50,10 +53,11 @@ LADDER = [
     ("instance", INR_INSTANCE),
     ("film", INR_INSTANCE + ["--conditioning", "film"]),
     ("grid", INR_INSTANCE + GRID),
+    ("grid-linear", INR_INSTANCE + GRID + ["--grid-head", "linear"]),
     ("film-grid", INR_INSTANCE + ["--conditioning", "film"] + GRID),
 ]
 # The embedding sweep is run on the best of these (they have an INRDecoder).
-SWEEP_BASES = ("instance", "film", "grid", "film-grid")
+SWEEP_BASES = ("instance", "film", "grid", "grid-linear", "film-grid")
 EMBEDDINGS = [("log", ["--embedding", "log", "--num-freqs", "6"]),
               ("gaussian", ["--embedding", "gaussian", "--num-freqs", "16", "--sigma", "10"])]
 CONV = ("conv", ["--decoder", "conv"])

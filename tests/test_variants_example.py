@@ -142,6 +142,9 @@ def test_preset_is_overridden_by_explicit_flags(example):
                                     "--output", "/nonexistent/never-written", "--device", "cpu"])
     assert (cfg["decoder"], cfg["norm"], cfg["inr_output"], cfg["embedding"], cfg["num_freqs"],
             cfg["batch_size"], cfg["lr"], cfg["warmup"]) == ("inr", "instance", "linear", "log", 8, 16, 2e-3, 5000)
+    assert (cfg["grid_size"], cfg["grid_channels"], cfg["grid_head"], cfg["blocks"], cfg["layers_per_block"]) == \
+        (4, 6, "linear", 2, 1)
+    assert cfg["grid_size"] ** 2 * cfg["grid_channels"] + 6 == cfg["code_size"] == 102
     assert example.decoder_backend(cfg, torch.device("cpu")) in ("native", "torch")  # fused
 
 
