@@ -44,6 +44,10 @@ import sys
 from pathlib import Path
 
 EXAMPLE = Path(__file__).resolve().parent / "rpg_autoencoder.py"
+try:  # the aggregation's references read tiles with fastinr
+    import fastinr  # noqa: F401
+except ImportError:  # running from a source checkout without `pip install -e .`, as the example does
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 INR_INSTANCE = ["--decoder", "inr", "--norm", "instance", "--inr-output", "linear"]
 GRID = ["--grid-size", "4", "--grid-channels", "6"]
 LADDER = [
