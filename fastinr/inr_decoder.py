@@ -187,17 +187,19 @@ class INRDecoder(nn.Module):
         at = torch.stack([t, torch.zeros_like(t)], dim=1).reshape(1, 1, -1, 2)
         weights = F.grid_sample(identity, at, mode="bilinear", padding_mode="border",
                                 align_corners=False)[0, :, 0].t()
-        cell = ((t + 1) * (g / 2)).floor().clamp(0, g - 1)
-        return weights, (t + 1) * (g / 2) - cell - 0.5
+        return weights, self._relative_to_cell(t)
 
     def sample_grid(self, grid: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
         """(B, P, c + 2): the grid sampled bilinearly at xy (B, P, 2), and xy relative to its cell."""
-        g = self.grid_size
         sampled = F.grid_sample(grid, xy[:, None], mode="bilinear", padding_mode="border",
                                 align_corners=False)[:, :, 0].transpose(1, 2)
-        cell = ((xy + 1) * (g / 2)).floor().clamp(0, g - 1)
-        rel = (xy + 1) * (g / 2) - cell - 0.5
-        return torch.cat([sampled, rel], dim=-1)
+        return torch.cat([sampled, self._relative_to_cell(xy)], dim=-1)
+
+    def _relative_to_cell(self, t: torch.Tensor) -> torch.Tensor:
+        """Coordinates in [-1, 1] relative to the centre of their grid cell, in cells (-0.5 .. 0.5)."""
+        g = self.grid_size
+        cell = ((t + 1) * (g / 2)).floor().clamp(0, g - 1)
+        return (t + 1) * (g / 2) - cell - 0.5
 
     def forward(self, codes: torch.Tensor, shape: Optional[Tuple[int, int]] = None,
                 coords: Optional[torch.Tensor] = None) -> torch.Tensor:
