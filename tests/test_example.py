@@ -239,11 +239,21 @@ def test_two_process_gloo_matches_single_process(run_env, straight_run):
     assert {p.name for p in output.iterdir()} == OUTPUTS  # rank 0 alone writes, no leftovers
     summary = json.loads((output / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["images"] == STEPS * BATCH
-    # Same global batches and augmentation as one process; only float summation order differs.
+    # Same global batches and augmentation as one process; only float summation order differs
+    # (weights typically within 1e-6). Adam turns a gradient that is zero up to rounding into a
+    # step of about lr whose sign the summation order decides, so a rare weight may differ by up to
+    # 2 lr per step: allow a few of those, not a general drift.
     one = load_checkpoint(straight_run / "checkpoint.pt")["model"]
     two = load_checkpoint(output / "checkpoint.pt")["model"]
     for key, value in one.items():
-        torch.testing.assert_close(two[key], value, atol=1e-4, rtol=0, msg=key)
+        if not value.is_floating_point():
+            assert torch.equal(two[key], value), key
+            continue
+        diff = (two[key] - value).abs()
+        off = (diff > 1e-4).float().mean().item()
+        largest_step = 2 * 1e-3 * STEPS   # 1e-3: the example's default learning rate
+        assert off <= 1e-3 and diff.max() <= largest_step, \
+            f"{key}: {off:.2%} of the weights differ by more than 1e-4, the largest by {diff.max():.2e}"
     single = json.loads((straight_run / "summary.json").read_text())
     assert summary["val_l1"] == pytest.approx(single["val_l1"], abs=1e-4)
 
