@@ -51,7 +51,8 @@ def measure(variant: str, hidden: int, batch, steps: int) -> dict:
     rates = []
     for step in range(WARMUP_STEPS + steps):
         start = time.perf_counter()
-        example.train_step(model, optimizer, scheduler, images)
+        jitter = example.subpixel_jitter(step, cfg, device) if cfg["subpixel"] else None
+        example.train_step(model, optimizer, scheduler, images, jitter)
         if step >= WARMUP_STEPS:
             rates.append(batch / (time.perf_counter() - start))
     return {"name": f"{variant}, batch {batch} ({example.decoder_backend(cfg, device)})",

@@ -25,6 +25,8 @@ schedule. The ladder (each rung adds to the previous unless it says otherwise):
     conv            the ConvDecoder baseline
     sharp           --preset sharp: the best recipe found so far (instance statistics, log-spaced
                     frequencies, batch 16), so the campaign measures the preset it documents
+    sharp-subpixel  + --subpixel: trained off the pixel centres, for renders above 32x32
+                    (examples/render_check.py scores those renders)
 
 Aggregation writes OUTPUT/results.md (validation L1 in eval mode, PSNR, Sobel-edge L1, decoder
 MACs per pixel, training images/s: mean ± standard deviation over the seeds; and for the
@@ -66,6 +68,7 @@ EMBEDDINGS = [("log", ["--embedding", "log", "--num-freqs", "6"]),
               ("gaussian", ["--embedding", "gaussian", "--num-freqs", "16", "--sigma", "10"])]
 CONV = ("conv", ["--decoder", "conv"])
 SHARP = ("sharp", ["--preset", "sharp"])
+SHARP_SUBPIXEL = ("sharp-subpixel", ["--preset", "sharp", "--subpixel"])
 
 
 def run_dir(root: Path, name: str, seed: int) -> Path:
@@ -281,7 +284,7 @@ def main(argv=None) -> int:
     root = Path(args.output)
     root.mkdir(parents=True, exist_ok=True)
     seeds = range(args.seeds)
-    ladder = LADDER + [CONV, SHARP]
+    ladder = LADDER + [CONV, SHARP, SHARP_SUBPIXEL]
     known = [n for n, _ in ladder] + [f"{b}-{e}" for b in SWEEP_BASES for e, _ in EMBEDDINGS]
     only = None if args.only is None else [n.strip() for n in args.only.split(",") if n.strip()]
     if only is not None and set(only) - set(known):

@@ -47,7 +47,6 @@ from fastinr.activations import ACTIVATIONS, canonical_activation
 from fastinr.backend import BACKENDS, resolve_backend
 from fastinr.conv_decoder import ConvDecoder
 from fastinr.data import augment_batch, load_tiles_uint8, split_tiles, stream_indices
-from fastinr.embedding import pixel_coordinates
 from fastinr.inr_decoder import CONDITIONINGS, EMBEDDINGS, NORMS, OUTPUTS, INRDecoder, unfused_reason
 from fastinr.models import (DECODERS, ENCODERS, RESNET_WEIGHTS, EncoderDecoder, build_encoder,
                             decoder_macs_per_pixel)
@@ -180,8 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "over each cell, then a 1x1 conv) or linear (the seed's encoder unchanged: "
                           "its Linear head's outputs are read as grid and global code)")
     inr.add_argument("--subpixel", action="store_true",
-                     help="train on one random point inside every pixel (nearest-pixel target) "
-                          "instead of the pixel centres; validation stays on the pixel grid")
+                     help="train on one random point inside every pixel (nearest-pixel target; "
+                          "drawn per step, shared by its images, fused) instead of the pixel "
+                          "centres; validation stays on the pixel grid")
     conv = p.add_argument_group("--decoder conv")
     conv.add_argument("--conv-channels", type=int, default=64, help="conv decoder channels")
     train = p.add_argument_group("training")
@@ -247,8 +247,6 @@ def resolve_config(args: argparse.Namespace, parser, device: torch.device) -> di
         plain = None
         if cfg["decoder"] == "conv":
             plain = "the conv decoder has only the PyTorch path"
-        elif cfg["decoder"] == "inr" and cfg["subpixel"]:
-            plain = "sub-pixel training queries points off the pixel grid"
         elif cfg["decoder"] == "inr":
             plain = inr_unfused_reason(cfg, cfg["backend"])
         if plain:
@@ -325,8 +323,6 @@ def decoder_backend(cfg: dict, device: torch.device) -> str:
     """The fastinr backend the decoder trains on, or why it runs in plain PyTorch."""
     if cfg["decoder"] == "conv":
         return "plain PyTorch"
-    if cfg["decoder"] == "inr" and cfg["subpixel"]:
-        return "plain PyTorch (sub-pixel query points)"
     backend = resolve_backend(cfg["backend"], device)[0]
     if cfg["decoder"] == "inr" and inr_unfused_reason(cfg, backend) is not None:
         return f"plain PyTorch ({inr_unfused_reason(cfg, backend)})"
@@ -378,34 +374,28 @@ def batch_for_step(step: int, cfg: dict, train_tiles: torch.Tensor, generator: t
     return images[rank * share:(rank + 1) * share]
 
 
-def subpixel_coords(step: int, cfg: dict, rank: int, world_size: int,
-                    device: torch.device) -> torch.Tensor:
-    """(share, H*W, 2): one uniform random point inside every pixel of every image of the batch.
+def subpixel_jitter(step: int, cfg: dict, device: torch.device) -> torch.Tensor:
+    """(H, W, 2): one uniform random offset inside every pixel, shared by the step's images.
 
-    Pixel (i, j) gets a point within half a pixel of its centre, so its target is that pixel (the
-    nearest one). Drawn from a generator seeded by the step: the same on every rank and after a
-    resume, and independent of every other random stream.
+    Pixel (i, j)'s query point stays within half a pixel of its centre, so its target is that
+    pixel (the nearest one). One offset per pixel for the whole batch keeps the step fused (the
+    decoder's input offset); every step draws anew. From a generator seeded by the step: the same
+    on every rank and after a resume, and independent of every other random stream.
     """
     height, width = SHAPE[1:]
     generator = torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + step)
     pixel = torch.tensor([2 / (width - 1), 2 / (height - 1)])   # pixel centres span [-1, 1]
-    jitter = (torch.rand(cfg["batch_size"], height * width, 2, generator=generator) - 0.5) * pixel
-    share = cfg["batch_size"] // world_size
-    coords = pixel_coordinates(height, width) + jitter[rank * share:(rank + 1) * share]
-    return coords.to(device)
+    jitter = (torch.rand(height, width, 2, generator=generator) - 0.5) * pixel
+    return jitter.to(device)
 
 
 def train_step(model, optimizer, scheduler, images: torch.Tensor,
-               coords: torch.Tensor = None) -> torch.Tensor:
+               jitter: torch.Tensor = None) -> torch.Tensor:
     """One optimizer step on the L1 reconstruction loss; returns the loss (detached).
 
-    With `coords` (B, H*W, 2), one query point per pixel in row-major order, the target of each
-    point is its pixel."""
+    With `jitter` (H, W, 2), each pixel is queried off its centre and its target stays that pixel."""
     optimizer.zero_grad(set_to_none=True)
-    if coords is None:
-        loss = F.l1_loss(model(images), images)
-    else:
-        loss = F.l1_loss(model(images, coords=coords), images.flatten(2))
+    loss = F.l1_loss(model(images) if jitter is None else model(images, jitter=jitter), images)
     loss.backward()
     optimizer.step()
     scheduler.step()
@@ -737,9 +727,8 @@ class Training:
             while self.step < self.total_steps:
                 images = batch_for_step(self.step, cfg, self.train_tiles, self.generator, dist.rank,
                                         dist.world_size)
-                coords = (subpixel_coords(self.step, cfg, dist.rank, dist.world_size, self.device)
-                          if cfg["subpixel"] else None)
-                loss = train_step(self.train_model, self.optimizer, self.scheduler, images, coords)
+                jitter = subpixel_jitter(self.step, cfg, self.device) if cfg["subpixel"] else None
+                loss = train_step(self.train_model, self.optimizer, self.scheduler, images, jitter)
                 self.loss_acc += torch.stack([loss.double(), loss.new_ones((), dtype=torch.float64)])
                 self.step += 1
                 step = self.step

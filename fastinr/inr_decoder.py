@@ -28,8 +28,11 @@ through fastinr's decode contract (`backend`: "auto" picks Triton on CUDA, nativ
 fastinr.backend), forward and backward fused; shift and FiLM conditioning are fused on the
 native (CPU) and torch backends, not yet on Triton. The local latent grid enters the contract as
 its `input_offset` (projected cells per image, fixed bilinear weights per pixel) on every backend.
-Every other variant (LayerNorm, Gaussian features, wide sigmoid, query points) runs the plain
-PyTorch path below; `fused_reason(device)` says why a configuration is not fused.
+So does a sub-pixel `jitter` of the grid's query points (one offset per pixel, shared by the
+batch): W_e·emb(p + jitter) = W_e·emb(p) + W_e·(emb(p + jitter) - emb(p)), the kernels' own
+embedding plus a basis of embedding differences whose cells are W_e. Every other variant
+(LayerNorm, Gaussian features, wide sigmoid, arbitrary query points) runs the plain PyTorch path
+below; `fused_reason(device)` says why a configuration is not fused.
 """
 import math
 from typing import Optional, Sequence, Tuple
@@ -73,6 +76,14 @@ def unfused_reason(conditioning: str, norm: str, output: str, embedding: str, ba
     if output == "wide-sigmoid":
         return "the widened sigmoid output (not fused)"
     return None
+
+
+def concat_offsets(offsets: Sequence[InputOffset]) -> Optional[InputOffset]:
+    """One input offset that adds up all of `offsets` (their bases and cells side by side)."""
+    if len(offsets) <= 1:
+        return offsets[0] if offsets else None
+    return InputOffset(torch.cat([o.basis for o in offsets], dim=-1).contiguous(),
+                       torch.cat([o.cells for o in offsets], dim=1))
 
 
 class INRDecoder(nn.Module):
@@ -159,25 +170,52 @@ class INRDecoder(nn.Module):
             return torch.cat([xy, proj.sin(), proj.cos()], dim=-1)
         return embed_coordinates(xy, self.freqs)
 
-    def grid_offset(self, grid: torch.Tensor, shape: Tuple[int, int]) -> InputOffset:
-        """grid_in(sample_grid(grid, pixel centres)) in the decode contract's low-rank form.
+    def grid_offset(self, grid: torch.Tensor, shape: Tuple[int, int],
+                    jitter: Optional[torch.Tensor] = None) -> InputOffset:
+        """grid_in(sample_grid(grid, pixel centres [+ jitter])) in the decode contract's low-rank form.
 
-        Bilinear sampling on the pixel grid is linear in the cells, one weight per axis: so the
+        Bilinear sampling at fixed points is linear in the cells, one weight per axis: so the
         cells are projected once per image (B, g*g, hidden) and each pixel blends them with its
         fixed weights, the basis (H, W, g*g); the relative position's projection rides along as two
         more basis columns (the position) and cells (the grid Linear's weights for it). The
         weights come from grid_sample itself (sampling an identity grid): exactly sample_grid's."""
         g, c = self.grid_size, self.grid_channels
         height, width = shape
-        xy = pixel_coordinates(height, width, device=grid.device, dtype=grid.dtype)
-        weight_x, rel_x = self._cell_weights(xy[:width, 0])          # (W, g), (W,)
-        weight_y, rel_y = self._cell_weights(xy[::width, 1])         # (H, g), (H,)
-        bilinear = (weight_y[:, None, :, None] * weight_x[None, :, None, :]).reshape(height, width, g * g)
-        rel = torch.stack(torch.broadcast_tensors(rel_x[None, :], rel_y[:, None]), dim=-1)   # (H, W, 2)
+        xy = self._query_points(shape, jitter, grid)
+        weight_x, rel_x = self._cell_weights(xy[:, 0])               # (H*W, g), (H*W,)
+        weight_y, rel_y = self._cell_weights(xy[:, 1])
+        bilinear = (weight_y[:, :, None] * weight_x[:, None, :]).reshape(height, width, g * g)
+        rel = torch.stack([rel_x, rel_y], dim=-1).reshape(height, width, 2)
         w_sample, w_rel = self.grid_in.weight.split([c, 2], dim=1)   # (hidden, c), (hidden, 2)
         cells = grid.reshape(-1, c, g * g).transpose(1, 2) @ w_sample.t()          # (B, g*g, hidden)
         cells = torch.cat([cells, w_rel.t().expand(cells.shape[0], -1, -1)], dim=1)
         return InputOffset(torch.cat([bilinear, rel], dim=-1).contiguous(), cells)
+
+    def jitter_offset(self, batch: int, shape: Tuple[int, int], jitter: torch.Tensor) -> InputOffset:
+        """W_e·(emb(p + jitter) - emb(p)) as an input offset: what moves the fused kernels' own
+        embedding of the pixel centres p to the jittered points. The cells are W_e itself, so its
+        gradient flows through them."""
+        centres = self._query_points(shape, None, jitter)
+        delta = self.embed(self._query_points(shape, jitter, jitter)) - self.embed(centres)   # (H*W, E)
+        cells = self.embed_in.weight.t().expand(batch, -1, -1).contiguous()                  # (B, E, hidden)
+        return InputOffset(delta.reshape(*shape, -1), cells)
+
+    def _query_points(self, shape: Tuple[int, int], jitter: Optional[torch.Tensor],
+                      like: torch.Tensor) -> torch.Tensor:
+        """(H*W, 2): the pixel centres of `shape`, moved by `jitter` (H, W, 2) when given."""
+        xy = pixel_coordinates(*shape, device=like.device, dtype=like.dtype)
+        return xy if jitter is None else xy + jitter.reshape(-1, 2)
+
+    def _check_jitter(self, jitter, shape: Tuple[int, int], codes: torch.Tensor) -> torch.Tensor:
+        expected = (int(shape[0]), int(shape[1]), 2)
+        if not isinstance(jitter, torch.Tensor) or tuple(jitter.shape) != expected \
+                or not jitter.is_floating_point():
+            raise ValueError(f"jitter must be a float tensor of shape {expected} (H, W, 2): one offset "
+                             f"per pixel from its centre, in [-1, 1] units; got "
+                             f"{tuple(jitter.shape) if isinstance(jitter, torch.Tensor) else type(jitter).__name__}")
+        if jitter.requires_grad:
+            raise ValueError("jitter moves the query points by constants; detach it (no gradient flows to it)")
+        return jitter.to(device=codes.device, dtype=codes.dtype)
 
     def _cell_weights(self, t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """For coordinates t (n,) along one axis: their bilinear weights over the g cells (n, g) and
@@ -202,9 +240,12 @@ class INRDecoder(nn.Module):
         return (t + 1) * (g / 2) - cell - 0.5
 
     def forward(self, codes: torch.Tensor, shape: Optional[Tuple[int, int]] = None,
-                coords: Optional[torch.Tensor] = None) -> torch.Tensor:
+                coords: Optional[torch.Tensor] = None, jitter: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Colors (B, out, H, W) on the pixel grid of `shape`, or (B, out, P) at `coords` (P, 2) or
-        (B, P, 2) in [-1, 1] (x, y); one code (C,) gives one image without the batch dimension."""
+        (B, P, 2) in [-1, 1] (x, y); one code (C,) gives one image without the batch dimension.
+
+        `jitter` (H, W, 2) moves each pixel's query point off its centre (same [-1, 1] units, the
+        same offset for every image): sub-pixel training, fused like the pixel grid."""
         if not isinstance(codes, torch.Tensor) or codes.ndim not in (1, 2) \
                 or codes.shape[-1] != self.code_size:
             raise ValueError(f"codes must have shape (B, {self.code_size}) or ({self.code_size},), "
@@ -216,8 +257,13 @@ class INRDecoder(nn.Module):
             if shape is None:
                 raise ValueError("shape must be given as (H, W): this decoder has no default_shape")
             shape = _check_shape(shape, "shape")
-            xy = pixel_coordinates(*shape, device=codes.device, dtype=codes.dtype)
+            if jitter is not None:
+                jitter = self._check_jitter(jitter, shape, codes)
+            xy = self._query_points(shape, jitter, codes)
         else:
+            if jitter is not None:
+                raise ValueError("jitter moves the pixel grid's query points; with coords, give the "
+                                 "points themselves")
             if coords.shape[-1] != 2 or coords.ndim not in (2, 3) or \
                     (coords.ndim == 3 and coords.shape[0] != batch):
                 raise ValueError(f"coords must have shape (P, 2) or ({batch}, P, 2), got "
@@ -226,7 +272,7 @@ class INRDecoder(nn.Module):
         if coords is None:
             backend, decode = resolve_backend(self.backend, codes.device)
             if self._unfused_reason(backend) is None:
-                colors = self._fused_forward(batch_codes, shape, decode)
+                colors = self._fused_forward(batch_codes, shape, decode, jitter)
                 return colors[0] if codes.ndim == 1 else colors
         xy = xy.expand(batch, -1, -1) if xy.ndim == 2 else xy
         pixels = xy.shape[1]
@@ -286,7 +332,8 @@ class INRDecoder(nn.Module):
             biases=tuple(tuple(lin.bias for lin in block) for block in self.blocks),
             w_out=self.linear_out.weight, b_out=b_out)
 
-    def _fused_forward(self, codes: torch.Tensor, shape: Tuple[int, int], decode) -> torch.Tensor:
+    def _fused_forward(self, codes: torch.Tensor, shape: Tuple[int, int], decode,
+                       jitter: Optional[torch.Tensor] = None) -> torch.Tensor:
         norms = list(self.norms) if self.norms is not None else []
         if not norms:
             norm_stats = "running"  # unused without normalization
@@ -296,10 +343,13 @@ class INRDecoder(nn.Module):
         else:
             norm_stats = "running"
         running = [(n.running_mean, n.running_var) for n in norms] if norm_stats == "running" else []
-        offset = None
+        offsets = []
         if self.grid_in is not None:
             grid, codes = codes.split([self.grid_floats, self.global_size], dim=1)
-            offset = self.grid_offset(grid, shape)
+            offsets.append(self.grid_offset(grid, shape, jitter))
+        if jitter is not None:
+            offsets.append(self.jitter_offset(codes.shape[0], shape, jitter))
+        offset = concat_offsets(offsets)
         mods = None
         if self.modulation is not None:  # the per-image shift / FiLM constants, (B, M, k, hidden)
             mods = self.modulation(codes).reshape(codes.shape[0], self.modulated_layers, -1, self.hidden)

@@ -77,10 +77,18 @@ FUSED_VARIANTS = [("concat", "none", "linear", "seed"), ("concat", "image-bn", "
                   ("film", "image-bn", "linear", "seed")]
 
 
-def plain_forward(model, codes, shape):
+def plain_forward(model, codes, shape, jitter=None):
     """The plain PyTorch path of the same module: query points are never fused."""
     xy = fastinr.pixel_coordinates(*shape, dtype=codes.dtype)
+    if jitter is not None:
+        xy = xy + jitter.reshape(-1, 2)
     return model(codes, coords=xy).reshape(codes.shape[0], model.out_channels, *shape)
+
+
+def random_jitter(shape, dtype):
+    """Up to half a pixel off every pixel centre, as sub-pixel training draws it."""
+    pixel = torch.tensor([2 / (shape[1] - 1), 2 / (shape[0] - 1)], dtype=dtype)
+    return (torch.rand(*shape, 2, dtype=dtype) - 0.5) * pixel
 
 
 @pytest.mark.parametrize("backend", ["native", "triton", "torch"])
@@ -114,7 +122,34 @@ def test_fused_grid_matches_the_plain_path(backend, code_size, conditioning, nor
                                                         grid_size=grid_size, grid_channels=grid_channels))
 
 
-def check_fused_matches_plain(backend, code_size, variant):
+# Sub-pixel jitter: alone (seed and log embeddings, FiLM) and with a grid (its weights move too).
+JITTER_VARIANTS = [(9, dict(conditioning="concat", norm="none", embedding="seed")),
+                   (9, dict(conditioning="film", norm="instance", embedding="log")),
+                   (2 * 2 * 3 + 5, dict(conditioning="concat", norm="image-bn", embedding="log",
+                                        grid_size=2, grid_channels=3))]
+
+
+@pytest.mark.parametrize("backend", ["native", "triton", "torch"])
+@pytest.mark.parametrize("code_size, variant", JITTER_VARIANTS)
+def test_fused_jitter_matches_the_plain_path(backend, code_size, variant):
+    """Query points off the pixel centres through input_offset, vs the same points as coords."""
+    if backend not in fastinr.available_backends("cpu"):
+        pytest.skip(f"backend {backend!r} does not run here")
+    if backend == "triton":
+        variant = {**variant, "conditioning": "concat"}   # modulation is not fused on triton
+    check_fused_matches_plain(backend, code_size, variant, jitter=True)
+
+
+def test_jitter_on_the_plain_path_moves_the_query_points():
+    model = INRDecoder(8, hidden=16, embedding="gaussian", num_freqs=4)
+    assert model.fused_reason() is not None
+    codes, jitter = torch.randn(2, 8), random_jitter((3, 5), torch.float32)
+    colors = model(codes, (3, 5), jitter=jitter)
+    torch.testing.assert_close(colors, plain_forward(model, codes, (3, 5), jitter))
+    assert not torch.allclose(colors, model(codes, (3, 5)))
+
+
+def check_fused_matches_plain(backend, code_size, variant, jitter=False):
     dtype, tol = (torch.float32, 2e-4) if backend == "triton" else (torch.float64, 1e-9)
     torch.manual_seed(0)
     kwargs = dict(hidden=16, num_blocks=2, layers_per_block=2, num_freqs=3, **variant)
@@ -131,7 +166,9 @@ def check_fused_matches_plain(backend, code_size, variant):
         codes = torch.randn(3, code_size, dtype=dtype)
         upstream = torch.randn(3, 3, *shape, dtype=dtype)
         results = []
-        for model, forward in ((fused, lambda m, c: m(c, shape)), (plain, lambda m, c: plain_forward(m, c, shape))):
+        j = random_jitter(shape, dtype) if jitter else None
+        for model, forward in ((fused, lambda m, c: m(c, shape, jitter=j)),
+                               (plain, lambda m, c: plain_forward(m, c, shape, j))):
             c = codes.clone().requires_grad_(True)
             colors = forward(model, c)
             grads = torch.autograd.grad(colors, [c, *model.parameters()], upstream)
@@ -223,6 +260,12 @@ def test_bad_forward_inputs():
         model(torch.randn(2, 5))
     with pytest.raises(ValueError, match=r"coords must have shape \(P, 2\) or \(2, P, 2\)"):
         model(torch.randn(2, 5), coords=torch.rand(3, 9, 2))
+    with pytest.raises(ValueError, match=r"jitter must be a float tensor of shape \(3, 4, 2\)"):
+        model(torch.randn(2, 5), (3, 4), jitter=torch.zeros(4, 3, 2))
+    with pytest.raises(ValueError, match=r"jitter moves the query points by constants; detach it"):
+        model(torch.randn(2, 5), (3, 4), jitter=torch.zeros(3, 4, 2, requires_grad=True))
+    with pytest.raises(ValueError, match=r"with coords, give the points themselves"):
+        model(torch.randn(2, 5), coords=torch.rand(9, 2), jitter=torch.zeros(3, 3, 2))
 
 
 def test_conv_decoder_baseline():

@@ -4,14 +4,15 @@ import importlib.util
 import json
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from fastinr.embedding import pixel_coordinates
 from fastinr.models import ConvEncoder
-from fastinr.training import load_checkpoint, save_checkpoint, sobel_edge_l1_sum
+from fastinr.training import load_checkpoint, nearest_render_l1_sum, save_checkpoint, sobel_edge_l1_sum
 from tests.test_example import (OUTPUTS, assert_same_run, example, interrupt_at,  # noqa: F401
                                 read_metrics, run_env, small_args)
 
@@ -59,7 +60,7 @@ def check_learned_outputs(output):
     assert all(float(r["val_edge_l1"]) > 0 for r in rows)
     summary = json.loads((output / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["val_l1"] == pytest.approx(val[-1])
-    assert summary["decoder_macs_per_pixel"] > 0 and summary["backend"].startswith("plain PyTorch")
+    assert summary["decoder_macs_per_pixel"] > 0
     return summary
 
 
@@ -69,6 +70,9 @@ def test_inr_grid_film_subpixel_run(inr_run):
     assert (cfg["decoder"], cfg["conditioning"], cfg["norm"], cfg["inr_output"]) == \
         ("inr", "film", "instance", "linear")
     assert cfg["subpixel"] and cfg["grid_size"] == 4 and cfg["code_size"] == 102
+    # FiLM, the grid and the sub-pixel jitter go through the decode contract (here its torch
+    # backend, as small_args asks), not the plain PyTorch path
+    assert summary["backend"] == "torch"
     assert summary["val_l1_bn_train_mode"] is None  # no per-image BatchNorm here
     model = load_checkpoint(inr_run / "checkpoint.pt")["model"]
     # The encoder's grid head makes the 96 grid floats, its Linear the 6 global ones.
@@ -104,7 +108,7 @@ def test_inr_resume_matches(example, run_env, inr_run, monkeypatch):
 
 def test_conv_decoder_run(conv_run):
     summary = check_learned_outputs(conv_run)
-    assert summary["config"]["decoder"] == "conv"
+    assert summary["config"]["decoder"] == "conv" and summary["backend"] == "plain PyTorch"
     assert "decoder.project.weight" in load_checkpoint(conv_run / "checkpoint.pt")["model"]
 
 
@@ -153,7 +157,6 @@ def test_preset_is_overridden_by_explicit_flags(example):
     (["--decoder", "inr", "--grid-size", "5"], "leave no global part"),
     (["--decoder", "conv", "--backend", "native"], "only the PyTorch path"),
     (["--decoder", "inr", "--conditioning", "film", "--backend", "triton"], "conditioning='film' on the triton"),
-    (["--decoder", "inr", "--subpixel", "--backend", "native"], "sub-pixel training"),
     (["--grid-size", "4"], "only --decoder inr"),
     (["--decoder", "inr", "--activation-out", "tanh"], "--inr-output"),
 ])
@@ -163,16 +166,20 @@ def test_bad_variant_flags(example, argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_subpixel_training_is_fused(example):
+    _, cfg, *_ = example.configure(["--preset", "sharp", "--subpixel", "--backend", "native",
+                                    "--output", "/nonexistent/never-written", "--device", "cpu"])
+    assert cfg["subpixel"] and example.decoder_backend(cfg, torch.device("cpu")) == "native"
+
+
 def test_subpixel_points_stay_in_their_pixel(example):
     cfg = {"seed": 3, "batch_size": 4}
-    coords = example.subpixel_coords(7, cfg, 0, 1, torch.device("cpu"))
-    centres = pixel_coordinates(32, 32)
-    assert coords.shape == (4, 1024, 2)
-    offset = (coords - centres) * (31 / 2)          # in pixels
+    jitter = example.subpixel_jitter(7, cfg, torch.device("cpu"))
+    assert jitter.shape == (32, 32, 2)
+    offset = jitter * (31 / 2)          # in pixels
     assert offset.abs().max() <= 0.5 and offset.abs().max() > 0.4 and offset.std() > 0.2
-    assert torch.equal(coords, example.subpixel_coords(7, cfg, 0, 1, torch.device("cpu")))
-    halves = [example.subpixel_coords(7, cfg, r, 2, torch.device("cpu")) for r in (0, 1)]
-    assert torch.equal(torch.cat(halves), coords)   # ranks share one global draw
+    assert torch.equal(jitter, example.subpixel_jitter(7, cfg, torch.device("cpu")))  # resumable
+    assert not torch.equal(jitter, example.subpixel_jitter(8, cfg, torch.device("cpu")))
 
 
 def test_grid_encoder_layout():
@@ -197,6 +204,32 @@ def test_sobel_edge_l1():
     assert sobel_edge_l1_sum(target, target)[0] == 0
     with pytest.raises(ValueError, match="same"):
         sobel_edge_l1_sum(target, target[..., :4])
+
+
+def test_nearest_render_l1():
+    target = torch.rand(2, 3, 4, 5)
+    nearest = target.repeat_interleave(3, -2).repeat_interleave(3, -1)
+    assert nearest_render_l1_sum(nearest, target) == (0.0, 2 * 3 * 12 * 15)
+    total, count = nearest_render_l1_sum(nearest + 0.25, target)
+    assert total / count == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="whole multiple"):
+        nearest_render_l1_sum(nearest[..., :14], target)
+
+
+def test_render_check_rebuilds_runs_and_scores_their_renders(inr_run, conv_run, tmp_path):
+    """The command as documented: each run's model from its checkpoint, at the run's own val L1."""
+    picture = tmp_path / "renders.png"
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "render_check.py"), "--output",
+                           str(picture), "--pictures", "2", f"inr={inr_run}", f"conv={conv_run}"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    for label, run in (("inr", inr_run), ("conv", conv_run)):
+        l1 = json.loads((run / "summary.json").read_text())["val_l1"]
+        assert f"| {label} | 1 | {l1:.4f} ± 0.0000 | 0." in proc.stdout
+    assert picture.stat().st_size > 1000
+    bad = subprocess.run([sys.executable, str(ROOT / "examples" / "render_check.py"), "--output",
+                          str(picture), f"x={tmp_path}"], capture_output=True, text=True, timeout=600)
+    assert bad.returncode != 0 and "has no checkpoint.pt" in bad.stderr
 
 
 def test_ablation_plans_skips_and_aggregates(ablation, inr_run, conv_run, run_env, tmp_path, capsys):

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastinr.conv_decoder import ConvDecoder
+from fastinr.inr_decoder import INRDecoder
 
 
 class EncoderDecoder(nn.Module):
@@ -20,17 +21,20 @@ class EncoderDecoder(nn.Module):
         self.decoder = decoder
 
     def forward(self, x: torch.Tensor, shape: Optional[Tuple[int, int]] = None,
-                coords: Optional[torch.Tensor] = None) -> torch.Tensor:
+                coords: Optional[torch.Tensor] = None, jitter: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Reconstruction of x; `shape` renders it at another (H, W) through the decoder;
-        `coords` (B, P, 2) in [-1, 1] gives colors (B, C, P) at those points (INRDecoder only)."""
-        return self.decode(self.encoder(x), shape, coords)
+        `coords` (B, P, 2) in [-1, 1] gives colors (B, C, P) at those points, and `jitter`
+        (H, W, 2) moves every pixel's query point off its centre (INRDecoder only)."""
+        return self.decode(self.encoder(x), shape, coords, jitter)
 
     def decode(self, codes: torch.Tensor, shape: Optional[Tuple[int, int]] = None,
-               coords: Optional[torch.Tensor] = None) -> torch.Tensor:
+               coords: Optional[torch.Tensor] = None, jitter: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if not isinstance(self.decoder, INRDecoder):
+            for name, value in (("coords", coords), ("jitter", jitter)):
+                if value is not None:
+                    raise ValueError(f"{name}: only an INRDecoder is queried off the pixel grid, this "
+                                     f"decoder is a {type(self.decoder).__name__}")
         if isinstance(self.decoder, ConvDecoder):
-            if coords is not None:
-                raise ValueError("coords: the conv decoder renders a fixed pixel grid, it cannot "
-                                 "be queried at points")
             colors = self.decoder(codes)
             if shape is not None and tuple(shape) != tuple(colors.shape[-2:]):
                 colors = F.interpolate(colors, size=tuple(shape), mode="bilinear",
@@ -38,4 +42,6 @@ class EncoderDecoder(nn.Module):
             return colors
         if coords is not None:
             return self.decoder(codes, coords=coords)
+        if jitter is not None:
+            return self.decoder(codes, tuple(jitter.shape[:2]) if shape is None else shape, jitter=jitter)
         return self.decoder(codes, shape)

@@ -3,11 +3,12 @@ from fastinr.training.atomic import atomic_write
 from fastinr.training.checkpoint import load_checkpoint, rng_states, save_checkpoint, set_rng_states
 from fastinr.training.distributed import Distributed, init_distributed
 from fastinr.training.interrupt import GracefulStop
-from fastinr.training.metrics import (COLLAPSE_RATIO, is_collapsed, psnr_from_mse,
-                                      reconstruction_spread, sobel_edge_l1_sum, write_csv)
-from fastinr.training.plots import plot_losses, plot_reconstructions
+from fastinr.training.metrics import (COLLAPSE_RATIO, is_collapsed, nearest_render_l1_sum,
+                                      psnr_from_mse, reconstruction_spread, sobel_edge_l1_sum,
+                                      write_csv)
+from fastinr.training.plots import plot_losses, plot_reconstructions, plot_renders
 
 __all__ = ["COLLAPSE_RATIO", "Distributed", "GracefulStop", "atomic_write", "init_distributed",
-           "is_collapsed", "load_checkpoint", "plot_losses", "plot_reconstructions",
-           "psnr_from_mse", "reconstruction_spread", "rng_states", "save_checkpoint",
-           "set_rng_states", "sobel_edge_l1_sum", "write_csv"]
+           "is_collapsed", "load_checkpoint", "nearest_render_l1_sum", "plot_losses",
+           "plot_reconstructions", "plot_renders", "psnr_from_mse", "reconstruction_spread",
+           "rng_states", "save_checkpoint", "set_rng_states", "sobel_edge_l1_sum", "write_csv"]

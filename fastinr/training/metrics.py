@@ -7,6 +7,9 @@ For images in [0, 1] (outputs are clamped to [0, 1] first):
              on the input (a collapsed decoder), while the tiles themselves measure ~0.2.
     edge_l1 = mean |sobel(x) - sobel(y)| over both directions, channels and interior pixels:
              the L1 of the Sobel gradients, which a blurry reconstruction misses most.
+    nearest_render_l1 = mean |render - nearest(y)| for a render s times larger than y: the target
+             of sub-pixel training (every pixel a flat square); blur and ringing between the
+             pixel centres raise it, while the L1 at the centres cannot see them.
 """
 import csv
 import io
@@ -17,8 +20,8 @@ import torch
 
 from fastinr.training.atomic import atomic_write
 
-__all__ = ["COLLAPSE_RATIO", "is_collapsed", "psnr_from_mse", "reconstruction_spread",
-           "sobel_edge_l1_sum", "write_csv"]
+__all__ = ["COLLAPSE_RATIO", "is_collapsed", "nearest_render_l1_sum", "psnr_from_mse",
+           "reconstruction_spread", "sobel_edge_l1_sum", "write_csv"]
 
 # Spread of the reconstructions relative to that of the tiles. Measured on the DCSS tiles (spread
 # 0.23): the seed's collapsed sigmoid 5e-6 (ratio 2e-5) 640 images in, a fresh model 1e-3, a
@@ -57,6 +60,21 @@ def sobel_edge_l1_sum(recon: torch.Tensor, target: torch.Tensor):
     diff = (recon.float() - target.float()).flatten(0, 1)[:, None]       # linear: sobel(x - y)
     grads = torch.nn.functional.conv2d(diff, kernels)
     return grads.abs().sum().item(), grads.numel()
+
+
+def nearest_render_l1_sum(render: torch.Tensor, target: torch.Tensor):
+    """(sum, count) of |render - target enlarged by nearest neighbour| for a render (B, C, sH, sW)
+    of images (B, C, H, W), s a whole number; a sum and a count, as sobel_edge_l1_sum."""
+    if render.ndim != 4 or target.ndim != 4 or render.shape[:2] != target.shape[:2]:
+        raise ValueError(f"render and target must be (B, C, sH, sW) and (B, C, H, W), got "
+                         f"{tuple(render.shape)} and {tuple(target.shape)}")
+    scale = render.shape[-1] // target.shape[-1]
+    if scale < 1 or tuple(render.shape[-2:]) != (scale * target.shape[-2], scale * target.shape[-1]):
+        raise ValueError(f"render {tuple(render.shape[-2:])} must be the same whole multiple of "
+                         f"target {tuple(target.shape[-2:])} along both sides")
+    nearest = target.float().repeat_interleave(scale, -2).repeat_interleave(scale, -1)
+    diff = (render.float() - nearest).abs()
+    return diff.sum().item(), diff.numel()
 
 
 def write_csv(path, rows: Sequence[Dict], columns: List[str]) -> None:

@@ -3,6 +3,7 @@
 * `plot_losses`: train and validation L1 against training images.
 * `plot_reconstructions`: one row per image: original | reconstruction | the decoder's render at
   `scale` times the resolution | a nearest-neighbour upscale of the original by the same factor.
+* `plot_renders`: one row per image: the nearest-neighbour upscale | each model's render.
 """
 from typing import Dict, Sequence
 
@@ -10,7 +11,7 @@ import torch
 
 from fastinr.training.atomic import atomic_write
 
-__all__ = ["plot_losses", "plot_reconstructions"]
+__all__ = ["plot_losses", "plot_reconstructions", "plot_renders"]
 
 
 def _pyplot():
@@ -58,6 +59,27 @@ def plot_reconstructions(originals: torch.Tensor, reconstructions: torch.Tensor,
                (f"original, nearest {scale}x", nearest))
     n = len(originals)
     fig, axes = plt.subplots(n, len(columns), figsize=(2.2 * len(columns), 2.2 * n), squeeze=False)
+    for row in range(n):
+        for col, (name, images) in enumerate(columns):
+            ax = axes[row][col]
+            ax.imshow(_to_hwc(images[row]), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(name, fontsize=9)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    plt.close(fig)
+
+
+def plot_renders(nearest: torch.Tensor, renders: Dict[str, torch.Tensor], path) -> None:
+    """nearest (N, 3, H, W): the targets enlarged; renders: label -> (N, 3, H, W); all in [0, 1]."""
+    if len(nearest) == 0 or any(r.shape != nearest.shape for r in renders.values()):
+        raise ValueError(f"every render must have the targets' shape {tuple(nearest.shape)} (N > 0)")
+    plt = _pyplot()
+    columns = [("tile, nearest", nearest), *renders.items()]
+    n = len(nearest)
+    fig, axes = plt.subplots(n, len(columns), figsize=(2.4 * len(columns), 2.4 * n), squeeze=False)
     for row in range(n):
         for col, (name, images) in enumerate(columns):
             ax = axes[row][col]

@@ -1,0 +1,100 @@
+#!/usr/bin/env python
+"""How crisp a run's decoder renders above the training resolution: a score and one PNG.
+
+    python examples/render_check.py --output runs/renders.png \
+        sharp=runs/ablation/sharp/seed0 subpixel=runs/ablation/sharp-subpixel/seed0
+
+Each LABEL=FOLDER is a finished run of rpg_autoencoder.py (its --output). Every run's decoder
+renders the validation tiles at --scale times their size. The table gives the validation L1 at the
+pixel centres (what the run itself measures) and the render's L1 against the tiles enlarged by
+nearest neighbour: the target of sub-pixel training, low when each pixel stays a flat square,
+raised by blur and ringing between the centres that the L1 at the centres cannot see. Runs that
+share a label are seeds: mean ± standard deviation. The PNG shows the renders of the first
+run of each label side by side, next to the nearest-neighbour enlargement.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+import rpg_autoencoder as example   # its folder is on sys.path when run as a script
+from ablation import _cell
+from fastinr.data import load_tiles_uint8, split_tiles
+from fastinr.training import load_checkpoint, nearest_render_l1_sum, plot_renders
+
+CHUNK = 50
+
+
+def load_model(folder: Path):
+    """The run's model (eval mode, CPU) and its config, from its checkpoint."""
+    checkpoint = load_checkpoint(folder / "checkpoint.pt")
+    cfg = {**example.DECODER_DEFAULTS, **checkpoint["config"]}
+    cfg["encoder_weights"] = "none"   # the checkpoint holds the weights; nothing to download
+    model = example.build_model(cfg)
+    model.load_state_dict(checkpoint["model"])
+    return model.eval(), cfg
+
+
+@torch.no_grad()
+def score(model, val: torch.Tensor, scale: int, pictures: int):
+    """(centre L1, nearest-render L1, the first `pictures` renders)."""
+    centre = render_sum = render_count = 0.0
+    shown = None
+    size = (scale * val.shape[-2], scale * val.shape[-1])
+    for start in range(0, len(val), CHUNK):
+        images = val[start:start + CHUNK].float().div_(255.0)
+        codes = model.encoder(images)
+        centre += (model.decode(codes).clamp_(0, 1) - images).abs().sum().item()
+        render = model.decode(codes, size).clamp_(0, 1)
+        s, n = nearest_render_l1_sum(render, images)
+        render_sum, render_count = render_sum + s, render_count + n
+        if shown is None:
+            shown = render[:pictures]
+    return centre / val.numel(), render_sum / render_count, shown
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", metavar="LABEL=FOLDER")
+    parser.add_argument("--output", required=True, help="the PNG of renders to write")
+    parser.add_argument("--scale", type=int, default=4, help="render size / tile size")
+    parser.add_argument("--pictures", type=int, default=6, help="validation tiles in the PNG")
+    args = parser.parse_args(argv)
+    if args.scale < 1 or args.pictures < 1:
+        raise SystemExit("error: --scale and --pictures must be >= 1")
+    runs = []
+    for item in args.runs:
+        label, sep, folder = item.partition("=")
+        if not sep or not label or not folder:
+            raise SystemExit(f"error: expected LABEL=FOLDER, got {item!r}")
+        if not (Path(folder) / "checkpoint.pt").is_file():
+            raise SystemExit(f"error: {folder} has no checkpoint.pt (not a run of rpg_autoencoder.py?)")
+        runs.append((label, Path(folder)))
+    val_sets, scores, renders = {}, {}, {}
+    for label, folder in runs:
+        model, cfg = load_model(folder)
+        key = tuple(cfg["tiles"] or ())
+        if key not in val_sets:
+            val_sets[key] = split_tiles(load_tiles_uint8(cfg["tiles"]))[1]
+        centre, render_l1, shown = score(model, val_sets[key], args.scale, args.pictures)
+        print(f"{label} ({folder}): centre L1 {centre:.4f}, {args.scale}x render L1 vs nearest "
+              f"{render_l1:.4f}", flush=True)
+        scores.setdefault(label, []).append((centre, render_l1))
+        renders.setdefault(label, shown)
+    if len(val_sets) > 1:
+        print("warning: the runs use different tiles; their scores are not comparable")
+    print(f"\n| variant | seeds | val L1 at the pixel centres | {args.scale}x render L1 vs nearest |")
+    print("|---|---|---|---|")
+    for label, values in scores.items():
+        print(f"| {label} | {len(values)} | {_cell([c for c, _ in values], 4)} | "
+              f"{_cell([r for _, r in values], 4)} |")
+    val = next(iter(val_sets.values()))[:args.pictures].float().div(255.0)
+    nearest = val.repeat_interleave(args.scale, -2).repeat_interleave(args.scale, -1)
+    plot_renders(nearest, renders, Path(args.output))
+    print(f"renders: {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
