@@ -316,7 +316,7 @@ def make_scheduler(optimizer, total_steps: int, warmup_steps: int):
 
 def inr_unfused_reason(cfg: dict, backend: str):
     """Why the --decoder inr variant of `cfg` is not fused on `backend` (None: it is)."""
-    return unfused_reason(cfg["conditioning"], cfg["norm"], cfg["inr_output"], cfg["embedding"], backend)
+    return unfused_reason(cfg["conditioning"], cfg["norm"], backend)
 
 
 def decoder_backend(cfg: dict, device: torch.device) -> str:

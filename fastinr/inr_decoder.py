@@ -22,17 +22,19 @@ norm: "image-bn" (the seed: per-image statistics in training, running statistics
 a `train_size`-pixel side), "gaussian" (Gaussian Fourier features, scale `sigma`, a seeded
 buffer saved in the state_dict).
 
-Fused paths: when the embedding is "seed" or "log", norm is "none" / "image-bn" / "instance" /
-"batch-bn", output "linear" or "sigmoid", and colors are asked on the pixel grid, forward runs
-through fastinr's decode contract (`backend`: "auto" picks Triton on CUDA, native on CPU; see
-fastinr.backend), forward and backward fused; shift and FiLM conditioning are fused on the
-native (CPU) and torch backends, not yet on Triton. The local latent grid enters the contract as
-its `input_offset` (projected cells per image, fixed bilinear weights per pixel) on every backend.
-So does a sub-pixel `jitter` of the grid's query points (one offset per pixel, shared by the
-batch): W_e·emb(p + jitter) = W_e·emb(p) + W_e·(emb(p + jitter) - emb(p)), the kernels' own
-embedding plus a basis of embedding differences whose cells are W_e. Every other variant
-(LayerNorm, Gaussian features, wide sigmoid, arbitrary query points) runs the plain PyTorch path
-below; `fused_reason(device)` says why a configuration is not fused.
+Fused paths: when norm is "none" / "image-bn" / "instance" / "batch-bn" and colors are asked on
+the pixel grid, forward runs through fastinr's decode contract (`backend`: "auto" picks Triton on
+CUDA, native on CPU; see fastinr.backend), forward and backward fused; shift and FiLM
+conditioning are fused on the native (CPU) and torch backends, not yet on Triton. What the
+kernels do not compute themselves enters the contract as its `input_offset` (a fixed basis per
+pixel times cells per image), on every backend:
+  * the local latent grid: projected cells per image, fixed bilinear weights per pixel;
+  * the Gaussian features (the kernels embed only (x, y)): the features per pixel, W_e's columns;
+  * a sub-pixel `jitter` of the query points (one offset per pixel, shared by the batch):
+    W_e·emb(p + jitter) = [the kernels' embedding of p] + W_e·(emb(p + jitter) - emb(p)).
+The wide sigmoid is the kernels' sigmoid and one elementwise op. LayerNorm and arbitrary query
+points run the plain PyTorch path below; `fused_reason(device)` says why a configuration is not
+fused.
 """
 import math
 from typing import Optional, Sequence, Tuple
@@ -65,16 +67,12 @@ def nyquist_frequency(size: int) -> float:
     return math.pi * (size - 1) / 2
 
 
-def unfused_reason(conditioning: str, norm: str, output: str, embedding: str, backend: str) -> Optional[str]:
+def unfused_reason(conditioning: str, norm: str, backend: str) -> Optional[str]:
     """What keeps a variant off the fused backend `backend` (the resolved name; None: fused)."""
     if conditioning != "concat" and backend == "triton":
         return f"conditioning={conditioning!r} on the triton backend (modulation is fused on the CPU only so far)"
-    if embedding == "gaussian":
-        return "Gaussian Fourier features (not separable per axis)"
     if norm == "layer":
         return "LayerNorm (not fused yet)"
-    if output == "wide-sigmoid":
-        return "the widened sigmoid output (not fused)"
     return None
 
 
@@ -191,14 +189,26 @@ class INRDecoder(nn.Module):
         cells = torch.cat([cells, w_rel.t().expand(cells.shape[0], -1, -1)], dim=1)
         return InputOffset(torch.cat([bilinear, rel], dim=-1).contiguous(), cells)
 
-    def jitter_offset(self, batch: int, shape: Tuple[int, int], jitter: torch.Tensor) -> InputOffset:
-        """W_e·(emb(p + jitter) - emb(p)) as an input offset: what moves the fused kernels' own
-        embedding of the pixel centres p to the jittered points. The cells are W_e itself, so its
-        gradient flows through them."""
-        centres = self._query_points(shape, None, jitter)
-        delta = self.embed(self._query_points(shape, jitter, jitter)) - self.embed(centres)   # (H*W, E)
-        cells = self.embed_in.weight.t().expand(batch, -1, -1).contiguous()                  # (B, E, hidden)
-        return InputOffset(delta.reshape(*shape, -1), cells)
+    def embedding_offset(self, batch: int, shape: Tuple[int, int], like: torch.Tensor,
+                         jitter: Optional[torch.Tensor] = None) -> Optional[InputOffset]:
+        """The part of W_e·emb(p + jitter) that the fused kernels do not compute, as an input offset
+        whose cells are W_e's columns (so W_e's gradient flows through them); None if no part.
+
+        The kernels embed the pixel centres p with self.freqs: all of the seed and log embeddings,
+        only (x, y) of the Gaussian one. So the basis holds the Gaussian features at p, and with a
+        jitter emb(p + jitter) minus what the kernels embed at p."""
+        own = pos_embedding_size(self.freqs)    # the kernels' columns of emb
+        if jitter is None and own == self.embed_in.in_features:
+            return None
+        centres = self._query_points(shape, None, like)
+        if jitter is None:
+            basis, weight = self.embed(centres)[:, own:], self.embed_in.weight[:, own:]
+        else:
+            moved = self.embed(self._query_points(shape, jitter, like))
+            own_part = moved[:, :own] - embed_coordinates(centres, self.freqs)
+            basis, weight = torch.cat([own_part, moved[:, own:]], dim=1), self.embed_in.weight
+        cells = weight.t().expand(batch, -1, -1).contiguous()                   # (B, E, hidden)
+        return InputOffset(basis.reshape(*shape, -1), cells)
 
     def _query_points(self, shape: Tuple[int, int], jitter: Optional[torch.Tensor],
                       like: torch.Tensor) -> torch.Tensor:
@@ -307,7 +317,7 @@ class INRDecoder(nn.Module):
         return self._unfused_reason(resolve_backend(self.backend, device)[0])
 
     def _unfused_reason(self, backend: str) -> Optional[str]:
-        return unfused_reason(self.conditioning, self.norm, self.output, self.embedding, backend)
+        return unfused_reason(self.conditioning, self.norm, backend)
 
     def _fused_spec(self) -> DecoderSpec:
         return DecoderSpec(
@@ -315,7 +325,7 @@ class INRDecoder(nn.Module):
             out_channels=self.out_channels, hidden=self.hidden,
             concat=(False,) * len(self.blocks), layers_per_block=len(self.blocks[0]) if len(self.blocks) else 0,
             freqs=self.freqs, batch_norm=self.norms is not None, activation=self.activation,
-            activation_out="sigmoid" if self.output == "sigmoid" else "none",
+            activation_out="none" if self.output == "linear" else "sigmoid",
             eps=self.norms[0].eps if self.norms is not None and len(self.norms) else 1e-5,
             modulation="none" if self.conditioning == "concat" else self.conditioning)
 
@@ -324,9 +334,10 @@ class INRDecoder(nn.Module):
         the first layer takes code ⊕ embedding, and the linear output's +0.5 is its bias's."""
         norms = list(self.norms) if self.norms is not None else []
         b_out = self.linear_out.bias + 0.5 if self.output == "linear" else self.linear_out.bias
+        w_embed = self.embed_in.weight[:, :pos_embedding_size(self.freqs)]   # the rest: embedding_offset
         return DecoderParams(
-            w_in=(torch.cat([self.code_in.weight, self.embed_in.weight], dim=1) if self.code_in is not None
-                  else self.embed_in.weight), b_in=self.embed_in.bias,
+            w_in=torch.cat([self.code_in.weight, w_embed], dim=1) if self.code_in is not None else w_embed,
+            b_in=self.embed_in.bias,
             norm_weight=tuple(n.weight for n in norms), norm_bias=tuple(n.bias for n in norms),
             weights=tuple(tuple(lin.weight for lin in block) for block in self.blocks),
             biases=tuple(tuple(lin.bias for lin in block) for block in self.blocks),
@@ -347,9 +358,8 @@ class INRDecoder(nn.Module):
         if self.grid_in is not None:
             grid, codes = codes.split([self.grid_floats, self.global_size], dim=1)
             offsets.append(self.grid_offset(grid, shape, jitter))
-        if jitter is not None:
-            offsets.append(self.jitter_offset(codes.shape[0], shape, jitter))
-        offset = concat_offsets(offsets)
+        embedding = self.embedding_offset(codes.shape[0], shape, codes, jitter)
+        offset = concat_offsets(offsets + ([embedding] if embedding is not None else []))
         mods = None
         if self.modulation is not None:  # the per-image shift / FiLM constants, (B, M, k, hidden)
             mods = self.modulation(codes).reshape(codes.shape[0], self.modulated_layers, -1, self.hidden)
@@ -357,6 +367,8 @@ class INRDecoder(nn.Module):
             codes = codes[:, :0]
         colors, stats = decode(codes, self._fused_params(), self._fused_spec(), shape, norm_stats, running,
                                mods=mods, input_offset=offset)
+        if self.output == "wide-sigmoid":   # the kernels' sigmoid, widened by one elementwise op
+            colors = colors * 1.002 - 0.001
         if stats and self.training and norms[0].track_running_stats:
             for norm, block_stats in zip(norms, stats):
                 update_running_stats(norm.running_mean, norm.running_var, norm.num_batches_tracked,

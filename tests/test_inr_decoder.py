@@ -74,7 +74,8 @@ def test_every_variant_trains(conditioning, norm, output, embedding, grid):
 FUSED_VARIANTS = [("concat", "none", "linear", "seed"), ("concat", "image-bn", "sigmoid", "log"),
                   ("concat", "instance", "linear", "log"), ("concat", "batch-bn", "linear", "seed"),
                   ("film", "none", "linear", "log"), ("shift", "instance", "sigmoid", "seed"),
-                  ("film", "image-bn", "linear", "seed")]
+                  ("film", "image-bn", "linear", "seed"), ("concat", "instance", "wide-sigmoid", "gaussian"),
+                  ("film", "none", "linear", "gaussian")]
 
 
 def plain_forward(model, codes, shape, jitter=None):
@@ -125,6 +126,7 @@ def test_fused_grid_matches_the_plain_path(backend, code_size, conditioning, nor
 # Sub-pixel jitter: alone (seed and log embeddings, FiLM) and with a grid (its weights move too).
 JITTER_VARIANTS = [(9, dict(conditioning="concat", norm="none", embedding="seed")),
                    (9, dict(conditioning="film", norm="instance", embedding="log")),
+                   (9, dict(conditioning="concat", norm="instance", embedding="gaussian")),
                    (2 * 2 * 3 + 5, dict(conditioning="concat", norm="image-bn", embedding="log",
                                         grid_size=2, grid_channels=3))]
 
@@ -141,7 +143,7 @@ def test_fused_jitter_matches_the_plain_path(backend, code_size, variant):
 
 
 def test_jitter_on_the_plain_path_moves_the_query_points():
-    model = INRDecoder(8, hidden=16, embedding="gaussian", num_freqs=4)
+    model = INRDecoder(8, hidden=16, norm="layer", num_freqs=4)
     assert model.fused_reason() is not None
     codes, jitter = torch.randn(2, 8), random_jitter((3, 5), torch.float32)
     colors = model(codes, (3, 5), jitter=jitter)
@@ -187,9 +189,7 @@ def check_fused_matches_plain(backend, code_size, variant, jitter=False):
         torch.testing.assert_close(fused(codes, shape), plain_forward(plain, codes, shape), rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("kwargs, reason", [
-    (dict(norm="layer"), "LayerNorm"),
-    (dict(embedding="gaussian"), "Gaussian"), (dict(output="wide-sigmoid"), "widened sigmoid")])
+@pytest.mark.parametrize("kwargs, reason", [(dict(norm="layer"), "LayerNorm")])
 def test_unfused_variants_say_why(kwargs, reason):
     assert reason in INRDecoder(10, hidden=8, **kwargs).fused_reason()
 
