@@ -24,10 +24,9 @@ buffer saved in the state_dict).
 
 Fused paths: when norm is "none" / "image-bn" / "instance" / "batch-bn" and colors are asked on
 the pixel grid, forward runs through fastinr's decode contract (`backend`: "auto" picks Triton on
-CUDA, native on CPU; see fastinr.backend), forward and backward fused; shift and FiLM
-conditioning are fused on the native (CPU) and torch backends, not yet on Triton. What the
-kernels do not compute themselves enters the contract as its `input_offset` (a fixed basis per
-pixel times cells per image), on every backend:
+CUDA, native on CPU; see fastinr.backend), forward and backward fused, shift and FiLM
+conditioning included. What the kernels do not compute themselves enters the contract as its
+`input_offset` (a fixed basis per pixel times cells per image), on every backend:
   * the local latent grid: projected cells per image, fixed bilinear weights per pixel;
   * the Gaussian features (the kernels embed only (x, y)): the features per pixel, W_e's columns;
   * a sub-pixel `jitter` of the query points (one offset per pixel, shared by the batch):
@@ -69,8 +68,6 @@ def nyquist_frequency(size: int) -> float:
 
 def unfused_reason(conditioning: str, norm: str, backend: str) -> Optional[str]:
     """What keeps a variant off the fused backend `backend` (the resolved name; None: fused)."""
-    if conditioning != "concat" and backend == "triton":
-        return f"conditioning={conditioning!r} on the triton backend (modulation is fused on the CPU only so far)"
     if norm == "layer":
         return "LayerNorm (not fused yet)"
     return None

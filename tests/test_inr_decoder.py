@@ -98,9 +98,6 @@ def test_fused_paths_match_the_plain_path(backend, conditioning, norm, output, e
     """Training (colors, every gradient, running statistics) and eval, fused vs plain PyTorch."""
     if backend not in fastinr.available_backends("cpu"):
         pytest.skip(f"backend {backend!r} does not run here")
-    if backend == "triton" and conditioning != "concat":
-        assert "triton" in INRDecoder(9, hidden=8, conditioning=conditioning, backend="triton").fused_reason()
-        return
     check_fused_matches_plain(backend, 9, dict(conditioning=conditioning, norm=norm, output=output,
                                                 embedding=embedding))
 
@@ -117,8 +114,6 @@ def test_fused_grid_matches_the_plain_path(backend, code_size, conditioning, nor
     """The local latent grid through the decode contract's input_offset, vs grid_sample per pixel."""
     if backend not in fastinr.available_backends("cpu"):
         pytest.skip(f"backend {backend!r} does not run here")
-    if backend == "triton" and conditioning != "concat":
-        conditioning = "concat"   # modulation is not fused on triton (see the test above)
     check_fused_matches_plain(backend, code_size, dict(conditioning=conditioning, norm=norm, embedding="log",
                                                         grid_size=grid_size, grid_channels=grid_channels))
 
@@ -137,8 +132,6 @@ def test_fused_jitter_matches_the_plain_path(backend, code_size, variant):
     """Query points off the pixel centres through input_offset, vs the same points as coords."""
     if backend not in fastinr.available_backends("cpu"):
         pytest.skip(f"backend {backend!r} does not run here")
-    if backend == "triton":
-        variant = {**variant, "conditioning": "concat"}   # modulation is not fused on triton
     check_fused_matches_plain(backend, code_size, variant, jitter=True)
 
 

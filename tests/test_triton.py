@@ -29,13 +29,13 @@ def _poison_outputs(monkeypatch):
 
 
 def make_spec(hidden=16, blocks=2, layers=2, concat=False, freqs=2, batch_norm=True,
-              activation="gelu", activation_out="sigmoid", code=5, out=3):
+              activation="gelu", activation_out="sigmoid", code=5, out=3, modulation="none"):
     if isinstance(concat, bool):
         concat = (concat,) * blocks
     return DecoderSpec(code_size=code, out_channels=out, hidden=hidden, concat=tuple(concat),
                        layers_per_block=layers, freqs=(7.0, 17.0, 3.0, 11.0)[:freqs],
                        batch_norm=batch_norm, activation=activation,
-                       activation_out=activation_out)
+                       activation_out=activation_out, modulation=modulation)
 
 
 def make_params(spec, device=DEVICE):
@@ -86,14 +86,19 @@ def check_decode(spec, batch, shape, norm_stats, grad=True, running=None):
     params = make_params(spec)
     running = make_running(spec) if running is None else running
     codes = torch.randn(batch, spec.code_size, device=DEVICE)
+    # Per-image modulation away from the identity, a differentiable input like the parameters.
+    mods = 0.5 * torch.randn(spec.mods_shape(batch), device=DEVICE) if spec.modulation != "none" else None
     results = {}
     for name, dtype, decode in (("triton", torch.float32, ops_decoder.decode),
                                 ("float64", torch.float64, reference_decode),
                                 ("float32", torch.float32, reference_decode)):
         flat = [t.clone().to(dtype).requires_grad_(grad) for t in params.flat()]
+        if mods is not None:
+            flat.append(mods.clone().to(dtype).requires_grad_(grad))
         codes_d = codes.clone().to(dtype).requires_grad_(grad)
-        colors, stats = decode(codes_d, DecoderParams.from_flat(spec, flat), spec, shape,
-                               norm_stats, [(m.to(dtype), v.to(dtype)) for m, v in running])
+        colors, stats = decode(codes_d, DecoderParams.from_flat(spec, flat[:len(params.flat())]), spec,
+                               shape, norm_stats, [(m.to(dtype), v.to(dtype)) for m, v in running],
+                               mods=flat[-1] if mods is not None else None)
         results[name] = (colors, stats, codes_d, flat)
     colors, stats = results["triton"][:2]
     expected, expected_stats = results["float64"][:2]
@@ -111,7 +116,7 @@ def check_decode(spec, batch, shape, norm_stats, grad=True, running=None):
     grads = {}
     for name, (out, _, codes_d, flat) in results.items():
         grads[name] = torch.autograd.grad(out, [codes_d] + flat, upstream.to(out.dtype))
-    names = ["codes"] + [f"params[{i}]" for i in range(len(grads["triton"]) - 1)]
+    names = ["codes"] + [f"params[{i}]" for i in range(len(params.flat()))] + ["mods"] * (mods is not None)
     for name, got, want, base in zip(names, grads["triton"], grads["float64"], grads["float32"]):
         assert_close(got, want, f"grad of {name}", base)
 
@@ -151,6 +156,37 @@ def test_every_activation_forward_and_backward(activation):
     spec = make_spec(hidden=16, blocks=1, layers=2, freqs=1, activation=activation,
                      activation_out=out_activation)
     check_decode(spec, 2, (3, 5), "image")
+
+
+# (spec kwargs, batch, shape, norm_stats): shift and FiLM with and without BatchNorm, odd widths.
+MODULATION_CASES = [
+    (dict(hidden=24, blocks=2, layers=2, freqs=2, modulation="film"), 3, (7, 5), "image"),
+    (dict(hidden=16, blocks=1, layers=1, freqs=1, batch_norm=False, activation="silu",
+          activation_out="none", modulation="shift"), 2, (5, 3), "image"),
+    (dict(hidden=40, blocks=2, layers=1, freqs=3, activation="tanh", modulation="film"), 2, (3, 5),
+     "batch"),
+    (dict(hidden=8, blocks=2, layers=0, freqs=2, modulation="film"), 2, (3, 4), "running"),
+    (dict(hidden=16, blocks=1, layers=2, freqs=2, modulation="shift"), 2, (1, 1), "running"),
+]
+
+
+@pytest.mark.parametrize("kwargs,batch,shape,norm_stats", MODULATION_CASES)
+def test_modulation_matches_reference(kwargs, batch, shape, norm_stats):
+    """Shift / FiLM per image on every layer: colors, every gradient, and the mods' gradient."""
+    check_decode(make_spec(**kwargs), batch, shape, norm_stats)
+
+
+def test_modulation_with_gpu_tiles_on_ragged_images(monkeypatch):
+    monkeypatch.setattr(ops_config, "interpreting", lambda: False)
+    check_decode(make_spec(hidden=24, blocks=1, layers=2, modulation="film"), 2, (9, 11), "image")
+
+
+def test_modulation_needs_mods_of_the_right_shape():
+    spec = make_spec(hidden=8, blocks=1, layers=1, modulation="film")
+    params = make_params(spec)
+    codes = torch.randn(2, spec.code_size, device=DEVICE)
+    with pytest.raises(ValueError, match=r"mods must be a tensor of shape \(2, 2, 2, 8\)"):
+        ops_decoder.decode(codes, params, spec, (3, 3), mods=torch.zeros(2, 1, 2, 8, device=DEVICE))
 
 
 def test_gpu_row_tiles_on_ragged_images(monkeypatch):

@@ -89,6 +89,15 @@ def aot_cases():
                 cases.append((f"{dot_name} {label}", "render", render_meta(spec, config)))
     for act_name, act in ACTIVATION_CODES.items():   # the input offset's gradient (float32 only)
         cases.append((f"fp32 {act_name}", "embed_dz", dict(ACT=act, BLOCK=DZ_BLOCK, num_warps=4, num_stages=1)))
+    # Modulation (elementwise, float32): every activation with FiLM at the widest tile, and shift
+    # and the narrowest tile with gelu.
+    modulate = _dot_configs()["fp32"].modulate
+    for act_name, act in ACTIVATION_CODES.items():
+        for film in (True, False) if act_name == "gelu" else (True,):
+            for meta in (modulate(1024), modulate(8)) if act_name == "gelu" else (modulate(1024),):
+                label = f"fp32 {act_name} {'film' if film else 'shift'} N<={meta['BLOCK_N']}"
+                cases.append((label, "modulate_fwd", dict(meta, FILM=film, HAS_RES=True, ACT=act)))
+                cases.append((label, "modulate_bwd", dict(meta, FILM=film, ACT=act)))
     # Deduplicate: several labels may describe one compiled configuration.
     unique = {}
     for label, kernel, meta in cases:
@@ -100,10 +109,12 @@ def aot_cases():
 def _kernels():
     from fastinr.ops.embed import _dz_kernel, _embed_bwd_kernel, _embed_fwd_kernel
     from fastinr.ops.linear import _linear_bwd_dw_kernel, _linear_bwd_dx_kernel, _linear_fwd_kernel
+    from fastinr.ops.modulate import _modulate_bwd_kernel, _modulate_fwd_kernel
     from fastinr.ops.render import _render_fwd_kernel
     return {"linear_fwd": _linear_fwd_kernel, "linear_dx": _linear_bwd_dx_kernel,
             "linear_dw": _linear_bwd_dw_kernel, "embed_fwd": _embed_fwd_kernel,
-            "embed_bwd": _embed_bwd_kernel, "embed_dz": _dz_kernel, "render": _render_fwd_kernel}
+            "embed_bwd": _embed_bwd_kernel, "embed_dz": _dz_kernel, "render": _render_fwd_kernel,
+            "modulate_fwd": _modulate_fwd_kernel, "modulate_bwd": _modulate_bwd_kernel}
 
 
 def compile_case(case):

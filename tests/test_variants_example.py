@@ -156,7 +156,6 @@ def test_preset_is_overridden_by_explicit_flags(example):
     (["--subpixel"], "--decoder inr"),
     (["--decoder", "inr", "--grid-size", "5"], "leave no global part"),
     (["--decoder", "conv", "--backend", "native"], "only the PyTorch path"),
-    (["--decoder", "inr", "--conditioning", "film", "--backend", "triton"], "conditioning='film' on the triton"),
     (["--grid-size", "4"], "only --decoder inr"),
     (["--decoder", "inr", "--activation-out", "tanh"], "--inr-output"),
 ])

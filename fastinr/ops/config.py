@@ -94,6 +94,11 @@ class LaunchConfig:
         return self._meta(32 if e_pad >= 64 else 64, block_n, e_pad,
                           8 if block_n * e_pad >= 32 * 32 else 4, 2)
 
+    def modulate(self, n: int) -> dict:
+        """_modulate_fwd_kernel / _modulate_bwd_kernel: elementwise (BLOCK_M, BLOCK_N) tiles
+        (64x64 on 4 warps spilled in the backward for sm_90; 32x64 does not)."""
+        return dict(BLOCK_M=self.block_m or 32, BLOCK_N=feature_block(n, 64), num_warps=4, num_stages=1)
+
     def row_splits(self, rows: int, block_m: int, tiles: int):
         """(splits, rows per split) for a reduction over rows: enough programs to fill the GPU
         twice, each over whole BLOCK_M chunks; the partials are summed by one torch reduction."""

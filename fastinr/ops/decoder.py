@@ -8,6 +8,8 @@ Two paths:
           one fused kernel: BatchNorm-apply prologue, bias + activation epilogue, residual add / concat
           (linear.py), each a torch.autograd.Function with fused backward kernels. BatchNorm
           statistics are torch reductions of the block input, so autograd carries their gradient.
+          With shift / FiLM modulation, each Linear runs without activation and one elementwise
+          kernel modulates per image, activates and adds the residual (modulate.py).
 """
 from typing import Sequence, Tuple
 
@@ -18,9 +20,10 @@ from fastinr.ops.activation import activation_code
 from fastinr.ops.config import LaunchConfig, interpreting
 from fastinr.ops.embed import embed_linear
 from fastinr.ops.linear import RES_ADD, RES_CONCAT, RES_NONE, fused_linear
+from fastinr.ops.modulate import modulate_act
 from fastinr.ops.render import MAX_OUT_CHANNELS, render_forward
 from fastinr.reference import (NORM_STATS, BlockStats, DecoderParams, DecoderSpec, check_input_offset,
-                               check_norm_pixels)
+                               check_mods, check_norm_pixels)
 
 
 def _check_inputs(codes, params: DecoderParams, spec: DecoderSpec, shape, norm_stats, running):
@@ -65,34 +68,39 @@ def decode(codes: torch.Tensor, params: DecoderParams, spec: DecoderSpec, shape:
            norm_stats: str = "image",
            running: Sequence[Tuple[torch.Tensor, torch.Tensor]] = (), mods=None, input_offset=None):
     """Colors (B, out, H, W) for codes (B, C), and the BlockStats of each normalized block."""
-    if spec.modulation != "none" or mods is not None:
-        raise ValueError(f"the triton backend does not fuse modulation yet (spec.modulation="
-                         f"{spec.modulation!r}); use the native or torch backend")
     shape = tuple(shape) if isinstance(shape, (tuple, list, torch.Size)) else shape
     _check_inputs(codes, params, spec, shape, norm_stats, running)
+    check_mods(spec, codes.shape[0], mods)
     check_input_offset(spec, codes.shape[0], shape, input_offset)
     batch, (height, width) = codes.shape[0], shape
     normalized = spec.batch_norm and spec.num_blocks > 0
     if normalized:
         check_norm_pixels(norm_stats, batch, height * width)
     config = LaunchConfig.for_call(codes.device)
-    # The one-pass render has no input offset (yet): decoders with one render with the train kernels.
-    renderable = spec.out_channels <= MAX_OUT_CHANNELS and input_offset is None
+    # The one-pass render has no input offset or modulation (yet): such decoders render with the
+    # train kernels.
+    renderable = spec.out_channels <= MAX_OUT_CHANNELS and input_offset is None and mods is None
     if renderable and (not normalized or norm_stats == "running") and not _needs_grad(codes, params):
         return render_forward(codes, params, spec, shape, running, config), []
-    return _train_forward(codes, params, spec, shape, norm_stats, running, config, input_offset)
+    return _train_forward(codes, params, spec, shape, norm_stats, running, config, mods, input_offset)
 
 
-def _train_forward(codes, params, spec, shape, norm_stats, running, config, input_offset=None):
+def _train_forward(codes, params, spec, shape, norm_stats, running, config, mods=None, input_offset=None):
     batch, (height, width) = codes.shape[0], shape
     pixels = height * width
     act = activation_code(spec.activation)
+    # Modulated layers run their Linear without activation; modulate_act adds it (and the residual).
+    film = spec.modulation == "film"
+    linear_act = activation_code("none") if mods is not None else act
     w_code, w_pos = params.w_in[:, :spec.code_size], params.w_in[:, spec.code_size:]
     code_proj = torch.addmm(params.b_in, codes, w_code.t()).float()         # (B, hidden)
     w_pos = w_pos if w_pos.stride(1) == 1 else w_pos.contiguous()
     # On a GPU the dense offset (B*P, hidden) is one batched matmul; the kernel adds it to z.
     offset = input_offset.dense().float().reshape(-1, spec.hidden).contiguous() if input_offset is not None else None
-    h = embed_linear(code_proj.contiguous(), w_pos, spec.freqs, shape, act, config, offset)
+    h = embed_linear(code_proj.contiguous(), w_pos, spec.freqs, shape, linear_act, config, offset)
+    if mods is not None:
+        h = modulate_act(h, mods[:, 0], film, act, pixels, config)
+    layer = 1
 
     groups = batch if norm_stats == "image" else 1
     stats = []
@@ -112,9 +120,14 @@ def _train_forward(codes, params, spec, shape, norm_stats, running, config, inpu
         x = h
         for j, (weight, bias) in enumerate(layers):
             last = j == len(layers) - 1
-            x = fused_linear(x, weight.contiguous(), bias.contiguous(), act, config,
-                             norm=norm if j == 0 else None, groups=groups if j == 0 else 1,
-                             res_mode=mode if last else RES_NONE, residual=h if last else None)
+            first = dict(norm=norm if j == 0 else None, groups=groups if j == 0 else 1)
+            if mods is None:
+                x = fused_linear(x, weight.contiguous(), bias.contiguous(), act, config, **first,
+                                 res_mode=mode if last else RES_NONE, residual=h if last else None)
+            else:   # no concat with modulation (check_mods): the residual is an add
+                z = fused_linear(x, weight.contiguous(), bias.contiguous(), linear_act, config, **first)
+                x = modulate_act(z, mods[:, layer], film, act, pixels, config, residual=h if last else None)
+            layer += 1
         h = x
 
     colors = fused_linear(h, params.w_out.contiguous(), params.b_out.contiguous(),

@@ -1,0 +1,135 @@
+"""Per-image modulation of a layer's pre-activation, with the activation and the block's residual.
+
+For B images of P pixels (row r = b * P + p), z (B*P, N) the output of a Linear kernel run without
+activation, and the layer's mods (B, k, N) (fastinr.reference: "shift" k = 1, "film" k = 2):
+
+    zm  = z + s[b]                (shift: s = mods[:, 0])
+          z * (1 + g[b]) + s[b]   (film:  g = mods[:, 0], s = mods[:, 1])
+    out = act(zm)  (+ r, the block input, on a block's last layer)
+
+Backward, dzm = dout * act'(zm) recomputed from z: dz = dzm (* (1 + g[b])); per image
+d s[b] = Σ_p dzm, d g[b] = Σ_p dzm * z (per-tile partials, one torch sum); d r = dout.
+One elementwise pass each way on top of the Linear kernels; the pre-activation z is the Linear's
+output, so nothing more is stored.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from fastinr.ops.activation import _act, _act_grad
+from fastinr.ops import config as config_module
+from fastinr.ops.config import LaunchConfig
+from fastinr.ops.tiling import _tile_rows
+
+
+@triton.jit
+def _load_mods(mods_ptr, b, n, n_mask, stride_mb, stride_mk, FILM: tl.constexpr):
+    """(scale g, shift s) of image b at columns n (g is 0 for shift)."""
+    base = mods_ptr + b * stride_mb + n
+    if FILM:
+        g = tl.load(base, mask=n_mask, other=0.0)
+        s = tl.load(base + stride_mk, mask=n_mask, other=0.0)
+    else:
+        g = tl.zeros(n.shape, tl.float32)
+        s = tl.load(base, mask=n_mask, other=0.0)
+    return g, s
+
+
+@triton.jit
+def _modulate_fwd_kernel(
+    z_ptr,        # (B*P, N) float32 pre-activation
+    mods_ptr,     # (B, k, N) float32 this layer's mods, unit column stride
+    res_ptr,      # (B*P, N) float32 residual (HAS_RES)
+    out_ptr,      # (B*P, N) float32, written
+    stride_z, stride_mb, stride_mk, stride_r,
+    P, N, tiles_per_image,
+    FILM: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    b, local, row_mask, rows = _tile_rows(tl.program_id(0), tiles_per_image, P, BLOCK_M)
+    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = n < N
+    mask = row_mask[:, None] & n_mask[None, :]
+    z = tl.load(z_ptr + rows[:, None] * stride_z + n[None, :], mask=mask, other=0.0)
+    g, s = _load_mods(mods_ptr, b, n, n_mask, stride_mb, stride_mk, FILM)
+    y = _act(z * (1.0 + g[None, :]) + s[None, :], ACT)
+    if HAS_RES:
+        y += tl.load(res_ptr + rows[:, None] * stride_r + n[None, :], mask=mask, other=0.0)
+    tl.store(out_ptr + rows[:, None] * N + n[None, :], y, mask=mask)
+
+
+@triton.jit
+def _modulate_bwd_kernel(
+    dout_ptr,     # (B*P, N) float32 gradient of out
+    z_ptr,        # (B*P, N) float32 pre-activation
+    mods_ptr,     # (B, k, N) float32
+    dz_ptr,       # (B*P, N) float32, written
+    dmods_ptr,    # (B*T, k, N) float32 per-tile partial d mods, written
+    stride_do, stride_z, stride_mb, stride_mk, stride_p,
+    P, N, tiles_per_image,
+    FILM: tl.constexpr, ACT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    tile = tl.program_id(0)
+    b, local, row_mask, rows = _tile_rows(tile, tiles_per_image, P, BLOCK_M)
+    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = n < N
+    mask = row_mask[:, None] & n_mask[None, :]
+    dout = tl.load(dout_ptr + rows[:, None] * stride_do + n[None, :], mask=mask, other=0.0)
+    z = tl.load(z_ptr + rows[:, None] * stride_z + n[None, :], mask=mask, other=0.0)
+    g, s = _load_mods(mods_ptr, b, n, n_mask, stride_mb, stride_mk, FILM)
+    dzm = dout * _act_grad(z * (1.0 + g[None, :]) + s[None, :], ACT)     # 0 on masked rows
+    tl.store(dz_ptr + rows[:, None] * N + n[None, :], dzm * (1.0 + g[None, :]), mask=mask)
+    partial = dmods_ptr + tile.to(tl.int64) * stride_p + n
+    if FILM:
+        tl.store(partial, tl.sum(dzm * z, axis=0), mask=n_mask)
+        tl.store(partial + N, tl.sum(dzm, axis=0), mask=n_mask)
+    else:
+        tl.store(partial, tl.sum(dzm, axis=0), mask=n_mask)
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """A 2-D float32 tensor with unit column stride (the row stride is passed to the kernels)."""
+    t = t.float()
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+class ModulateAct(torch.autograd.Function):
+    """out = act(z (* (1 + g[b])) + s[b]) (+ residual); see the module docstring."""
+
+    @staticmethod
+    def forward(ctx, z, mods, residual, film, act, pixels, config):
+        rows, width = z.shape
+        batch = rows // pixels
+        mods = mods.float()
+        mods = mods if mods.stride(-1) == 1 else mods.contiguous()
+        meta = config.modulate(width)
+        tiles = triton.cdiv(pixels, meta["BLOCK_M"])
+        out = config_module.kernel_output(rows, width, device=z.device)
+        res = _rows(residual) if residual is not None else z
+        _modulate_fwd_kernel[(batch * tiles, triton.cdiv(width, meta["BLOCK_N"]))](
+            z, mods, res, out, z.stride(0), mods.stride(0), mods.stride(1), res.stride(0),
+            pixels, width, tiles, FILM=film, HAS_RES=residual is not None, ACT=act, **meta)
+        ctx.save_for_backward(z, mods)
+        ctx.meta = (film, act, pixels, tiles, meta, residual is not None)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        z, mods = ctx.saved_tensors
+        film, act, pixels, tiles, meta, has_res = ctx.meta
+        rows, width = z.shape
+        batch = rows // pixels
+        dout = _rows(dout)
+        dz = config_module.kernel_output(rows, width, device=z.device)
+        partial = config_module.kernel_output(batch * tiles, mods.shape[1], width, device=z.device)
+        _modulate_bwd_kernel[(batch * tiles, triton.cdiv(width, meta["BLOCK_N"]))](
+            dout, z, mods, dz, partial, dout.stride(0), z.stride(0), mods.stride(0), mods.stride(1),
+            partial.stride(0), pixels, width, tiles, FILM=film, ACT=act, **meta)
+        dmods = partial.view(batch, tiles, mods.shape[1], width).sum(1)
+        return dz, dmods, dout if has_res else None, None, None, None, None
+
+
+def modulate_act(z, mods, film: bool, act: int, pixels: int, config: LaunchConfig, residual=None):
+    """z (B*P, N) float32 with unit column stride; mods (B, k, N) this layer's (k = 2 for FiLM)."""
+    return ModulateAct.apply(z, mods, residual, film, act, pixels, config)
