@@ -64,9 +64,10 @@ void check_tensor(const Tensor& t, const std::string& name, const Tensor& like, 
 
 Arguments parse(const Tensor& codes, std::vector<Tensor> params, std::vector<Tensor> running, int64_t height,
                 int64_t width, std::vector<double> freqs, std::vector<bool> concat, int64_t layers,
-                bool batch_norm, const std::string& activation, const std::string& activation_out, double eps,
-                const std::string& norm_stats, const std::string& modulation, const std::optional<Tensor>& mods,
-                const std::optional<Tensor>& offset_basis, const std::optional<Tensor>& offset_cells) {
+                bool batch_norm, bool layer_norm, const std::string& activation, const std::string& activation_out,
+                double eps, const std::string& norm_stats, const std::string& modulation,
+                const std::optional<Tensor>& mods, const std::optional<Tensor>& offset_basis,
+                const std::optional<Tensor>& offset_cells) {
   Arguments args;
   DecoderConfig& cfg = args.cfg;
   TORCH_CHECK_VALUE(codes.dim() == 2, "codes must have shape (B, C), got ", codes.sizes());
@@ -84,13 +85,15 @@ Arguments parse(const Tensor& codes, std::vector<Tensor> params, std::vector<Ten
   cfg.freqs = std::move(freqs);
   cfg.concat = std::move(concat);
   cfg.layers = layers;
+  TORCH_CHECK_VALUE(!(batch_norm && layer_norm), "batch_norm and layer_norm exclude each other");
   cfg.batch_norm = batch_norm;
+  cfg.layer_norm = layer_norm;
   cfg.act = parse_act(activation, "activation");
   cfg.act_out = parse_act(activation_out, "activation_out");
   cfg.eps = eps;
   cfg.norm_stats = parse_norm_stats(norm_stats);
   cfg.modulation = parse_modulation(modulation);
-  const int64_t nb = cfg.num_blocks(), n_norm = batch_norm ? nb : 0;
+  const int64_t nb = cfg.num_blocks(), n_norm = cfg.normalized() ? nb : 0;
   const size_t expected = 2 + 2 * n_norm + 2 * nb * layers + 2;
   TORCH_CHECK_VALUE(params.size() == expected, "params must hold ", expected,
                     " tensors (DecoderParams.flat() for this spec), got ", params.size());
@@ -166,7 +169,7 @@ DecoderWeights<T> weights_of(const Arguments& args) {
   size_t k = 0;
   w.w_in = ptr(args.params[k++]);
   w.b_in = ptr(args.params[k++]);
-  const int64_t nb = cfg.num_blocks(), n_norm = cfg.batch_norm ? nb : 0;
+  const int64_t nb = cfg.num_blocks(), n_norm = cfg.normalized() ? nb : 0;
   for (int64_t i = 0; i < n_norm; ++i) w.norm_weight.push_back(ptr(args.params[k++]));
   for (int64_t i = 0; i < n_norm; ++i) w.norm_bias.push_back(ptr(args.params[k++]));
   for (int64_t i = 0; i < nb; ++i) {
@@ -293,16 +296,16 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>
     std::vector<double> freqs, std::vector<bool> concat, int64_t layers, bool batch_norm,
     const std::string& activation, const std::string& activation_out, double eps, const std::string& norm_stats,
     bool save, const std::string& modulation, const std::optional<Tensor>& mods,
-    const std::optional<Tensor>& offset_basis, const std::optional<Tensor>& offset_cells) {
+    const std::optional<Tensor>& offset_basis, const std::optional<Tensor>& offset_cells, bool layer_norm) {
   Arguments args = parse(codes, std::move(params), std::move(running), height, width, std::move(freqs),
-                         std::move(concat), layers, batch_norm, activation, activation_out, eps, norm_stats,
-                         modulation, mods, offset_basis, offset_cells);
+                         std::move(concat), layers, batch_norm, layer_norm, activation, activation_out, eps,
+                         norm_stats, modulation, mods, offset_basis, offset_cells);
   const DecoderConfig& cfg = args.cfg;
 #ifdef FASTINR_WITH_CUDA
   if (codes.is_cuda()) {
-    TORCH_CHECK_VALUE(!save && !cfg.batch_stats() && !cfg.modulated() && !cfg.offset_rank,
+    TORCH_CHECK_VALUE(!save && !cfg.batch_stats() && !cfg.modulated() && !cfg.offset_rank && !cfg.layer_norm,
                       "the CUDA path of the native backend only renders (no gradients, BatchNorm with running "
-                      "statistics or none, no modulation, no input offset)");
+                      "statistics or none, no LayerNorm, no modulation, no input offset)");
     Tensor colors = torch::empty({cfg.batch, cfg.out_channels, height, width}, codes.options());
     render_on_cuda(args, colors);
     return {colors, {}, {}, {}};
@@ -342,10 +345,10 @@ std::vector<Tensor> backward(const Tensor& grad_colors, const Tensor& codes, std
                              bool batch_norm, const std::string& activation, const std::string& activation_out,
                              double eps, const std::string& norm_stats, const std::string& modulation,
                              const std::optional<Tensor>& mods, const std::optional<Tensor>& offset_basis,
-                             const std::optional<Tensor>& offset_cells) {
+                             const std::optional<Tensor>& offset_cells, bool layer_norm) {
   Arguments args = parse(codes, std::move(params), std::move(running), height, width, std::move(freqs),
-                         std::move(concat), layers, batch_norm, activation, activation_out, eps, norm_stats,
-                         modulation, mods, offset_basis, offset_cells);
+                         std::move(concat), layers, batch_norm, layer_norm, activation, activation_out, eps,
+                         norm_stats, modulation, mods, offset_basis, offset_cells);
   const DecoderConfig& cfg = args.cfg;
   TORCH_CHECK_VALUE(codes.device().is_cpu(), "backward runs on the CPU only, got codes on ", codes.device());
   check_tensor(grad_colors, "grad_colors", codes, {cfg.batch, cfg.out_channels, height, width});
@@ -364,7 +367,7 @@ std::vector<Tensor> backward(const Tensor& grad_colors, const Tensor& codes, std
     g.codes = ptr();
     g.w_in = ptr();
     g.b_in = ptr();
-    const int64_t nb = cfg.num_blocks(), n_norm = cfg.batch_norm ? nb : 0;
+    const int64_t nb = cfg.num_blocks(), n_norm = cfg.normalized() ? nb : 0;
     for (int64_t i = 0; i < n_norm; ++i) g.norm_weight.push_back(ptr());
     for (int64_t i = 0; i < n_norm; ++i) g.norm_bias.push_back(ptr());
     for (int64_t i = 0; i < nb; ++i) {
@@ -399,14 +402,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("concat"), py::arg("layers"), py::arg("batch_norm"), py::arg("activation"),
         py::arg("activation_out"), py::arg("eps"), py::arg("norm_stats"), py::arg("save"),
         py::arg("modulation") = "none", py::arg("mods") = py::none(), py::arg("offset_basis") = py::none(),
-        py::arg("offset_cells") = py::none());
+        py::arg("offset_cells") = py::none(), py::arg("layer_norm") = false);
   m.def("backward", &fastinr::backward,
         "gradients of codes, of every params tensor, of mods (when modulated) and of offset_cells (when given)",
         py::arg("grad_colors"), py::arg("codes"), py::arg("params"), py::arg("running"), py::arg("saved"),
         py::arg("height"), py::arg("width"), py::arg("freqs"), py::arg("concat"), py::arg("layers"),
         py::arg("batch_norm"), py::arg("activation"), py::arg("activation_out"), py::arg("eps"),
         py::arg("norm_stats"), py::arg("modulation") = "none", py::arg("mods") = py::none(),
-        py::arg("offset_basis") = py::none(), py::arg("offset_cells") = py::none());
+        py::arg("offset_basis") = py::none(), py::arg("offset_cells") = py::none(), py::arg("layer_norm") = false);
   m.def("built_with_cuda", &fastinr::built_with_cuda);
   m.def("elementwise_isa", &fastinr::elementwise_isa, "float activation kernels in use: avx512, avx2 or generic");
   m.def("elementwise_isas", &fastinr::elementwise_isas, "float activation kernel sets this CPU runs, fastest first");

@@ -2,7 +2,7 @@
 //
 // For B codes (B, C) and an H x W image (P = H*W pixels, N = B*P rows r = b*P + p):
 //   h0 = act(code_proj[b] + emb[p] W_pos^T)         code_proj = codes W_code^T + b_in
-//   block i: x = BN_i(h); y = act(... act(x W_i1^T + b_i1) ...); h = h + y or h ⊕ y
+//   block i: x = BN_i(h) or LN_i(h); y = act(... act(x W_i1^T + b_i1) ...); h = h + y or h ⊕ y
 //   colors[b, :, p] = act_out(h W_out^T + b_out)
 // With modulation, every pre-activation z of h0 and of the block layers (m = 0 .. M-1 in that
 // order, M = 1 + blocks * layers) becomes, per image, z + s (shift) or z * (1 + g) + s (film),
@@ -31,6 +31,7 @@ struct DecoderConfig {
   std::vector<double> freqs;
   std::vector<bool> concat;           // per block
   bool batch_norm = false;
+  bool layer_norm = false;            // per row over its features, instead of BatchNorm
   Act act = Act::gelu, act_out = Act::sigmoid;
   double eps = 1e-5;
   NormStats norm_stats = NormStats::image;
@@ -44,6 +45,7 @@ struct DecoderConfig {
   int64_t block_width(int64_t i) const;   // input width of block i; i == num_blocks: out_width
   int64_t out_width() const { return block_width(num_blocks()); }
   bool batch_stats() const { return batch_norm && norm_stats != NormStats::running; }
+  bool normalized() const { return batch_norm || layer_norm; }   // blocks have norm_weight, norm_bias
   int64_t groups() const { return norm_stats == NormStats::image ? batch : 1; }
   bool modulated() const { return modulation != Modulation::none; }
   int64_t modulated_layers() const { return 1 + num_blocks() * layers; }

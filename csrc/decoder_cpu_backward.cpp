@@ -29,7 +29,7 @@ struct GradLayout {
         weight.push_back(take(w * w));
         bias.push_back(take(w));
       }
-      if (cfg.batch_norm) {
+      if (cfg.normalized()) {
         gamma.push_back(take(w));
         beta.push_back(take(w));
       }
@@ -218,6 +218,9 @@ class Backward {
         } else if (cfg_.batch_norm) {
           normalized(i, g, h, n, w, s.lb.data());
           x = s.lb.data();
+        } else if (cfg_.layer_norm) {
+          layer_norm_rows(h, n, w, wts_.norm_weight[i], wts_.norm_bias[i], cfg_.eps, s.lb.data());
+          x = s.lb.data();
         } else {
           x = h;
         }
@@ -229,9 +232,12 @@ class Backward {
       }
       // dA (ld) is now the gradient of the normalised input x0; G[:, :w] (ld wn) the direct path.
       T* next = G == s.g0.data() ? s.g1.data() : s.g0.data();
-      if (!cfg_.batch_norm) {
+      if (!cfg_.normalized()) {
         for (int64_t j = 0; j < n; ++j)
           for (int64_t c = 0; c < w; ++c) next[j * w + c] = G[j * wn + c] + dA[j * ld + c];
+      } else if (cfg_.layer_norm) {
+        layer_norm_backward_rows(dA, ld, h, wts_.norm_weight[i], cfg_.eps, G, wn, next, n, w,
+                                 acc + layout_.gamma[i], acc + layout_.beta[i], s.sum0);
       } else {
         const BlockNorm<T>& norm = norms_[i];
         const int64_t k = norm.at(g, w);
@@ -316,7 +322,7 @@ class Backward {
         sum_into(layout_.weight[i * L + l], grads_.weight[i * L + l], w, w, w);
         sum_into(layout_.bias[i * L + l], grads_.bias[i * L + l], 1, w, w);
       }
-      if (cfg_.batch_norm) {
+      if (cfg_.normalized()) {
         sum_into(layout_.gamma[i], grads_.norm_weight[i], 1, w, w);
         sum_into(layout_.beta[i], grads_.norm_bias[i], 1, w, w);
       }

@@ -1,5 +1,6 @@
 // Pieces shared by the CPU forward and backward (internal to csrc/decoder_cpu_*.cpp): row tiles,
-// the positional embedding of a tile, per-tile moments, per-thread scratch, BatchNorm constants.
+// the positional embedding of a tile, per-tile moments, per-thread scratch, BatchNorm constants,
+// LayerNorm rows.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -170,6 +171,60 @@ struct BlockNorm {
   // Offset of group g's constants (running statistics have one group for all).
   int64_t at(int64_t g, int64_t w) const { return (groups > 1 ? g : 0) * w; }
 };
+
+// LayerNorm of n rows of width w: each row normalised over its own features (statistics in double),
+// then gamma, beta per feature. No state: the backward recomputes a row's mean and rstd.
+template <typename T>
+void row_stats(const T* row, int64_t w, double eps, double& mean, double& rstd) {
+  double sum = 0.0, sq = 0.0;
+  for (int64_t c = 0; c < w; ++c) sum += row[c];
+  mean = sum / static_cast<double>(w);
+  for (int64_t c = 0; c < w; ++c) {
+    const double d = row[c] - mean;
+    sq += d * d;
+  }
+  rstd = 1.0 / std::sqrt(sq / static_cast<double>(w) + eps);
+}
+
+template <typename T>
+void layer_norm_rows(const T* x, int64_t n, int64_t w, const T* gamma, const T* beta, double eps, T* out) {
+  for (int64_t j = 0; j < n; ++j) {
+    const T* row = x + j * w;
+    double mean, rstd;
+    row_stats(row, w, eps, mean, rstd);
+    for (int64_t c = 0; c < w; ++c)
+      out[j * w + c] = static_cast<T>((row[c] - mean) * rstd) * gamma[c] + beta[c];
+  }
+}
+
+// Through LayerNorm: out[j, :w] = direct[j, :w] + d LN / d x for the gradient dy (ld) of its output,
+// xhat = (x - mean) * rstd: rstd * (dy gamma - mean(dy gamma) - xhat mean(dy gamma xhat)). Adds
+// dy xhat and dy into dgamma, dbeta.
+template <typename T>
+void layer_norm_backward_rows(const T* dy, int64_t ld, const T* x, const T* gamma, double eps, const T* direct,
+                              int64_t ld_direct, T* out, int64_t n, int64_t w, T* dgamma, T* dbeta,
+                              std::vector<double>& xhat) {
+  for (int64_t j = 0; j < n; ++j) {
+    const T* row = x + j * w;
+    const T* g = dy + j * ld;
+    double mean, rstd, m1 = 0.0, m2 = 0.0;
+    row_stats(row, w, eps, mean, rstd);
+    for (int64_t c = 0; c < w; ++c) {
+      xhat[c] = (row[c] - mean) * rstd;
+      const double dxhat = static_cast<double>(g[c]) * gamma[c];
+      m1 += dxhat;
+      m2 += dxhat * xhat[c];
+      dgamma[c] += static_cast<T>(g[c] * xhat[c]);
+      dbeta[c] += g[c];
+    }
+    m1 /= static_cast<double>(w);
+    m2 /= static_cast<double>(w);
+    for (int64_t c = 0; c < w; ++c) {
+      const double dxhat = static_cast<double>(g[c]) * gamma[c];
+      out[j * w + c] = direct[j * ld_direct + c] + static_cast<T>(rstd * (dxhat - m1 - xhat[c] * m2));
+    }
+  }
+}
 
 template <typename T>
 BlockNorm<T> running_norm(const DecoderConfig& cfg, const DecoderWeights<T>& wts, int64_t i) {

@@ -184,6 +184,9 @@ class Forward {
         const int64_t k = norms_[i].at(group_of(cfg_, tile), w);
         affine_rows(cur, &norms_[i].scale[k], &norms_[i].shift[k], s.la.data(), n, w);
         x = s.la.data();
+      } else if (cfg_.layer_norm) {
+        layer_norm_rows(cur, n, w, wts_.norm_weight[i], wts_.norm_bias[i], cfg_.eps, s.la.data());
+        x = s.la.data();
       }
       for (int64_t l = 0; l < L; ++l) {
         T* other = x == s.la.data() ? s.lb.data() : s.la.data();

@@ -47,7 +47,7 @@ from fastinr.activations import ACTIVATIONS, canonical_activation
 from fastinr.backend import BACKENDS, resolve_backend
 from fastinr.conv_decoder import ConvDecoder
 from fastinr.data import augment_batch, load_tiles_uint8, split_tiles, stream_indices
-from fastinr.inr_decoder import CONDITIONINGS, EMBEDDINGS, NORMS, OUTPUTS, INRDecoder, unfused_reason
+from fastinr.inr_decoder import CONDITIONINGS, EMBEDDINGS, NORMS, OUTPUTS, INRDecoder
 from fastinr.models import (DECODERS, ENCODERS, RESNET_WEIGHTS, EncoderDecoder, build_encoder,
                             decoder_macs_per_pixel)
 from fastinr.training import (COLLAPSE_RATIO, GracefulStop, atomic_write, init_distributed,
@@ -149,8 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "statistics) or batch (statistics over the whole batch)")
     model.add_argument("--freqs", default="7,17", help="positional embedding frequencies")
     model.add_argument("--backend", choices=("auto",) + BACKENDS, default="auto",
-                       help="fastinr decoder backend (--decoder seed, and inr variants that "
-                            "INRDecoder.fused_reason() allows; conv runs in plain PyTorch)")
+                       help="fastinr decoder backend (--decoder seed and inr; conv runs in plain "
+                            "PyTorch)")
     inr = p.add_argument_group("--decoder inr")
     inr.add_argument("--conditioning", choices=CONDITIONINGS, default="concat",
                      help="code into the MLP: concat (the seed), shift or film modulation of "
@@ -243,15 +243,9 @@ def resolve_config(args: argparse.Namespace, parser, device: torch.device) -> di
         if cfg["compression_ratio"] <= 0:
             parser.error(f"--compression-ratio must be > 0, got {cfg['compression_ratio']}")
         cfg["code_size"] = int(math.prod(SHAPE) // cfg["compression_ratio"])
-    if cfg["backend"] not in ("auto", "torch"):
-        plain = None
-        if cfg["decoder"] == "conv":
-            plain = "the conv decoder has only the PyTorch path"
-        elif cfg["decoder"] == "inr":
-            plain = inr_unfused_reason(cfg, cfg["backend"])
-        if plain:
-            parser.error(f"--backend {cfg['backend']}: {plain}, so it runs in plain PyTorch "
-                         "(--backend auto or torch)")
+    if cfg["backend"] not in ("auto", "torch") and cfg["decoder"] == "conv":
+        parser.error(f"--backend {cfg['backend']}: the conv decoder has only the PyTorch path, so "
+                     "it runs in plain PyTorch (--backend auto or torch)")
     if cfg["max_inputs"] is None:
         cfg["max_inputs"] = (GPU_DEFAULT_MAX_INPUTS if device.type == "cuda"
                              else CPU_DEFAULT_MAX_INPUTS)
@@ -314,19 +308,11 @@ def make_scheduler(optimizer, total_steps: int, warmup_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def inr_unfused_reason(cfg: dict, backend: str):
-    """Why the --decoder inr variant of `cfg` is not fused on `backend` (None: it is)."""
-    return unfused_reason(cfg["conditioning"], cfg["norm"], backend)
-
-
 def decoder_backend(cfg: dict, device: torch.device) -> str:
     """The fastinr backend the decoder trains on, or why it runs in plain PyTorch."""
     if cfg["decoder"] == "conv":
         return "plain PyTorch"
-    backend = resolve_backend(cfg["backend"], device)[0]
-    if cfg["decoder"] == "inr" and inr_unfused_reason(cfg, backend) is not None:
-        return f"plain PyTorch ({inr_unfused_reason(cfg, backend)})"
-    return backend
+    return resolve_backend(cfg["backend"], device)[0]
 
 
 def build_model(cfg: dict) -> EncoderDecoder:

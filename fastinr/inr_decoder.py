@@ -22,18 +22,17 @@ norm: "image-bn" (the seed: per-image statistics in training, running statistics
 a `train_size`-pixel side), "gaussian" (Gaussian Fourier features, scale `sigma`, a seeded
 buffer saved in the state_dict).
 
-Fused paths: when norm is "none" / "image-bn" / "instance" / "batch-bn" and colors are asked on
-the pixel grid, forward runs through fastinr's decode contract (`backend`: "auto" picks Triton on
-CUDA, native on CPU; see fastinr.backend), forward and backward fused, shift and FiLM
-conditioning included. What the kernels do not compute themselves enters the contract as its
-`input_offset` (a fixed basis per pixel times cells per image), on every backend:
+Fused paths: colors on the pixel grid (every variant) run through fastinr's decode contract
+(`backend`: "auto" picks Triton on CUDA, native on CPU; see fastinr.backend), forward and backward
+fused: every normalization (LayerNorm included) and conditioning. What the kernels do not compute
+themselves enters the contract as its `input_offset` (a fixed basis per pixel times cells per
+image):
   * the local latent grid: projected cells per image, fixed bilinear weights per pixel;
   * the Gaussian features (the kernels embed only (x, y)): the features per pixel, W_e's columns;
   * a sub-pixel `jitter` of the query points (one offset per pixel, shared by the batch):
     W_e·emb(p + jitter) = [the kernels' embedding of p] + W_e·(emb(p + jitter) - emb(p)).
-The wide sigmoid is the kernels' sigmoid and one elementwise op. LayerNorm and arbitrary query
-points run the plain PyTorch path below; `fused_reason(device)` says why a configuration is not
-fused.
+The wide sigmoid is the kernels' sigmoid and one elementwise op. Arbitrary query points (`coords`)
+run the plain PyTorch path below, which is also the fused paths' oracle in the tests.
 """
 import math
 from typing import Optional, Sequence, Tuple
@@ -64,13 +63,6 @@ def _choice(value: str, choices: Sequence[str], argument: str) -> str:
 def nyquist_frequency(size: int) -> float:
     """Angular frequency of one cycle per two pixels for `size` pixels over [-1, 1]."""
     return math.pi * (size - 1) / 2
-
-
-def unfused_reason(conditioning: str, norm: str, backend: str) -> Optional[str]:
-    """What keeps a variant off the fused backend `backend` (the resolved name; None: fused)."""
-    if norm == "layer":
-        return "LayerNorm (not fused yet)"
-    return None
 
 
 def concat_offsets(offsets: Sequence[InputOffset]) -> Optional[InputOffset]:
@@ -259,28 +251,24 @@ class INRDecoder(nn.Module):
                              f"got {getattr(codes, 'shape', type(codes).__name__)}")
         batch_codes = codes.reshape(-1, self.code_size)
         batch = batch_codes.shape[0]
-        if coords is None:
+        if coords is None:   # the pixel grid: through the decode contract, fused
             shape = self.default_shape if shape is None else shape
             if shape is None:
                 raise ValueError("shape must be given as (H, W): this decoder has no default_shape")
             shape = _check_shape(shape, "shape")
             if jitter is not None:
                 jitter = self._check_jitter(jitter, shape, codes)
-            xy = self._query_points(shape, jitter, codes)
-        else:
-            if jitter is not None:
-                raise ValueError("jitter moves the pixel grid's query points; with coords, give the "
-                                 "points themselves")
-            if coords.shape[-1] != 2 or coords.ndim not in (2, 3) or \
-                    (coords.ndim == 3 and coords.shape[0] != batch):
-                raise ValueError(f"coords must have shape (P, 2) or ({batch}, P, 2), got "
-                                 f"{tuple(coords.shape)}")
-            xy = coords.to(codes.dtype)
-        if coords is None:
-            backend, decode = resolve_backend(self.backend, codes.device)
-            if self._unfused_reason(backend) is None:
-                colors = self._fused_forward(batch_codes, shape, decode, jitter)
-                return colors[0] if codes.ndim == 1 else colors
+            colors = self._fused_forward(batch_codes, shape, resolve_backend(self.backend, codes.device)[1],
+                                         jitter)
+            return colors[0] if codes.ndim == 1 else colors
+        if jitter is not None:
+            raise ValueError("jitter moves the pixel grid's query points; with coords, give the "
+                             "points themselves")
+        if coords.shape[-1] != 2 or coords.ndim not in (2, 3) or \
+                (coords.ndim == 3 and coords.shape[0] != batch):
+            raise ValueError(f"coords must have shape (P, 2) or ({batch}, P, 2), got "
+                             f"{tuple(coords.shape)}")
+        xy = coords.to(codes.dtype)
         xy = xy.expand(batch, -1, -1) if xy.ndim == 2 else xy
         pixels = xy.shape[1]
 
@@ -304,24 +292,15 @@ class INRDecoder(nn.Module):
                 layer += 1
             h = h + x
         colors = self._output(self.linear_out(h)).transpose(1, 2)      # (B, out, P)
-        if coords is None:
-            colors = colors.reshape(batch, self.out_channels, *shape)
         return colors[0] if codes.ndim == 1 else colors
-
-    def fused_reason(self, device="cpu") -> Optional[str]:
-        """None when forward on the pixel grid runs fused on `device`, else what keeps this variant
-        on the plain PyTorch path."""
-        return self._unfused_reason(resolve_backend(self.backend, device)[0])
-
-    def _unfused_reason(self, backend: str) -> Optional[str]:
-        return unfused_reason(self.conditioning, self.norm, backend)
 
     def _fused_spec(self) -> DecoderSpec:
         return DecoderSpec(
             code_size=self.global_size if self.code_in is not None else 0,
             out_channels=self.out_channels, hidden=self.hidden,
             concat=(False,) * len(self.blocks), layers_per_block=len(self.blocks[0]) if len(self.blocks) else 0,
-            freqs=self.freqs, batch_norm=self.norms is not None, activation=self.activation,
+            freqs=self.freqs, batch_norm=self.norms is not None and self.norm != "layer",
+            layer_norm=self.norm == "layer", activation=self.activation,
             activation_out="none" if self.output == "linear" else "sigmoid",
             eps=self.norms[0].eps if self.norms is not None and len(self.norms) else 1e-5,
             modulation="none" if self.conditioning == "concat" else self.conditioning)
@@ -342,9 +321,9 @@ class INRDecoder(nn.Module):
 
     def _fused_forward(self, codes: torch.Tensor, shape: Tuple[int, int], decode,
                        jitter: Optional[torch.Tensor] = None) -> torch.Tensor:
-        norms = list(self.norms) if self.norms is not None else []
+        norms = list(self.norms) if self.norms is not None and self.norm != "layer" else []   # BatchNorms
         if not norms:
-            norm_stats = "running"  # unused without normalization
+            norm_stats = "running"  # unused without BatchNorm
         elif self.norm == "instance" or self.training:
             norm_stats = "batch" if self.norm == "batch-bn" else "image"
             check_norm_pixels(norm_stats, codes.shape[0], shape[0] * shape[1])

@@ -49,7 +49,7 @@ def empty_cache() -> None:
 def _config(spec: DecoderSpec, shape: Tuple[int, int], norm_stats: str) -> dict:
     return dict(height=int(shape[0]), width=int(shape[1]), freqs=[float(f) for f in spec.freqs],
                 concat=[bool(c) for c in spec.concat], layers=int(spec.layers_per_block),
-                batch_norm=bool(spec.batch_norm), activation=spec.activation,
+                batch_norm=bool(spec.batch_norm), layer_norm=bool(spec.layer_norm), activation=spec.activation,
                 activation_out=spec.activation_out, eps=float(spec.eps), norm_stats=norm_stats,
                 modulation=spec.modulation)
 
@@ -103,9 +103,9 @@ def decode(codes: torch.Tensor, params: DecoderParams, spec: DecoderSpec, shape:
     reference.check_input_offset(spec, codes.shape[0], shape, input_offset)
     config = _config(spec, shape, norm_stats)
     if not supports(codes.device):
-        if mods is not None or input_offset is not None:
-            raise ValueError("the native backend renders on CUDA without modulation or input_offset only; "
-                             "use the torch backend for these decoders on the GPU")
+        if mods is not None or input_offset is not None or spec.layer_norm:
+            raise ValueError("the native backend renders on CUDA without modulation, input_offset or "
+                             "LayerNorm only; use the triton or torch backend for these decoders on the GPU")
         return _render(codes, params, spec, config, running), []
     flat_running = []
     if spec.batch_norm and norm_stats == "running":

@@ -5,7 +5,8 @@ For B codes (B, C) and an H x W image (P = H*W pixels, embedding emb (P, E)):
     h0 = act(code_proj[b] + pos_proj[p])        code_proj = codes @ W_code^T + b_in   (B, hidden)
                                                  pos_proj  = emb @ W_pos^T            (P, hidden)
     per block i (input width w_i):
-        x = norm_i(h)                            (BatchNorm, if spec.batch_norm)
+        x = norm_i(h)                            (BatchNorm if spec.batch_norm, LayerNorm over
+                                                  each pixel's features if spec.layer_norm)
         y = act(W_{i,L} ... act(W_{i,1} x + b_{i,1}) ... + b_{i,L})
         h = h + y          or   h = h ⊕ y  (concat; width doubles)
     colors = act_out(h @ W_out^T + b_out)       (B, P, out) -> (B, out, H, W)
@@ -53,6 +54,16 @@ class DecoderSpec:
     activation_out: str
     eps: float = 1e-5
     modulation: str = "none"            # "none" | "shift" | "film" (see the module docstring)
+    layer_norm: bool = False            # per pixel over its features (no statistics to keep)
+
+    def __post_init__(self):
+        if self.batch_norm and self.layer_norm:
+            raise ValueError("a DecoderSpec normalizes with BatchNorm or LayerNorm, not both")
+
+    @property
+    def normalized(self) -> bool:
+        """Whether each block starts with a normalization (and has its affine parameters)."""
+        return self.batch_norm or self.layer_norm
 
     @property
     def num_blocks(self) -> int:
@@ -88,7 +99,7 @@ class DecoderParams(NamedTuple):
     """The decoder's tensors, in the seed's layout (nn.Linear weights are (out, in))."""
     w_in: torch.Tensor                          # (hidden, C + E)
     b_in: torch.Tensor                          # (hidden,)
-    norm_weight: Tuple[torch.Tensor, ...]       # per block (w_i,), empty without BatchNorm
+    norm_weight: Tuple[torch.Tensor, ...]       # per block (w_i,), empty without a norm
     norm_bias: Tuple[torch.Tensor, ...]
     weights: Tuple[Tuple[torch.Tensor, ...], ...]   # [block][layer] (w_i, w_i)
     biases: Tuple[Tuple[torch.Tensor, ...], ...]    # [block][layer] (w_i,)
@@ -107,7 +118,7 @@ class DecoderParams(NamedTuple):
         it = iter(tensors)
         take = lambda n: tuple(next(it) for _ in range(n))  # noqa: E731
         w_in, b_in = take(2)
-        n_norm = spec.num_blocks if spec.batch_norm else 0
+        n_norm = spec.num_blocks if spec.normalized else 0
         norm_weight, norm_bias = take(n_norm), take(n_norm)
         weights, biases = [], []
         for _ in range(spec.num_blocks):
@@ -238,6 +249,9 @@ def decode(codes: torch.Tensor, params: DecoderParams, spec: DecoderSpec, shape:
                                        norm_stats, running[i] if norm_stats == "running" else None)
             if block_stats is not None:
                 stats.append(block_stats)
+        elif spec.layer_norm:
+            x = torch.nn.functional.layer_norm(x, (x.shape[-1],), params.norm_weight[i],
+                                               params.norm_bias[i], spec.eps)
         for weight, bias in zip(params.weights[i], params.biases[i]):
             x = apply_activation(spec.activation, modulate(torch.matmul(x, weight.t()) + bias,
                                                            spec, mods, layer))

@@ -45,16 +45,22 @@ CONFIGS = [
     (dict(hidden=16, layers_per_block=0, concat=(True, False)), (7, 13), 2, "batch"),
     (dict(hidden=16, out_channels=1, activation_out="none", freqs=(2, 4, 8)), (32, 32), 1, "image"),
     (dict(hidden=9, out_channels=40, activation="silu", activation_out="gelu"), (5, 3), 2, "batch"),
+    # LayerNorm over each pixel's features: plain, concat (widths double), without layers, 1 pixel
+    (dict(hidden=24, batch_norm=False, layer_norm=True), (7, 13), 3, "image"),
+    (dict(hidden=12, concat=(True, False), batch_norm=False, layer_norm=True, activation="tanh"), (31, 17), 2,
+     "batch"),
+    (dict(hidden=16, layers_per_block=0, batch_norm=False, layer_norm=True), (7, 13), 2, "running"),
+    (dict(hidden=32, batch_norm=False, layer_norm=True, freqs=(3,)), (1, 1), 5, "image"),
 ]
 DTYPES = [(torch.float64, 1e-10), (torch.float32, 2e-5)]
 
 
 def make_spec(code_size=11, out_channels=3, hidden=16, concat=(False, False), layers_per_block=2,
-              freqs=(7.0, 17.0), batch_norm=True, activation="gelu", activation_out="sigmoid"):
+              freqs=(7.0, 17.0), batch_norm=True, activation="gelu", activation_out="sigmoid", layer_norm=False):
     return DecoderSpec(code_size=code_size, out_channels=out_channels, hidden=hidden,
                        concat=tuple(concat), layers_per_block=layers_per_block,
                        freqs=tuple(float(f) for f in freqs), batch_norm=batch_norm,
-                       activation=activation, activation_out=activation_out)
+                       activation=activation, activation_out=activation_out, layer_norm=layer_norm)
 
 
 def make_params(spec, dtype, requires_grad=True):
@@ -65,7 +71,7 @@ def make_params(spec, dtype, requires_grad=True):
                 torch.empty(out, dtype=dtype).uniform_(-bound, bound))
     widths = spec.block_widths
     w_in, b_in = linear(spec.hidden, spec.code_size + spec.embedding_size)
-    n_norm = spec.num_blocks if spec.batch_norm else 0
+    n_norm = spec.num_blocks if spec.normalized else 0
     norm_weight = tuple(torch.empty(widths[i], dtype=dtype).uniform_(0.5, 1.5) for i in range(n_norm))
     norm_bias = tuple(torch.randn(widths[i], dtype=dtype) * 0.3 for i in range(n_norm))
     weights, biases = [], []
@@ -149,11 +155,12 @@ def test_every_activation(activation, dtype, rel):
     check_against_reference(spec, (6, 5), 2, "image", dtype, rel)
 
 
-@pytest.mark.parametrize("norm_stats,batch_norm", [("image", True), ("batch", True), ("running", True),
-                                                   ("image", False)])
-def test_gradcheck(norm_stats, batch_norm):
+@pytest.mark.parametrize("norm_stats,batch_norm,layer_norm", [("image", True, False), ("batch", True, False),
+                                                              ("running", True, False), ("image", False, False),
+                                                              ("image", False, True)])
+def test_gradcheck(norm_stats, batch_norm, layer_norm):
     spec = make_spec(code_size=3, hidden=5, concat=(True, False), batch_norm=batch_norm, freqs=(2.0,),
-                     activation="silu")
+                     activation="silu", layer_norm=layer_norm)
     params, running = make_params(spec, torch.float64)
     codes = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
     tensors = params.flat()

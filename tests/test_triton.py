@@ -29,13 +29,14 @@ def _poison_outputs(monkeypatch):
 
 
 def make_spec(hidden=16, blocks=2, layers=2, concat=False, freqs=2, batch_norm=True,
-              activation="gelu", activation_out="sigmoid", code=5, out=3, modulation="none"):
+              activation="gelu", activation_out="sigmoid", code=5, out=3, modulation="none",
+              layer_norm=False):
     if isinstance(concat, bool):
         concat = (concat,) * blocks
     return DecoderSpec(code_size=code, out_channels=out, hidden=hidden, concat=tuple(concat),
                        layers_per_block=layers, freqs=(7.0, 17.0, 3.0, 11.0)[:freqs],
                        batch_norm=batch_norm, activation=activation,
-                       activation_out=activation_out, modulation=modulation)
+                       activation_out=activation_out, modulation=modulation, layer_norm=layer_norm)
 
 
 def make_params(spec, device=DEVICE):
@@ -45,7 +46,7 @@ def make_params(spec, device=DEVICE):
         return ((torch.rand(n_out, n_in, device=device) * 2 - 1) * bound,
                 (torch.rand(n_out, device=device) * 2 - 1) * bound)
     w_in, b_in = linear(spec.hidden, spec.code_size + spec.embedding_size)
-    widths = spec.block_widths if spec.batch_norm else ()
+    widths = spec.block_widths if spec.normalized else ()
     norm_weight = tuple(1 + 0.3 * torch.randn(w, device=device) for w in widths)
     norm_bias = tuple(0.3 * torch.randn(w, device=device) for w in widths)
     weights, biases = [], []
@@ -176,6 +177,20 @@ def test_modulation_matches_reference(kwargs, batch, shape, norm_stats):
     check_decode(make_spec(**kwargs), batch, shape, norm_stats)
 
 
+LAYER_NORM_CASES = [
+    (dict(hidden=24, blocks=2, layers=2, concat=(False, True), batch_norm=False, layer_norm=True), 2, (7, 5)),
+    (dict(hidden=16, blocks=2, layers=0, batch_norm=False, layer_norm=True, modulation="film"), 2, (3, 4)),
+    (dict(hidden=8, blocks=1, layers=1, batch_norm=False, layer_norm=True, modulation="shift"), 3, (1, 1)),
+]
+
+
+@pytest.mark.parametrize("kwargs,batch,shape", LAYER_NORM_CASES)
+@pytest.mark.parametrize("grad", [True, False])
+def test_layer_norm_matches_reference(kwargs, batch, shape, grad):
+    """LayerNorm per pixel: training (every gradient) and a render without gradients."""
+    check_decode(make_spec(**kwargs), batch, shape, "image", grad=grad)
+
+
 def test_modulation_with_gpu_tiles_on_ragged_images(monkeypatch):
     monkeypatch.setattr(ops_config, "interpreting", lambda: False)
     check_decode(make_spec(hidden=24, blocks=1, layers=2, modulation="film"), 2, (9, 11), "image")
@@ -290,7 +305,9 @@ def test_bad_inputs_raise_clear_errors():
 ])
 def test_autocast_half_precision_dots(dtype):
     """Under torch.autocast the dots take `dtype` operands with float32 accumulation: the error
-    against float64 is at most ~2x the one torch's autocast reference makes."""
+    against float64 is at most 4x the one torch's autocast reference makes (both sum the same
+    fp16-rounded products in different orders; the worst of 100 fresh draws was 3.4x, in a bias
+    gradient, so 2x failed one draw in 30)."""
     spec = make_spec(hidden=24, blocks=2, layers=2, concat=(False, True), freqs=2)
     params = make_params(spec)
     codes = torch.randn(3, spec.code_size, device=DEVICE)
@@ -312,7 +329,7 @@ def test_autocast_half_precision_dots(dtype):
         scale = want.abs().max()
         torch_error = (base.double() - want).abs().max()
         # torch's CPU autocast itself overflows in some float16 gradients; then bound by eps.
-        allowed = 2 * torch_error if torch.isfinite(torch_error) else 4 * eps * scale
+        allowed = 4 * torch_error if torch.isfinite(torch_error) else 4 * eps * scale
         error = (got.double() - want).abs().max()
         assert torch.isfinite(got).all() and error <= max(allowed, 0.1 * eps * scale), \
             f"{name}: error {error:.3e}, allowed {allowed:.3e}"

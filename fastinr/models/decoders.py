@@ -1,8 +1,7 @@
 """The example's decoders by name, and their cost in multiply-adds per output pixel.
 
 * "seed": fastinr.ImageManifoldDecoder, the seed's decoder (fused backends).
-* "inr":  fastinr.INRDecoder, the sharper-decoder variants (fused where the variant has the seed's
-          per-pixel shape, see INRDecoder.fused_reason; plain PyTorch otherwise).
+* "inr":  fastinr.INRDecoder, the sharper-decoder variants (fused backends, every variant).
 * "conv": fastinr.ConvDecoder, a transposed-convolution baseline with the same code size.
 """
 import torch

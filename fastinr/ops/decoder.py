@@ -9,7 +9,8 @@ Two paths:
           (linear.py), each a torch.autograd.Function with fused backward kernels. BatchNorm
           statistics are torch reductions of the block input, so autograd carries their gradient.
           With shift / FiLM modulation, each Linear runs without activation and one elementwise
-          kernel modulates per image, activates and adds the residual (modulate.py).
+          kernel modulates per image, activates and adds the residual (modulate.py). LayerNorm
+          is torch's fused kernel on the block input (per-row statistics, one extra pass).
 """
 from typing import Sequence, Tuple
 
@@ -79,7 +80,8 @@ def decode(codes: torch.Tensor, params: DecoderParams, spec: DecoderSpec, shape:
     config = LaunchConfig.for_call(codes.device)
     # The one-pass render has no input offset or modulation (yet): such decoders render with the
     # train kernels.
-    renderable = spec.out_channels <= MAX_OUT_CHANNELS and input_offset is None and mods is None
+    renderable = (spec.out_channels <= MAX_OUT_CHANNELS and input_offset is None and mods is None
+                  and not spec.layer_norm)
     if renderable and (not normalized or norm_stats == "running") and not _needs_grad(codes, params):
         return render_forward(codes, params, spec, shape, running, config), []
     return _train_forward(codes, params, spec, shape, norm_stats, running, config, mods, input_offset)
@@ -114,10 +116,13 @@ def _train_forward(codes, params, spec, shape, norm_stats, running, config, mods
                 stats.append(block_stats)
         mode = RES_CONCAT if spec.concat[i] else RES_ADD
         layers = list(zip(params.weights[i], params.biases[i]))
-        if not layers:
-            h = _merge_without_layers(h, norm, groups, mode)
-            continue
         x = h
+        if spec.layer_norm:   # torch's fused kernel: per-row statistics do not fit a column prologue
+            x = torch.nn.functional.layer_norm(h, (h.shape[1],), params.norm_weight[i].float(),
+                                               params.norm_bias[i].float(), spec.eps)
+        if not layers:
+            h = _merge_without_layers(h, x, norm, groups, mode)
+            continue
         for j, (weight, bias) in enumerate(layers):
             last = j == len(layers) - 1
             first = dict(norm=norm if j == 0 else None, groups=groups if j == 0 else 1)
@@ -154,9 +159,9 @@ def _norm_params(h, gamma, beta, eps, norm_stats, groups, running):
     return (mean.contiguous(), scale.contiguous(), beta.contiguous()), stats
 
 
-def _merge_without_layers(h, norm, groups, mode):
-    """A block with no Linear: h + norm(h) or h ⊕ norm(h), in torch (nothing to fuse it into)."""
-    x = h
+def _merge_without_layers(h, x, norm, groups, mode):
+    """A block with no Linear: h + norm(h) or h ⊕ norm(h), in torch (nothing to fuse it into);
+    x is h, or h already layer-normalized."""
     if norm is not None:
         mean, scale, beta = norm
         width = h.shape[1]
