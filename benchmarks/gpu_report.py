@@ -212,6 +212,10 @@ def check_correctness():
                                          freqs=3, activation="silu"), 3, (31, 17), "batch"),
         ("512 relu running", make_spec(hidden=512, blocks=1, layers=2, freqs=2,
                                        activation="relu"), 2, (9, 11), "running"),
+        ("film 128 image", make_spec(hidden=128, blocks=2, layers=2, freqs=2, modulation="film"), 4,
+         (32, 32), "image"),
+        ("layernorm shift 256", make_spec(hidden=256, blocks=2, layers=1, freqs=2, batch_norm=False,
+                                          layer_norm=True, modulation="shift"), 3, (31, 17), "image"),
     ]
     for label, spec, batch, shape, norm_stats in cases:
         for grad in (True, False):
