@@ -47,18 +47,11 @@ def _to_hwc(image: torch.Tensor):
     return image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
 
 
-def plot_reconstructions(originals: torch.Tensor, reconstructions: torch.Tensor,
-                         renders: torch.Tensor, path, scale: int = 4) -> None:
-    """originals, reconstructions (N, 3, H, W); renders (N, 3, scale*H, scale*W); all in [0, 1]."""
-    if not (len(originals) == len(reconstructions) == len(renders)) or len(originals) == 0:
-        raise ValueError("need the same positive number of originals, reconstructions and renders")
+def _image_grid(columns, path, size: float) -> None:
+    """One row per image, one titled column per (name, images (N, 3, h, w)); written atomically."""
     plt = _pyplot()
-    nearest = originals.repeat_interleave(scale, -2).repeat_interleave(scale, -1)
-    columns = (("original", originals), ("reconstruction", reconstructions),
-               (f"render {renders.shape[-2]}x{renders.shape[-1]}", renders),
-               (f"original, nearest {scale}x", nearest))
-    n = len(originals)
-    fig, axes = plt.subplots(n, len(columns), figsize=(2.2 * len(columns), 2.2 * n), squeeze=False)
+    n = len(columns[0][1])
+    fig, axes = plt.subplots(n, len(columns), figsize=(size * len(columns), size * n), squeeze=False)
     for row in range(n):
         for col, (name, images) in enumerate(columns):
             ax = axes[row][col]
@@ -70,24 +63,21 @@ def plot_reconstructions(originals: torch.Tensor, reconstructions: torch.Tensor,
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
+
+
+def plot_reconstructions(originals: torch.Tensor, reconstructions: torch.Tensor,
+                         renders: torch.Tensor, path, scale: int = 4) -> None:
+    """originals, reconstructions (N, 3, H, W); renders (N, 3, scale*H, scale*W); all in [0, 1]."""
+    if not (len(originals) == len(reconstructions) == len(renders)) or len(originals) == 0:
+        raise ValueError("need the same positive number of originals, reconstructions and renders")
+    nearest = originals.repeat_interleave(scale, -2).repeat_interleave(scale, -1)
+    _image_grid([("original", originals), ("reconstruction", reconstructions),
+                 (f"render {renders.shape[-2]}x{renders.shape[-1]}", renders),
+                 (f"original, nearest {scale}x", nearest)], path, 2.2)
 
 
 def plot_renders(nearest: torch.Tensor, renders: Dict[str, torch.Tensor], path) -> None:
     """nearest (N, 3, H, W): the targets enlarged; renders: label -> (N, 3, H, W); all in [0, 1]."""
     if len(nearest) == 0 or any(r.shape != nearest.shape for r in renders.values()):
         raise ValueError(f"every render must have the targets' shape {tuple(nearest.shape)} (N > 0)")
-    plt = _pyplot()
-    columns = [("tile, nearest", nearest), *renders.items()]
-    n = len(nearest)
-    fig, axes = plt.subplots(n, len(columns), figsize=(2.4 * len(columns), 2.4 * n), squeeze=False)
-    for row in range(n):
-        for col, (name, images) in enumerate(columns):
-            ax = axes[row][col]
-            ax.imshow(_to_hwc(images[row]), interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(name, fontsize=9)
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-    plt.close(fig)
+    _image_grid([("tile, nearest", nearest), *renders.items()], path, 2.4)
