@@ -24,9 +24,11 @@ schedule. The ladder (each rung adds to the previous unless it says otherwise):
     <best>-log, <best>-gaussian   the embedding sweep on the best INR rung by validation L1
     conv            the ConvDecoder baseline
     sharp           --preset sharp: the best recipe found so far (instance statistics, log-spaced
-                    frequencies, batch 16), so the campaign measures the preset it documents
-    sharp-subpixel  + --subpixel: trained off the pixel centres, for renders above 32x32
-                    (examples/render_check.py scores those renders)
+                    frequencies, the linear-head grid, batch 16, sub-pixel training), so the
+                    campaign measures the preset it documents
+    sharp-centres   the same trained at the pixel centres only (--no-subpixel): the same L1 at
+                    32x32, lattice artifacts in renders above it (examples/render_check.py
+                    scores those renders)
 
 Aggregation writes OUTPUT/results.md (validation L1 in eval mode, PSNR, Sobel-edge L1, decoder
 MACs per pixel, training images/s: mean ± standard deviation over the seeds; and for the
@@ -68,7 +70,7 @@ EMBEDDINGS = [("log", ["--embedding", "log", "--num-freqs", "6"]),
               ("gaussian", ["--embedding", "gaussian", "--num-freqs", "16", "--sigma", "10"])]
 CONV = ("conv", ["--decoder", "conv"])
 SHARP = ("sharp", ["--preset", "sharp"])
-SHARP_SUBPIXEL = ("sharp-subpixel", ["--preset", "sharp", "--subpixel"])
+SHARP_CENTRES = ("sharp-centres", ["--preset", "sharp", "--no-subpixel"])
 
 
 def run_dir(root: Path, name: str, seed: int) -> Path:
@@ -284,7 +286,7 @@ def main(argv=None) -> int:
     root = Path(args.output)
     root.mkdir(parents=True, exist_ok=True)
     seeds = range(args.seeds)
-    ladder = LADDER + [CONV, SHARP, SHARP_SUBPIXEL]
+    ladder = LADDER + [CONV, SHARP, SHARP_CENTRES]
     known = [n for n, _ in ladder] + [f"{b}-{e}" for b in SWEEP_BASES for e, _ in EMBEDDINGS]
     only = None if args.only is None else [n.strip() for n in args.only.split(",") if n.strip()]
     if only is not None and set(only) - set(known):

@@ -70,13 +70,18 @@ EVAL_CHUNK = 128
 BATCH_NORM_MODES = ("none", "image", "batch")
 # Presets set these defaults; flags given on the command line override them. "baseline" is the
 # parser's own defaults. "sharp" is the best variant measured so far (docs/experiments.md: two
-# seeds at 100k images, hidden 128, 32% below the baseline and 1.1x its training images/s on a CPU).
+# seeds at 100k images, hidden 128, 32% below the baseline and 1.08x its training images/s on a
+# CPU; sub-pixel training keeps its renders above 32x32 free of lattice artifacts).
 PRESETS = {"seed": {"activation_out": "sigmoid", "batch_norm": "image"},
            "baseline": {"activation_out": "none", "batch_norm": "none"},
            "sharp": {"activation_out": "none", "batch_norm": "none", "decoder": "inr",
                      "norm": "instance", "inr_output": "linear", "embedding": "log", "num_freqs": 6,
                      "grid_size": 4, "grid_channels": 6, "grid_head": "linear", "layers_per_block": 1,
-                     "batch_size": 16, "lr": 2e-3, "warmup": 5000}}
+                     "batch_size": 16, "lr": 2e-3, "warmup": 5000, "subpixel": True}}
+# The --decoder inr settings: a preset's values for them apply only when the decoder is inr (so
+# `--preset sharp --decoder seed` is the seed's decoder with the sharp training recipe).
+INR_KEYS = ("conditioning", "norm", "inr_output", "embedding", "num_freqs", "max_freq", "sigma",
+            "grid_size", "grid_channels", "grid_head", "subpixel")
 # --decoder inr without --norm / --inr-output follows --batch-norm / --activation-out.
 INR_NORM_FROM_BATCH_NORM = {"none": "none", "image": "image-bn", "batch": "batch-bn"}
 INR_OUTPUT_FROM_ACTIVATION_OUT = {"none": "linear", "sigmoid": "sigmoid"}
@@ -178,10 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="how the encoder makes the grid: pool (its CNN body's features averaged "
                           "over each cell, then a 1x1 conv) or linear (the seed's encoder unchanged: "
                           "its Linear head's outputs are read as grid and global code)")
-    inr.add_argument("--subpixel", action="store_true",
+    inr.add_argument("--subpixel", action=argparse.BooleanOptionalAction, default=False,
                      help="train on one random point inside every pixel (nearest-pixel target; "
                           "drawn per step, shared by its images, fused) instead of the pixel "
-                          "centres; validation stays on the pixel grid")
+                          "centres, so renders above the training size stay clean; validation "
+                          "stays on the pixel grid")
     conv = p.add_argument_group("--decoder conv")
     conv.add_argument("--conv-channels", type=int, default=64, help="conv decoder channels")
     train = p.add_argument_group("training")
@@ -506,8 +512,10 @@ def configure(argv):
         if checkpoint_path.exists():
             parser.error(f"{checkpoint_path} exists; pass --resume to continue that run, or "
                          "choose another --output")
-        for key, value in PRESETS[args.preset].items():
-            if key not in given:
+        preset = PRESETS[args.preset]
+        decoder = args.decoder if "decoder" in given else preset.get("decoder", args.decoder)
+        for key, value in preset.items():
+            if key not in given and (decoder == "inr" or key not in INR_KEYS):
                 setattr(args, key, value)
         device = resolve_device(args.device, local_rank)
         cfg = resolve_config(args, parser, device)

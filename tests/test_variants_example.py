@@ -146,10 +146,15 @@ def test_preset_is_overridden_by_explicit_flags(example):
                                     "--output", "/nonexistent/never-written", "--device", "cpu"])
     assert (cfg["decoder"], cfg["norm"], cfg["inr_output"], cfg["embedding"], cfg["num_freqs"],
             cfg["batch_size"], cfg["lr"], cfg["warmup"]) == ("inr", "instance", "linear", "log", 8, 16, 2e-3, 5000)
-    assert (cfg["grid_size"], cfg["grid_channels"], cfg["grid_head"], cfg["blocks"], cfg["layers_per_block"]) == \
-        (4, 6, "linear", 2, 1)
+    assert (cfg["grid_size"], cfg["grid_channels"], cfg["grid_head"], cfg["blocks"], cfg["layers_per_block"],
+            cfg["subpixel"]) == (4, 6, "linear", 2, 1, True)
     assert cfg["grid_size"] ** 2 * cfg["grid_channels"] + 6 == cfg["code_size"] == 102
     assert example.decoder_backend(cfg, torch.device("cpu")) in ("native", "torch")  # fused
+    for decoder in ("seed", "conv"):   # another decoder takes the preset's recipe, not its INR settings
+        _, cfg, *_ = example.configure(["--preset", "sharp", "--decoder", decoder,
+                                        "--output", "/nonexistent/never-written", "--device", "cpu"])
+        assert (cfg["decoder"], cfg["grid_size"], cfg["subpixel"], cfg["batch_size"], cfg["lr"]) == \
+            (decoder, 0, False, 16, 2e-3)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -165,10 +170,13 @@ def test_bad_variant_flags(example, argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_subpixel_training_is_fused(example):
-    _, cfg, *_ = example.configure(["--preset", "sharp", "--subpixel", "--backend", "native",
+def test_subpixel_training_is_fused_and_can_be_turned_off(example):
+    _, cfg, *_ = example.configure(["--preset", "sharp", "--backend", "native",
                                     "--output", "/nonexistent/never-written", "--device", "cpu"])
     assert cfg["subpixel"] and example.decoder_backend(cfg, torch.device("cpu")) == "native"
+    _, cfg, *_ = example.configure(["--preset", "sharp", "--no-subpixel",
+                                    "--output", "/nonexistent/never-written", "--device", "cpu"])
+    assert not cfg["subpixel"]
 
 
 def test_subpixel_points_stay_in_their_pixel(example):
