@@ -1,4 +1,4 @@
-"""INRDecoder: the seed's per-pixel MLP with the choices that attack its blur, in plain PyTorch.
+"""INRDecoder: the seed's per-pixel MLP with the choices that attack its blur, fused.
 
 For codes (B, C) = [grid (g*g*c floats, channels first) | global (the rest)] and query points p:
 
@@ -65,8 +65,10 @@ def nyquist_frequency(size: int) -> float:
     return math.pi * (size - 1) / 2
 
 
-def concat_offsets(offsets: Sequence[InputOffset]) -> Optional[InputOffset]:
-    """One input offset that adds up all of `offsets` (their bases and cells side by side)."""
+def concat_offsets(offsets: Sequence[Optional[InputOffset]]) -> Optional[InputOffset]:
+    """One input offset that adds up those of `offsets` that are not None (their bases and cells
+    side by side); None if there are none."""
+    offsets = [o for o in offsets if o is not None]
     if len(offsets) <= 1:
         return offsets[0] if offsets else None
     return InputOffset(torch.cat([o.basis for o in offsets], dim=-1).contiguous(),
@@ -330,12 +332,11 @@ class INRDecoder(nn.Module):
         else:
             norm_stats = "running"
         running = [(n.running_mean, n.running_var) for n in norms] if norm_stats == "running" else []
-        offsets = []
+        grid_part = None
         if self.grid_in is not None:
             grid, codes = codes.split([self.grid_floats, self.global_size], dim=1)
-            offsets.append(self.grid_offset(grid, shape, jitter))
-        embedding = self.embedding_offset(codes.shape[0], shape, codes, jitter)
-        offset = concat_offsets(offsets + ([embedding] if embedding is not None else []))
+            grid_part = self.grid_offset(grid, shape, jitter)
+        offset = concat_offsets([grid_part, self.embedding_offset(codes.shape[0], shape, codes, jitter)])
         mods = None
         if self.modulation is not None:  # the per-image shift / FiLM constants, (B, M, k, hidden)
             mods = self.modulation(codes).reshape(codes.shape[0], self.modulated_layers, -1, self.hidden)
