@@ -31,6 +31,11 @@ CONFIGS = [
           pos_embedding_freqs=(2, 4, 8)), (32, 32), 1),
 ]
 DTYPES = [(torch.float64, 1e-10, 1e-10), (torch.float32, 2e-5, 2e-5)]
+# In float32 a pre-activation within rounding of relu's or relu6's kink may land on either side in
+# two summation orders, and then its derivative legitimately differs (config 6, relu6: 1 draw in
+# 80 moved a code gradient by 66%). Those activations are compared in float64, where both paths
+# agree to 1e-10; the float32 run of their configs uses silu.
+KINKED = ("relu", "relu6")
 
 
 def make_pair(kwargs, dtype):
@@ -97,6 +102,8 @@ def assert_models_match(seed, ours, codes, shape, atol, rtol):
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
 @pytest.mark.parametrize("kwargs, shape, batch", CONFIGS)
 def test_matches_seed_in_train_and_eval_mode(kwargs, shape, batch, dtype, atol, rtol):
+    if dtype == torch.float32 and kwargs.get("activation") in KINKED:
+        kwargs = {**kwargs, "activation": "silu"}
     seed, ours, code_size = make_pair(dict(kwargs), dtype)
     bn_in_train = kwargs.get("batch_norm", True) and kwargs.get("num_blocks", 2) > 0
     if bn_in_train and shape == (1, 1):
