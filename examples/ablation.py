@@ -227,15 +227,16 @@ def plot_curves(curves, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(8, 5))
-    for name, runs in curves.items():
+    for i, (name, runs) in enumerate(curves.items()):
         # Mean over the seeds at the validation points they share.
         points = {}
         for run in runs:
             for images, value in run:
                 points.setdefault(images, []).append(value)
         xs = sorted(x for x in points if len(points[x]) == len(runs))
+        # Past the 10 colours of the default cycle, dashed lines keep the variants apart.
         ax.plot(xs, [statistics.fmean(points[x]) for x in xs], marker="o" if len(xs) < 30 else None,
-                label=f"{name} ({len(runs)} seeds)")
+                linestyle="-" if i < 10 else "--", label=f"{name} ({len(runs)} seeds)")
     ax.set_xlabel("training images")
     ax.set_ylabel("validation L1 (eval mode)")
     ax.set_yscale("log")
