@@ -21,6 +21,9 @@ schedule. The ladder (each rung adds to the previous unless it says otherwise):
     grid-linear     the same grid, made by the seed's encoder unchanged (its Linear's 102 outputs
                     are read as grid and global code)
     film-grid       instance + FiLM + grid (pooled head)
+    grid-area       grid-linear with LIIF's local ensemble (--grid-blend area): the MLP once per
+                    cell around each pixel, the 4 colors blended by area (4x the decoder's work,
+                    so it is not a base of the sweep)
     <best>-log, <best>-gaussian   the embedding sweep on the best INR rung by validation L1
     conv            the ConvDecoder baseline
     sharp           --preset sharp: the best recipe found so far (instance statistics, log-spaced
@@ -63,6 +66,7 @@ LADDER = [
     ("grid", INR_INSTANCE + GRID),
     ("grid-linear", INR_INSTANCE + GRID + ["--grid-head", "linear"]),
     ("film-grid", INR_INSTANCE + ["--conditioning", "film"] + GRID),
+    ("grid-area", INR_INSTANCE + GRID + ["--grid-head", "linear", "--grid-blend", "area"]),
 ]
 # The embedding sweep is run on the best of these (they have an INRDecoder).
 SWEEP_BASES = ("instance", "film", "grid", "grid-linear", "film-grid")

@@ -81,15 +81,15 @@ PRESETS = {"seed": {"activation_out": "sigmoid", "batch_norm": "image"},
 # The --decoder inr settings: a preset's values for them apply only when the decoder is inr (so
 # `--preset sharp --decoder seed` is the seed's decoder with the sharp training recipe).
 INR_KEYS = ("conditioning", "norm", "inr_output", "embedding", "num_freqs", "max_freq", "sigma",
-            "grid_size", "grid_channels", "grid_head", "subpixel")
+            "grid_size", "grid_channels", "grid_head", "grid_blend", "subpixel")
 # --decoder inr without --norm / --inr-output follows --batch-norm / --activation-out.
 INR_NORM_FROM_BATCH_NORM = {"none": "none", "image": "image-bn", "batch": "batch-bn"}
 INR_OUTPUT_FROM_ACTIVATION_OUT = {"none": "linear", "sigmoid": "sigmoid"}
 # Settings added with --decoder; a checkpoint written before them gets these values on --resume.
 DECODER_DEFAULTS = {"preset": "baseline", "decoder": "seed", "conditioning": "concat",
                     "norm": None, "inr_output": None, "embedding": "seed", "num_freqs": 6,
-                    "max_freq": None, "sigma": 10.0, "grid_size": 0, "grid_channels": 6, "grid_head": "pool",
-                    "subpixel": False, "conv_channels": 64, "warmup": 0}
+                    "max_freq": None, "sigma": 10.0, "grid_size": 0, "grid_channels": 6,
+                    "grid_head": "pool", "grid_blend": "bilinear", "subpixel": False, "conv_channels": 64, "warmup": 0}
 # Settings that may change when a run is resumed; everything else must match the checkpoint.
 RUNTIME_KEYS = ("output", "resume", "device", "backend", "tiles", "quiet")
 METRIC_COLUMNS = ["images", "step", "train_l1", "val_l1", "val_psnr", "val_edge_l1", "val_spread",
@@ -128,10 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "(explicit flags win)")
     model.add_argument("--decoder", choices=DECODERS, default="seed",
                        help="seed: fastinr.ImageManifoldDecoder (fused backends); inr: "
-                            "fastinr.INRDecoder, the sharper-decoder variants (fused where a "
-                            "variant has the seed's per-pixel shape); conv: the ConvDecoder baseline (same code size; "
-                            "--conv-channels sets its width, the MLP flags --hidden, --blocks, "
-                            "--activation, --freqs do not apply)")
+                            "fastinr.INRDecoder, the sharper-decoder variants (all fused); conv: "
+                            "the ConvDecoder baseline (same code size; --conv-channels sets its "
+                            "width, the MLP flags --hidden, --blocks, --activation, --freqs do "
+                            "not apply)")
     model.add_argument("--encoder", choices=ENCODERS, default="conv",
                        help="conv: the seed's 3-layer CNN; resnet18: torchvision resnet18 trunk")
     model.add_argument("--encoder-weights", choices=RESNET_WEIGHTS, default="none",
@@ -183,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="how the encoder makes the grid: pool (its CNN body's features averaged "
                           "over each cell, then a 1x1 conv) or linear (the seed's encoder unchanged: "
                           "its Linear head's outputs are read as grid and global code)")
+    inr.add_argument("--grid-blend", choices=("bilinear", "area"), default="bilinear",
+                     help="how a pixel reads the grid: bilinear (the cells' values blended, one "
+                          "MLP evaluation) or area (LIIF's local ensemble: one evaluation per "
+                          "cell around the pixel, the 4 colors blended by area; 4x the decoder's work)")
     inr.add_argument("--subpixel", action=argparse.BooleanOptionalAction, default=False,
                      help="train on one random point inside every pixel (nearest-pixel target; "
                           "drawn per step, shared by its images, fused) instead of the pixel "
@@ -273,6 +277,8 @@ def resolve_config(args: argparse.Namespace, parser, device: torch.device) -> di
         parser.error(f"--grid-size must be >= 0, got {cfg['grid_size']}")
     if cfg["grid_size"] and cfg["decoder"] != "inr":
         parser.error("--grid-size: only --decoder inr has a local latent grid")
+    if cfg["grid_blend"] != "bilinear" and not cfg["grid_size"]:
+        parser.error(f"--grid-blend {cfg['grid_blend']} blends grid cells: it needs --grid-size >= 1")
     if cfg["grid_size"] and cfg["grid_size"] ** 2 * cfg["grid_channels"] >= cfg["code_size"]:
         parser.error(f"--grid-size {cfg['grid_size']} x --grid-channels {cfg['grid_channels']} "
                      f"= {cfg['grid_size'] ** 2 * cfg['grid_channels']} floats leave no global "
@@ -332,7 +338,7 @@ def build_model(cfg: dict) -> EncoderDecoder:
             conditioning=cfg["conditioning"], norm=cfg["norm"], output=cfg["inr_output"],
             embedding=cfg["embedding"], freqs=cfg["freqs"], num_freqs=cfg["num_freqs"],
             max_freq=cfg["max_freq"], train_size=SHAPE[1], sigma=cfg["sigma"],
-            grid_size=cfg["grid_size"], grid_channels=cfg["grid_channels"],
+            grid_size=cfg["grid_size"], grid_channels=cfg["grid_channels"], grid_blend=cfg["grid_blend"],
             default_shape=SHAPE[1:], seed=cfg["seed"], backend=cfg["backend"])
         return EncoderDecoder(encoder, decoder)
     if cfg["decoder"] == "conv":
@@ -555,8 +561,8 @@ def describe_decoder(cfg: dict) -> str:
     layers = f"hidden {cfg['hidden']}, {cfg['blocks']}x{cfg['layers_per_block']} layers"
     if cfg["decoder"] == "seed":
         return (f"seed ({layers}, output {cfg['activation_out']}, BatchNorm {cfg['batch_norm']})")
-    grid = (f", grid {cfg['grid_size']}x{cfg['grid_size']}x{cfg['grid_channels']} ({cfg['grid_head']} head)"
-            if cfg["grid_size"] else "")
+    grid = (f", grid {cfg['grid_size']}x{cfg['grid_size']}x{cfg['grid_channels']} "
+            f"({cfg['grid_head']} head, {cfg['grid_blend']})" if cfg["grid_size"] else "")
     return (f"inr ({layers}, {cfg['conditioning']}, norm {cfg['norm']}, output "
             f"{cfg['inr_output']}, embedding {cfg['embedding']}{grid}"
             + (", sub-pixel training" if cfg["subpixel"] else "") + ")")

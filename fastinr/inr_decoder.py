@@ -13,6 +13,10 @@ For codes (B, C) = [grid (g*g*c floats, channels first) | global (the rest)] and
 
 grid(p) samples the g x g x c grid bilinearly at p; rel(p) is p relative to its cell's centre, in
 cell units ([-0.5, 0.5]); so nearby pixels can differ even where the global code is smooth.
+grid_blend="area" is LIIF's local ensemble instead: the MLP runs once for each of the 4 cell centres
+around p, with that cell's values and p relative to it ([-1, 1]), and the 4 colors are blended
+with the bilinear weights (the area of the rectangle between p and the opposite centre); 4x the
+per-pixel work, and the members are 4 images to the normalizations.
 
 norm: "image-bn" (the seed: per-image statistics in training, running statistics in eval),
 "instance" (per-image statistics in training AND eval: a function of the code, so a valid model),
@@ -27,13 +31,16 @@ Fused paths: colors on the pixel grid (every variant) run through fastinr's deco
 fused: every normalization (LayerNorm included) and conditioning. What the kernels do not compute
 themselves enters the contract as its `input_offset` (a fixed basis per pixel times cells per
 image):
-  * the local latent grid: projected cells per image, fixed bilinear weights per pixel;
+  * the local latent grid: projected cells per image, fixed bilinear weights per pixel (with
+    grid_blend="area": the 4 members run as 4 batches of images in one call, each member's
+    one-hot cell weights a block of the basis, its cells block-diagonal);
   * the Gaussian features (the kernels embed only (x, y)): the features per pixel, W_e's columns;
   * a sub-pixel `jitter` of the query points (one offset per pixel, shared by the batch):
     W_e·emb(p + jitter) = [the kernels' embedding of p] + W_e·(emb(p + jitter) - emb(p)).
 The wide sigmoid is the kernels' sigmoid and one elementwise op. Arbitrary query points (`coords`)
 run the plain PyTorch path below, which is also the fused paths' oracle in the tests.
 """
+import itertools
 import math
 from typing import Optional, Sequence, Tuple
 
@@ -52,6 +59,8 @@ CONDITIONINGS = ("concat", "shift", "film")
 NORMS = ("none", "image-bn", "instance", "batch-bn", "layer")
 OUTPUTS = ("linear", "sigmoid", "wide-sigmoid")
 EMBEDDINGS = ("seed", "log", "gaussian")
+GRID_BLENDS = ("bilinear", "area")
+AREA_MEMBERS = 4   # grid_blend="area": the cell centres around each query point
 
 
 def _choice(value: str, choices: Sequence[str], argument: str) -> str:
@@ -81,7 +90,7 @@ class INRDecoder(nn.Module):
                  conditioning: str = "concat", norm: str = "none", output: str = "linear",
                  embedding: str = "seed", freqs: Sequence[float] = (7, 17), num_freqs: int = 6,
                  max_freq: Optional[float] = None, train_size: int = 32, sigma: float = 10.0,
-                 grid_size: int = 0, grid_channels: int = 0,
+                 grid_size: int = 0, grid_channels: int = 0, grid_blend: str = "bilinear",
                  default_shape: Optional[Tuple[int, int]] = None, seed: int = 0,
                  backend: str = "auto"):
         super().__init__()
@@ -95,6 +104,11 @@ class INRDecoder(nn.Module):
         self.grid_size, self.grid_channels = int(grid_size), int(grid_channels)
         self.grid_floats = self.grid_size ** 2 * self.grid_channels if self.grid_size else 0
         self.global_size = self.code_size - self.grid_floats
+        self.grid_blend = _choice(grid_blend, GRID_BLENDS, "grid_blend")
+        if self.grid_blend == "area" and not self.grid_size:
+            raise ValueError("grid_blend='area' blends the predictions of the 4 grid cells around "
+                             "each pixel; it needs grid_size >= 1")
+        self.members = AREA_MEMBERS if self.grid_blend == "area" else 1
         self.default_shape = None if default_shape is None else _check_shape(default_shape, "default_shape")
         if self.global_size < 0:
             raise ValueError(f"grid_size**2 * grid_channels = {self.grid_floats} floats do not fit "
@@ -144,14 +158,17 @@ class INRDecoder(nn.Module):
     def extra_repr(self):
         return (f"code_size={self.code_size}, conditioning={self.conditioning!r}, norm={self.norm!r}, "
                 f"output={self.output!r}, embedding={self.embedding!r}, "
-                f"grid={self.grid_size}x{self.grid_size}x{self.grid_channels}")
+                f"grid={self.grid_size}x{self.grid_size}x{self.grid_channels}, "
+                f"grid_blend={self.grid_blend!r}")
 
     def macs_per_pixel(self) -> int:
-        """Multiply-adds per query point (per-image work, e.g. modulation, is left out)."""
+        """Multiply-adds per query point (per-image work, e.g. modulation, is left out); the
+        area blend's 4 members count 4 times."""
         h = self.hidden
         layers = sum(len(block) for block in self.blocks)
         macs = self.embed_in.in_features * h + layers * h * h + h * self.out_channels
-        return macs + (self.grid_in.in_features * h if self.grid_in is not None else 0)
+        macs += self.grid_in.in_features * h if self.grid_in is not None else 0
+        return macs * self.members
 
     def embed(self, xy: torch.Tensor) -> torch.Tensor:
         if self.embedding == "gaussian":
@@ -179,6 +196,56 @@ class INRDecoder(nn.Module):
         cells = grid.reshape(-1, c, g * g).transpose(1, 2) @ w_sample.t()          # (B, g*g, hidden)
         cells = torch.cat([cells, w_rel.t().expand(cells.shape[0], -1, -1)], dim=1)
         return InputOffset(torch.cat([bilinear, rel], dim=-1).contiguous(), cells)
+
+    def area_grid_offset(self, grid: torch.Tensor, shape: Tuple[int, int],
+                         jitter: Optional[torch.Tensor] = None) -> Tuple[InputOffset, torch.Tensor]:
+        """grid_blend="area": the 4 members' grid_in(cell values ⊕ rel) as one input offset for a
+        batch of 4B images (member-major), and the members' blend weights (4, 1, 1, H, W).
+
+        Member m's pixels weight one cell each (a one-hot basis block); its images' cells are the
+        projected cells in block m and zero elsewhere, so each member sees only its own block."""
+        g, c = self.grid_size, self.grid_channels
+        batch, (height, width) = grid.shape[0], shape
+        xy = self._query_points(shape, jitter, grid)
+        w_sample, w_rel = self.grid_in.weight.split([c, 2], dim=1)
+        cells = grid.reshape(-1, c, g * g).transpose(1, 2) @ w_sample.t()          # (B, g*g, hidden)
+        cells = torch.cat([cells, w_rel.t().expand(batch, -1, -1)], dim=1)         # (B, K, hidden)
+        bases, weights = [], []
+        for index, rel, weight in self._area_members(xy):
+            bases.append(torch.cat([F.one_hot(index, g * g).to(xy.dtype), rel], dim=-1))
+            weights.append(weight)
+        members = torch.eye(AREA_MEMBERS, dtype=cells.dtype, device=cells.device)
+        block_cells = members[:, None, :, None, None] * cells[None, :, None]       # (4, B, 4, K, hidden)
+        basis = torch.cat(bases, dim=-1).reshape(height, width, -1).contiguous()
+        blend = torch.stack(weights).reshape(AREA_MEMBERS, 1, 1, height, width)
+        return InputOffset(basis, block_cells.reshape(AREA_MEMBERS * batch, -1, self.hidden)), blend
+
+    def _area_members(self, xy: torch.Tensor):
+        """For query points xy (..., 2), the 4 cell centres around each (LIIF's local ensemble),
+        rows then columns: per member its flat cell index (...), xy relative to that centre in
+        cells (..., 2) and its blend weight (...); the weights sum to 1. Past the outer centres
+        both sides clamp to the border cell, whose prediction then gets the whole weight."""
+        g = self.grid_size
+        axes = []
+        for t in (xy[..., 1], xy[..., 0]):   # y, x
+            u = (t + 1) * (g / 2) - 0.5      # in cells; the centres are at 0 .. g-1
+            below = u.floor()
+            axes.append([((below + a).clamp(0, g - 1), u - (below + a).clamp(0, g - 1),
+                          1 - (u - below - a).abs()) for a in (0, 1)])
+        return [((iy * g + ix).long(), torch.stack([rx, ry], dim=-1), wy * wx)
+                for (iy, ry, wy), (ix, rx, wx) in itertools.product(*axes)]
+
+    def area_features(self, grid: torch.Tensor, xy: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """grid_blend="area" at query points xy (B, P, 2) of the grid (B, c, g, g): each member's
+        cell values ⊕ rel, (4B, P, c + 2) member-major, and the blend weights (4, B, P, 1)."""
+        c = self.grid_channels
+        cells = grid.reshape(grid.shape[0], c, -1)
+        features, weights = [], []
+        for index, rel, weight in self._area_members(xy):
+            values = cells.gather(2, index[:, None].expand(-1, c, -1)).transpose(1, 2)
+            features.append(torch.cat([values, rel], dim=-1))
+            weights.append(weight[..., None])
+        return torch.cat(features), torch.stack(weights)
 
     def embedding_offset(self, batch: int, shape: Tuple[int, int], like: torch.Tensor,
                          jitter: Optional[torch.Tensor] = None) -> Optional[InputOffset]:
@@ -278,12 +345,19 @@ class INRDecoder(nn.Module):
         z = self.embed_in(self.embed(xy))
         if self.code_in is not None:
             z = z + self.code_in(global_code)[:, None]
+        blend = None
         if self.grid_in is not None:
             grid = grid.reshape(batch, self.grid_channels, self.grid_size, self.grid_size)
-            z = z + self.grid_in(self.sample_grid(grid, xy))
+            if self.grid_blend == "area":   # the members run as 4 batches of images
+                features, blend = self.area_features(grid, xy)
+                z = z.repeat(self.members, 1, 1) + self.grid_in(features)
+                global_code = global_code.repeat(self.members, 1)
+            else:
+                z = z + self.grid_in(self.sample_grid(grid, xy))
         mods = None
         if self.modulation is not None:
-            mods = self.modulation(global_code).reshape(batch, self.modulated_layers, -1, self.hidden)
+            mods = self.modulation(global_code).reshape(global_code.shape[0], self.modulated_layers, -1,
+                                                        self.hidden)
 
         h = self._act(self._modulate(z, mods, 0))
         layer = 1
@@ -293,7 +367,10 @@ class INRDecoder(nn.Module):
                 x = self._act(self._modulate(linear(x), mods, layer))
                 layer += 1
             h = h + x
-        colors = self._output(self.linear_out(h)).transpose(1, 2)      # (B, out, P)
+        colors = self._output(self.linear_out(h))                      # (B [x 4], P, out)
+        if blend is not None:
+            colors = (colors.reshape(self.members, batch, pixels, -1) * blend).sum(0)
+        colors = colors.transpose(1, 2)                                 # (B, out, P)
         return colors[0] if codes.ndim == 1 else colors
 
     def _fused_spec(self) -> DecoderSpec:
@@ -332,11 +409,19 @@ class INRDecoder(nn.Module):
         else:
             norm_stats = "running"
         running = [(n.running_mean, n.running_var) for n in norms] if norm_stats == "running" else []
-        grid_part = None
+        grid_part, blend = None, None
         if self.grid_in is not None:
             grid, codes = codes.split([self.grid_floats, self.global_size], dim=1)
-            grid_part = self.grid_offset(grid, shape, jitter)
-        offset = concat_offsets([grid_part, self.embedding_offset(codes.shape[0], shape, codes, jitter)])
+            if self.grid_blend == "area":
+                grid_part, blend = self.area_grid_offset(grid, shape, jitter)
+            else:
+                grid_part = self.grid_offset(grid, shape, jitter)
+        embedding_part = self.embedding_offset(codes.shape[0], shape, codes, jitter)
+        if self.members > 1:   # every member is a copy of the batch but for its grid part
+            codes = codes.repeat(self.members, 1)
+            if embedding_part is not None:
+                embedding_part = InputOffset(embedding_part.basis, embedding_part.cells.repeat(self.members, 1, 1))
+        offset = concat_offsets([grid_part, embedding_part])
         mods = None
         if self.modulation is not None:  # the per-image shift / FiLM constants, (B, M, k, hidden)
             mods = self.modulation(codes).reshape(codes.shape[0], self.modulated_layers, -1, self.hidden)
@@ -344,6 +429,8 @@ class INRDecoder(nn.Module):
             codes = codes[:, :0]
         colors, stats = decode(codes, self._fused_params(), self._fused_spec(), shape, norm_stats, running,
                                mods=mods, input_offset=offset)
+        if blend is not None:
+            colors = (colors.reshape(self.members, -1, *colors.shape[1:]) * blend).sum(0)
         if self.output == "wide-sigmoid":   # the kernels' sigmoid, widened by one elementwise op
             colors = colors * 1.002 - 0.001
         if stats and self.training and norms[0].track_running_stats:

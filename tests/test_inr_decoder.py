@@ -103,20 +103,28 @@ def test_fused_paths_match_the_plain_path(backend, conditioning, norm, output, e
                                                 embedding=embedding))
 
 
-# (code size, conditioning, norm, grid size, grid channels): a global part, FiLM of the global part,
-# and a grid that takes the whole code.
-GRID_VARIANTS = [(2 * 2 * 3 + 5, "concat", "instance", 2, 3), (3 * 3 * 2 + 4, "film", "batch-bn", 3, 2),
-                 (2 * 2 * 2, "concat", "none", 2, 2)]
+# (code size, conditioning, norm, grid size, grid channels, blend): a global part, FiLM of the
+# global part, and a grid that takes the whole code; the area blend with each normalization kind
+# (its 4 members are 4 batches of images to them) and with Gaussian features.
+GRID_VARIANTS = [(2 * 2 * 3 + 5, "concat", "instance", 2, 3, "bilinear"),
+                 (3 * 3 * 2 + 4, "film", "batch-bn", 3, 2, "bilinear"),
+                 (2 * 2 * 2, "concat", "none", 2, 2, "bilinear"),
+                 (2 * 2 * 3 + 5, "concat", "instance", 2, 3, "area"),
+                 (3 * 3 * 2 + 4, "film", "image-bn", 3, 2, "area"),
+                 (3 * 3 * 2 + 4, "shift", "batch-bn", 3, 2, "area"),
+                 (2 * 2 * 2, "concat", "layer", 2, 2, "area")]
 
 
 @pytest.mark.parametrize("backend", ["native", "triton", "torch"])
-@pytest.mark.parametrize("code_size, conditioning, norm, grid_size, grid_channels", GRID_VARIANTS)
-def test_fused_grid_matches_the_plain_path(backend, code_size, conditioning, norm, grid_size, grid_channels):
-    """The local latent grid through the decode contract's input_offset, vs grid_sample per pixel."""
+@pytest.mark.parametrize("code_size, conditioning, norm, grid_size, grid_channels, blend", GRID_VARIANTS)
+def test_fused_grid_matches_the_plain_path(backend, code_size, conditioning, norm, grid_size, grid_channels,
+                                           blend):
+    """The local latent grid through the decode contract's input_offset, vs sampling per pixel."""
     if backend not in fastinr.available_backends("cpu"):
         pytest.skip(f"backend {backend!r} does not run here")
     check_fused_matches_plain(backend, code_size, dict(conditioning=conditioning, norm=norm, embedding="log",
-                                                        grid_size=grid_size, grid_channels=grid_channels))
+                                                        grid_size=grid_size, grid_channels=grid_channels,
+                                                        grid_blend=blend))
 
 
 # Sub-pixel jitter: alone (seed and log embeddings, FiLM) and with a grid (its weights move too).
@@ -124,7 +132,9 @@ JITTER_VARIANTS = [(9, dict(conditioning="concat", norm="none", embedding="seed"
                    (9, dict(conditioning="film", norm="instance", embedding="log")),
                    (9, dict(conditioning="concat", norm="instance", embedding="gaussian")),
                    (2 * 2 * 3 + 5, dict(conditioning="concat", norm="image-bn", embedding="log",
-                                        grid_size=2, grid_channels=3))]
+                                        grid_size=2, grid_channels=3)),
+                   (2 * 2 * 3 + 5, dict(conditioning="concat", norm="instance", embedding="gaussian",
+                                        grid_size=2, grid_channels=3, grid_blend="area"))]
 
 
 @pytest.mark.parametrize("backend", ["native", "triton", "torch"])
@@ -200,6 +210,47 @@ def test_grid_sampling_hits_cell_values_at_cell_centres():
     assert corners.min() >= -0.5 and corners.max() <= 0.5
 
 
+def liif_local_ensemble(grid, xy, predict):
+    """LIIF's local ensemble as its paper writes it, one point at a time: shift the point by half a
+    cell each way, take the cell it lands in, predict from that cell's values and the point relative
+    to the cell's centre (in cells), and weight each prediction by the area its diagonal opposite
+    spans with the point."""
+    g = grid.shape[-1]
+    outputs = []
+    for x, y in xy.tolist():
+        predictions, areas = [], []
+        for vy, vx in itertools.product((-1, 1), (-1, 1)):
+            sx, sy = (min(max(t + v / g, -1 + 1e-6), 1 - 1e-6) for t, v in ((x, vx), (y, vy)))
+            ix, iy = (min(int((s + 1) * g / 2), g - 1) for s in (sx, sy))
+            rel = torch.tensor([(x + 1) * g / 2 - ix - 0.5, (y + 1) * g / 2 - iy - 0.5], dtype=grid.dtype)
+            predictions.append(predict(torch.cat([grid[:, iy, ix], rel])))
+            areas.append(abs(rel[0] * rel[1]).item() + 1e-12)
+        total = sum(areas)
+        outputs.append(sum(p * a / total for p, a in zip(predictions, reversed(areas))))
+    return torch.stack(outputs)
+
+
+def test_area_blend_is_liifs_local_ensemble():
+    """The area blend's members and weights, blended through a nonlinear function, against LIIF's
+    recipe, on random points inside the grid and past its outer cell centres."""
+    torch.manual_seed(0)
+    model = INRDecoder(3 * 3 * 2 + 1, grid_size=3, grid_channels=2, grid_blend="area").double()
+    grid = torch.randn(2, 3, 3, dtype=torch.float64)
+    xy = torch.rand(40, 2, dtype=torch.float64) * 2 - 1
+    mixing = torch.randn(4, 5, dtype=torch.float64)
+    predict = lambda features: torch.tanh(features @ mixing)   # noqa: E731
+    features, weights = model.area_features(grid[None], xy[None])
+    ours = (predict(features).reshape(4, 1, 40, 5) * weights).sum(0)[0]
+    torch.testing.assert_close(ours, liif_local_ensemble(grid, xy, predict), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(weights.sum(0), torch.ones(1, 40, 1, dtype=torch.float64))
+
+
+def test_area_blend_costs_four_evaluations():
+    bilinear = INRDecoder(2 * 2 * 3 + 1, hidden=16, grid_size=2, grid_channels=3)
+    area = INRDecoder(2 * 2 * 3 + 1, hidden=16, grid_size=2, grid_channels=3, grid_blend="area")
+    assert area.macs_per_pixel() == 4 * bilinear.macs_per_pixel()
+
+
 def test_query_points_equal_the_pixel_grid():
     model = INRDecoder(8, hidden=16, embedding="log", num_freqs=4)
     codes = torch.randn(2, 8)
@@ -225,6 +276,8 @@ def test_log_frequencies_reach_nyquist_and_gaussian_features_are_saved():
     (dict(grid_size=4, grid_channels=1), r"do not fit in code_size=10"),
     (dict(grid_size=2, grid_channels=0), r"grid_channels must be >= 1"),
     (dict(grid_size=1, grid_channels=10, conditioning="film"), r"modulates with the global part"),
+    (dict(grid_size=2, grid_channels=2, grid_blend="nearest"), r"grid_blend must be one of bilinear, area"),
+    (dict(grid_blend="area"), r"grid_blend='area' .* needs grid_size >= 1"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -81,14 +81,17 @@ def test_inr_grid_film_subpixel_run(inr_run):
     assert "decoder.grid_in.weight" in model and "decoder.modulation.weight" in model
 
 
-def test_sharp_with_a_linear_grid_head_runs_fused(example, run_env):
+@pytest.mark.parametrize("blend", ["bilinear", "area"])
+def test_sharp_with_a_linear_grid_head_runs_fused(example, run_env, blend):
     """--grid-head linear keeps the seed's encoder (its Linear makes all 102 floats, 96 of them read
-    as the grid); the grid then trains on the fused backend."""
-    output = run_env["root"] / "sharp-grid"
+    as the grid); the grid then trains on the fused backend, read bilinearly or by LIIF's area blend."""
+    output = run_env["root"] / f"sharp-grid-{blend}"
     args = small_args(run_env, output, **{"--max-inputs": str(4 * BATCH), "--val-every": str(2 * BATCH)})
-    assert example.main(args + ["--preset", "sharp", "--grid-size", "4", "--grid-head", "linear"]) == 0
+    assert example.main(args + ["--preset", "sharp", "--grid-size", "4", "--grid-head", "linear",
+                                "--grid-blend", blend]) == 0
     summary = json.loads((output / "summary.json").read_text())
     assert summary["backend"] in ("native", "torch") and summary["config"]["grid_head"] == "linear"
+    assert summary["config"]["grid_blend"] == blend
     rows = read_metrics(output)
     assert float(rows[-1]["val_l1"]) < float(rows[0]["val_l1"])
     model = load_checkpoint(output / "checkpoint.pt")["model"]
@@ -162,6 +165,7 @@ def test_preset_is_overridden_by_explicit_flags(example):
     (["--decoder", "inr", "--grid-size", "5"], "leave no global part"),
     (["--decoder", "conv", "--backend", "native"], "only the PyTorch path"),
     (["--grid-size", "4"], "only --decoder inr"),
+    (["--decoder", "inr", "--grid-blend", "area"], "needs --grid-size >= 1"),
     (["--decoder", "inr", "--activation-out", "tanh"], "--inr-output"),
 ])
 def test_bad_variant_flags(example, argv, message, capsys):
