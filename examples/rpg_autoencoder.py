@@ -89,7 +89,8 @@ INR_OUTPUT_FROM_ACTIVATION_OUT = {"none": "linear", "sigmoid": "sigmoid"}
 DECODER_DEFAULTS = {"preset": "baseline", "decoder": "seed", "conditioning": "concat",
                     "norm": None, "inr_output": None, "embedding": "seed", "num_freqs": 6,
                     "max_freq": None, "sigma": 10.0, "grid_size": 0, "grid_channels": 6,
-                    "grid_head": "pool", "grid_blend": "bilinear", "subpixel": False, "conv_channels": 64, "warmup": 0}
+                    "grid_head": "pool", "grid_blend": "bilinear", "subpixel": False,
+                    "conv_channels": 64, "warmup": 0}
 # Settings that may change when a run is resumed; everything else must match the checkpoint.
 RUNTIME_KEYS = ("output", "resume", "device", "backend", "tiles", "quiet")
 METRIC_COLUMNS = ["images", "step", "train_l1", "val_l1", "val_psnr", "val_edge_l1", "val_spread",
@@ -186,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     inr.add_argument("--grid-blend", choices=("bilinear", "area"), default="bilinear",
                      help="how a pixel reads the grid: bilinear (the cells' values blended, one "
                           "MLP evaluation) or area (LIIF's local ensemble: one evaluation per "
-                          "cell around the pixel, the 4 colors blended by area; 4x the decoder's work)")
+                          "cell around the pixel, the 4 colors blended by area; 4x the "
+                          "decoder's work)")
     inr.add_argument("--subpixel", action=argparse.BooleanOptionalAction, default=False,
                      help="train on one random point inside every pixel (nearest-pixel target; "
                           "drawn per step, shared by its images, fused) instead of the pixel "
@@ -338,8 +340,9 @@ def build_model(cfg: dict) -> EncoderDecoder:
             conditioning=cfg["conditioning"], norm=cfg["norm"], output=cfg["inr_output"],
             embedding=cfg["embedding"], freqs=cfg["freqs"], num_freqs=cfg["num_freqs"],
             max_freq=cfg["max_freq"], train_size=SHAPE[1], sigma=cfg["sigma"],
-            grid_size=cfg["grid_size"], grid_channels=cfg["grid_channels"], grid_blend=cfg["grid_blend"],
-            default_shape=SHAPE[1:], seed=cfg["seed"], backend=cfg["backend"])
+            grid_size=cfg["grid_size"], grid_channels=cfg["grid_channels"],
+            grid_blend=cfg["grid_blend"], default_shape=SHAPE[1:], seed=cfg["seed"],
+            backend=cfg["backend"])
         return EncoderDecoder(encoder, decoder)
     if cfg["decoder"] == "conv":
         return EncoderDecoder(encoder, ConvDecoder(cfg["code_size"], SHAPE[0],

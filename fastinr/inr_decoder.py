@@ -420,7 +420,8 @@ class INRDecoder(nn.Module):
         if self.members > 1:   # every member is a copy of the batch but for its grid part
             codes = codes.repeat(self.members, 1)
             if embedding_part is not None:
-                embedding_part = InputOffset(embedding_part.basis, embedding_part.cells.repeat(self.members, 1, 1))
+                embedding_part = InputOffset(embedding_part.basis,
+                                             embedding_part.cells.repeat(self.members, 1, 1))
         offset = concat_offsets([grid_part, embedding_part])
         mods = None
         if self.modulation is not None:  # the per-image shift / FiLM constants, (B, M, k, hidden)
