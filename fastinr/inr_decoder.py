@@ -185,17 +185,22 @@ class INRDecoder(nn.Module):
         fixed weights, the basis (H, W, g*g); the relative position's projection rides along as two
         more basis columns (the position) and cells (the grid Linear's weights for it). The
         weights come from grid_sample itself (sampling an identity grid): exactly sample_grid's."""
-        g, c = self.grid_size, self.grid_channels
+        g = self.grid_size
         height, width = shape
         xy = self._query_points(shape, jitter, grid)
         weight_x, rel_x = self._cell_weights(xy[:, 0])               # (H*W, g), (H*W,)
         weight_y, rel_y = self._cell_weights(xy[:, 1])
         bilinear = (weight_y[:, :, None] * weight_x[:, None, :]).reshape(height, width, g * g)
         rel = torch.stack([rel_x, rel_y], dim=-1).reshape(height, width, 2)
+        return InputOffset(torch.cat([bilinear, rel], dim=-1).contiguous(), self._projected_cells(grid))
+
+    def _projected_cells(self, grid: torch.Tensor) -> torch.Tensor:
+        """(B, g*g + 2, hidden): grid_in's projection of every cell, then grid_in's weights for
+        the relative position (the cells of the basis columns that hold it)."""
+        c = self.grid_channels
         w_sample, w_rel = self.grid_in.weight.split([c, 2], dim=1)   # (hidden, c), (hidden, 2)
-        cells = grid.reshape(-1, c, g * g).transpose(1, 2) @ w_sample.t()          # (B, g*g, hidden)
-        cells = torch.cat([cells, w_rel.t().expand(cells.shape[0], -1, -1)], dim=1)
-        return InputOffset(torch.cat([bilinear, rel], dim=-1).contiguous(), cells)
+        cells = grid.reshape(grid.shape[0], c, -1).transpose(1, 2) @ w_sample.t()  # (B, g*g, hidden)
+        return torch.cat([cells, w_rel.t().expand(grid.shape[0], -1, -1)], dim=1)
 
     def area_grid_offset(self, grid: torch.Tensor, shape: Tuple[int, int],
                          jitter: Optional[torch.Tensor] = None) -> Tuple[InputOffset, torch.Tensor]:
@@ -204,12 +209,10 @@ class INRDecoder(nn.Module):
 
         Member m's pixels weight one cell each (a one-hot basis block); its images' cells are the
         projected cells in block m and zero elsewhere, so each member sees only its own block."""
-        g, c = self.grid_size, self.grid_channels
+        g = self.grid_size
         batch, (height, width) = grid.shape[0], shape
         xy = self._query_points(shape, jitter, grid)
-        w_sample, w_rel = self.grid_in.weight.split([c, 2], dim=1)
-        cells = grid.reshape(-1, c, g * g).transpose(1, 2) @ w_sample.t()          # (B, g*g, hidden)
-        cells = torch.cat([cells, w_rel.t().expand(batch, -1, -1)], dim=1)         # (B, K, hidden)
+        cells = self._projected_cells(grid)                                         # (B, K, hidden)
         bases, weights = [], []
         for index, rel, weight in self._area_members(xy):
             bases.append(torch.cat([F.one_hot(index, g * g).to(xy.dtype), rel], dim=-1))
@@ -416,12 +419,9 @@ class INRDecoder(nn.Module):
                 grid_part, blend = self.area_grid_offset(grid, shape, jitter)
             else:
                 grid_part = self.grid_offset(grid, shape, jitter)
-        embedding_part = self.embedding_offset(codes.shape[0], shape, codes, jitter)
-        if self.members > 1:   # every member is a copy of the batch but for its grid part
-            codes = codes.repeat(self.members, 1)
-            if embedding_part is not None:
-                embedding_part = InputOffset(embedding_part.basis,
-                                             embedding_part.cells.repeat(self.members, 1, 1))
+        # Every area member is a copy of the batch but for its grid part.
+        embedding_part = self.embedding_offset(codes.shape[0] * self.members, shape, codes, jitter)
+        codes = codes.repeat(self.members, 1) if self.members > 1 else codes
         offset = concat_offsets([grid_part, embedding_part])
         mods = None
         if self.modulation is not None:  # the per-image shift / FiLM constants, (B, M, k, hidden)
