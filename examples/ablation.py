@@ -51,6 +51,7 @@ import sys
 from pathlib import Path
 
 EXAMPLE = Path(__file__).resolve().parent / "rpg_autoencoder.py"
+EXIT_DIVERGED = 3  # rpg_autoencoder.py's exit code for a run stopped by a non-finite loss
 try:  # the aggregation's references read tiles with fastinr
     import fastinr  # noqa: F401
 except ImportError:  # running from a source checkout without `pip install -e .`, as the example does
@@ -91,9 +92,10 @@ def read_summary(folder: Path):
         return None
 
 
-def is_finished(folder: Path) -> bool:
+def is_done(folder: Path) -> bool:
+    """Finished, or diverged (rerunning a diverged run would diverge again: it is deterministic)."""
     summary = read_summary(folder)
-    return summary is not None and summary.get("status") == "finished"
+    return summary is not None and summary.get("status") in ("finished", "diverged")
 
 
 def run_command(folder: Path, variant_args, seed: int, common) -> list:
@@ -107,15 +109,17 @@ def run_command(folder: Path, variant_args, seed: int, common) -> list:
 def run_variant(root: Path, name: str, variant_args, seeds, common, dry_run=False) -> None:
     for seed in seeds:
         folder = run_dir(root, name, seed)
-        if is_finished(folder):
-            print(f"[skip] {name} seed {seed}: finished", flush=True)
+        if is_done(folder):
+            print(f"[skip] {name} seed {seed}: {read_summary(folder)['status']}", flush=True)
             continue
         cmd = run_command(folder, variant_args, seed, common)
         print(f"[run] {name} seed {seed}: {' '.join(cmd[1:])}", flush=True)
         if dry_run:
             continue
         proc = subprocess.run(cmd)
-        if proc.returncode != 0:
+        if proc.returncode == EXIT_DIVERGED:  # said by the run; listed apart in results.md
+            print(f"[diverged] {name} seed {seed}: see {folder / 'summary.json'}", flush=True)
+        elif proc.returncode != 0:
             raise SystemExit(f"error: {name} seed {seed} exited with {proc.returncode}; its "
                              f"output is in {folder} (rerun this command to resume it)")
 
@@ -131,6 +135,17 @@ def variant_runs(root: Path, name: str):
             rows = list(csv.DictReader(f))
         runs.append((folder, summary, rows))
     return runs
+
+
+def diverged_runs(root: Path, names):
+    """(folder, what went non-finite) of every diverged run of the variants `names`."""
+    found = []
+    for name in names:
+        for folder in sorted((root / name).glob("seed*")):
+            summary = read_summary(folder)
+            if summary is not None and summary.get("status") == "diverged":
+                found.append((folder, summary.get("divergence") or "diverged"))
+    return found
 
 
 def mean_spread(values):
@@ -210,6 +225,11 @@ def aggregate(root: Path, names, common=()) -> str:
             text += [f"{name} (per-image BatchNorm), validation L1 on the same final weights: "
                      f"eval mode (running statistics) {bn_eval}, training mode (each image's "
                      f"own statistics) {_cell(bn_train, 4)}.", ""]
+    diverged = diverged_runs(root, names)
+    if diverged:
+        text += ["Diverged runs (not in the table above): "
+                 + "; ".join(f"{folder.parent.name} {folder.name}: {message}"
+                             for folder, message in diverged) + ".", ""]
     seed_runs = variant_runs(root, "seed")
     collapsed = [n for n in names for _, s, _ in variant_runs(root, n) if s.get("collapsed")]
     if collapsed:

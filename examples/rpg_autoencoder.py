@@ -26,7 +26,6 @@ checkpoint.pt (written atomically at intervals and on Ctrl-C; --resume continues
 """
 import argparse
 import hashlib
-import json
 import math
 import os
 import random
@@ -50,10 +49,11 @@ from fastinr.data import augment_batch, load_tiles_uint8, split_tiles, stream_in
 from fastinr.inr_decoder import CONDITIONINGS, EMBEDDINGS, NORMS, OUTPUTS, INRDecoder
 from fastinr.models import (DECODERS, ENCODERS, RESNET_WEIGHTS, EncoderDecoder, build_encoder,
                             decoder_macs_per_pixel)
-from fastinr.training import (COLLAPSE_RATIO, GracefulStop, atomic_write, init_distributed,
-                              is_collapsed, load_checkpoint, plot_losses, plot_reconstructions,
-                              psnr_from_mse, reconstruction_spread, rng_states, save_checkpoint,
-                              set_rng_states, sobel_edge_l1_sum, write_csv)
+from fastinr.training import (COLLAPSE_RATIO, Diverged, GracefulStop, init_distributed,
+                              is_collapsed, load_checkpoint, nonfinite_report, plot_losses,
+                              plot_reconstructions, psnr_from_mse, reconstruction_spread,
+                              remove_temporaries, rng_states, save_checkpoint, set_rng_states,
+                              sobel_edge_l1_sum, write_csv, write_json)
 
 SHAPE = (3, 32, 32)
 GPU_DEFAULT_MAX_INPUTS = 1_000_000  # the seed's budget
@@ -97,6 +97,7 @@ METRIC_COLUMNS = ["images", "step", "train_l1", "val_l1", "val_psnr", "val_edge_
                   "lr",
                   "images_per_second", "elapsed_s"]
 EXIT_INTERRUPTED = 130
+EXIT_DIVERGED = 3  # a non-finite loss, gradient or validation metric stopped the run
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -235,6 +236,9 @@ def explicit_keys(parser: argparse.ArgumentParser, argv) -> set:
 def resolve_config(args: argparse.Namespace, parser, device: torch.device) -> dict:
     """Validated settings, with derived values filled in (code size, budget)."""
     cfg = vars(args).copy()
+    for key in ("lr", "compression_ratio", "sigma", "max_freq"):
+        if cfg[key] is not None and not math.isfinite(cfg[key]):
+            parser.error(f"--{key.replace('_', '-')} must be a finite number, got {cfg[key]}")
     if cfg["decoder"] == "inr":
         if cfg["norm"] is None:
             cfg["norm"] = INR_NORM_FROM_BATCH_NORM[cfg["batch_norm"]]
@@ -264,6 +268,11 @@ def resolve_config(args: argparse.Namespace, parser, device: torch.device) -> di
     for key in ("code_size", "hidden", "batch_size", "max_inputs"):
         if cfg[key] < 1:
             parser.error(f"--{key.replace('_', '-')} must be >= 1, got {cfg[key]}")
+    if cfg["max_inputs"] < cfg["batch_size"]:
+        parser.error(f"--max-inputs {cfg['max_inputs']} is less than one batch (--batch-size "
+                     f"{cfg['batch_size']}): a run trains whole batches")
+    if not all(math.isfinite(f) for f in cfg["freqs"]):
+        parser.error(f"--freqs must be finite numbers, got {args.freqs}")
     for key in ("blocks", "layers_per_block"):
         if cfg[key] < 0:
             parser.error(f"--{key.replace('_', '-')} must be >= 0, got {cfg[key]}")
@@ -391,13 +400,16 @@ def subpixel_jitter(step: int, cfg: dict, device: torch.device) -> torch.Tensor:
 
 
 def train_step(model, optimizer, scheduler, images: torch.Tensor,
-               jitter: torch.Tensor = None) -> torch.Tensor:
+               jitter: torch.Tensor = None, check=None) -> torch.Tensor:
     """One optimizer step on the L1 reconstruction loss; returns the loss (detached).
 
-    With `jitter` (H, W, 2), each pixel is queried off its centre and its target stays that pixel."""
+    With `jitter` (H, W, 2), each pixel is queried off its centre and its target stays that pixel.
+    `check(loss)` runs after backward and before the optimizer step (it raises to skip the step)."""
     optimizer.zero_grad(set_to_none=True)
     loss = F.l1_loss(model(images) if jitter is None else model(images, jitter=jitter), images)
     loss.backward()
+    if check is not None:
+        check(loss)
     optimizer.step()
     scheduler.step()
     return loss.detach()
@@ -414,15 +426,17 @@ def evaluate(model, val_tiles: torch.Tensor, train_mode: bool = False) -> dict:
     model.train(train_mode)
     abs_sum = sq_sum = edge_sum = edge_count = 0.0
     recons = []
-    for start in range(0, len(val_tiles), EVAL_CHUNK):
-        images = val_tiles[start:start + EVAL_CHUNK].float().div_(255.0)
-        recon = model(images).clamp_(0, 1)
-        diff = recon - images
-        abs_sum += diff.abs().sum().item()
-        sq_sum += diff.square().sum().item()
-        edge = sobel_edge_l1_sum(recon, images)
-        edge_sum, edge_count = edge_sum + edge[0], edge_count + edge[1]
-        recons.append(recon)
+    # (on the main process alone: its running statistics are not shared; they are restored)
+    with fastinr.local_running_stats(model):
+        for start in range(0, len(val_tiles), EVAL_CHUNK):
+            images = val_tiles[start:start + EVAL_CHUNK].float().div_(255.0)
+            recon = model(images).clamp_(0, 1)
+            diff = recon - images
+            abs_sum += diff.abs().sum().item()
+            sq_sum += diff.square().sum().item()
+            edge = sobel_edge_l1_sum(recon, images)
+            edge_sum, edge_count = edge_sum + edge[0], edge_count + edge[1]
+            recons.append(recon)
     model.train(was_training)
     if buffers is not None:
         for buffer, saved in zip(model.buffers(), buffers):
@@ -432,6 +446,12 @@ def evaluate(model, val_tiles: torch.Tensor, train_mode: bool = False) -> dict:
     return {"val_l1": abs_sum / count, "val_psnr": psnr_from_mse(sq_sum / count),
             "val_edge_l1": edge_sum / edge_count,
             "val_spread": reconstruction_spread(recons) if len(recons) > 1 else None}
+
+
+def batch_statistics(cfg: dict) -> bool:
+    """Whether the decoder normalizes with statistics over the whole batch in training."""
+    return (cfg["decoder"] == "seed" and cfg["batch_norm"] == "batch") or \
+        (cfg["decoder"] == "inr" and cfg["norm"] == "batch-bn")
 
 
 def per_image_batch_norm(cfg: dict) -> bool:
@@ -532,6 +552,11 @@ def configure(argv):
     if cfg["batch_size"] % dist.world_size:
         parser.error(f"--batch-size {cfg['batch_size']} must be divisible by the number of "
                      f"processes ({dist.world_size})")
+    if dist.enabled and batch_statistics(cfg):
+        parser.error(f"{'--norm batch-bn' if cfg['decoder'] == 'inr' else '--batch-norm batch'} "
+                     "normalizes with statistics over the batch, which the fused decoders do not "
+                     "reduce across processes: under torchrun use per-image statistics "
+                     "(--batch-norm image, --norm image-bn or instance), or train in one process")
     return parser, cfg, device, dist, checkpoint
 
 
@@ -609,7 +634,7 @@ def run(parser, cfg, device, dist, checkpoint, tqdm) -> int:
     training = Training(parser, cfg, device, dist, checkpoint, tqdm)
     training.loop()
     training.finish()
-    return 0 if training.finished else EXIT_INTERRUPTED
+    return {"finished": 0, "interrupted": EXIT_INTERRUPTED, "diverged": EXIT_DIVERGED}[training.status]
 
 
 class Training:
@@ -629,10 +654,14 @@ class Training:
             parser.error("--resume: the tiles differ from the ones the checkpoint was trained on "
                          "(same sources and sheets needed)")
         self.n_train, self.n_val = len(train_cpu), len(val_cpu)
+        if cfg["batch_size"] > self.n_train:
+            parser.error(f"--batch-size {cfg['batch_size']} is larger than the {self.n_train} "
+                         "training tiles")
         self.train_tiles, self.val_tiles = train_cpu.to(device), val_cpu.to(device)
         self.target_spread = reconstruction_spread(val_cpu.float() / 255) if len(val_cpu) > 1 else 0.0
         if dist.is_main:
             self.output.mkdir(parents=True, exist_ok=True)
+            remove_temporaries(self.output)  # half-written files of a killed run
 
         try:
             self.model = build_model(cfg).to(device)
@@ -641,6 +670,8 @@ class Training:
         self.backend = decoder_backend(cfg, device)
         self.train_model = self.model
         if dist.enabled:
+            # Each process's BatchNorm running statistics see every image of the global batch.
+            fastinr.sync_running_stats(self.model)
             self.train_model = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None)
         self.batch = batch = cfg["batch_size"]
@@ -656,8 +687,16 @@ class Training:
         # when saved, so a resumed run reports the same interval mean).
         self.loss_acc = torch.zeros(2, dtype=torch.float64, device=device)
         self.step, self.history, self.train_seconds, self.collapse = 0, [], 0.0, None
+        self.divergence = None  # what went non-finite, once the run has diverged
+        self.checkpoint_step = None if checkpoint is None else checkpoint["step"]
         if checkpoint is not None:
-            self.restore(checkpoint)
+            try:
+                self.restore(checkpoint)
+            except (KeyError, RuntimeError, ValueError) as err:
+                parser.error(f"--resume: {self.output / 'checkpoint.pt'} does not fit the run its "
+                             f"settings describe ({type(err).__name__}: "
+                             f"{' '.join(str(err).split())[:300]})"
+                             "; start a new run with another --output")
         self.say = tqdm.write if dist.is_main else (lambda *a, **k: None)
         if dist.is_main:
             self.say(describe_run(cfg, self.model, self.backend, device, dist, self.n_train,
@@ -666,6 +705,12 @@ class Training:
     @property
     def finished(self) -> bool:
         return self.step >= self.total_steps
+
+    @property
+    def status(self) -> str:
+        if self.divergence:
+            return "diverged"
+        return "finished" if self.finished else "interrupted"
 
     def restore(self, checkpoint: dict) -> None:
         self.model.load_state_dict(checkpoint["model"])
@@ -702,6 +747,20 @@ class Training:
         plot_losses(self.history, self.output / "loss.png", title="RPG tiles autoencoder")
         return row
 
+    def check_finite(self, loss: torch.Tensor) -> None:
+        """Raise Diverged (on every rank) if the loss or a gradient is non-finite."""
+        report = nonfinite_report(loss, self.model.named_parameters())
+        if self.dist.any(report is not None, self.device):
+            raise Diverged(f"at step {self.step + 1}, "
+                           + (report or "another process's loss or gradients are non-finite"))
+
+    def check_validation(self, row) -> None:
+        """Raise Diverged (on every rank) if the main process validated a non-finite L1."""
+        bad = row is not None and not math.isfinite(row["val_l1"])
+        if self.dist.any(bad, self.device):
+            raise Diverged(f"after step {self.step}, the validation L1 is "
+                           + (f"{row['val_l1']}" if row else "non-finite"))
+
     def write_checkpoint(self) -> None:
         totals = self.dist.all_reduce_sum(self.loss_acc.clone())
         if self.dist.is_main:
@@ -712,6 +771,7 @@ class Training:
                 "loss_acc": totals.cpu(), "history": self.history,
                 "train_seconds": self.train_seconds, "collapse": self.collapse,
                 "data_fingerprint": self.fingerprint})
+        self.checkpoint_step = self.step
         self.dist.barrier()
 
     def loop(self) -> None:
@@ -724,61 +784,80 @@ class Training:
                         unit_scale=True, dynamic_ncols=True, disable=cfg["quiet"] or not dist.is_main,
                         smoothing=0.05)
         bar.set_postfix(val_l1=_fmt(last.get("val_l1")))
-        # Training time only (validation, pictures and checkpoints excluded) for images/s.
-        segment_start, val_seconds, val_start_step = time.perf_counter(), 0.0, self.step
         with GracefulStop() as stop:
-            while self.step < self.total_steps:
-                images = batch_for_step(self.step, cfg, self.train_tiles, self.generator, dist.rank,
-                                        dist.world_size)
-                jitter = subpixel_jitter(self.step, cfg, self.device) if cfg["subpixel"] else None
-                loss = train_step(self.train_model, self.optimizer, self.scheduler, images, jitter)
-                self.loss_acc += torch.stack([loss.double(), loss.new_ones((), dtype=torch.float64)])
-                self.step += 1
-                step = self.step
-                bar.update(batch)
-                # Every rank must stop at the same step; asking the others costs a host sync, so
-                # a distributed run asks every 8 steps (a single process checks every step).
-                stopped = (dist.any(stop.requested, self.device)
-                           if step % 8 == 0 or step == self.total_steps else False) \
-                    if dist.enabled else stop.requested
-                due_val = step % self.val_steps == 0 or step == self.total_steps
-                due_ckpt = step % self.ckpt_steps == 0 or step == self.total_steps or stopped
-                if step % 25 == 0 and dist.is_main:
-                    bar.set_postfix(train_l1=_fmt(loss.item()), val_l1=_fmt(last.get("val_l1")))
-                if due_val or due_ckpt:
-                    if self.device.type == "cuda":
-                        torch.cuda.synchronize(self.device)
-                    seconds = time.perf_counter() - segment_start
-                    self.train_seconds += seconds
-                    val_seconds += seconds
-                    if due_val:
-                        last = self.validate(val_seconds, (step - val_start_step) * batch) or last
-                        val_seconds, val_start_step = 0.0, step
-                        if dist.is_main:
-                            bar.set_postfix(train_l1=_fmt(last.get("train_l1")),
-                                            val_l1=_fmt(last.get("val_l1")))
-                    if due_ckpt:
-                        self.write_checkpoint()
-                    segment_start = time.perf_counter()
-                if stopped:
-                    break
+            try:
+                self.train(stop, bar, last)
+            except Diverged as err:
+                kept = self.output / "checkpoint.pt"
+                kept = (f"{kept} holds step {self.checkpoint_step}, the last checkpoint written"
+                        if self.checkpoint_step is not None else "no checkpoint was written")
+                self.divergence = (
+                    f"training diverged {err} ({self.step * batch:,} images trained, lr "
+                    f"{self.optimizer.param_groups[0]['lr']:.3g}); {kept}. Lower --lr, or look "
+                    "for bad tiles")
             self.stop_signal = stop.signal_name
         bar.close()
+
+    def train(self, stop, bar, last) -> None:
+        """The steps with their validations and checkpoints, to the budget or a stop request."""
+        cfg, dist, batch = self.cfg, self.dist, self.batch
+        # Training time only (validation, pictures and checkpoints excluded) for images/s.
+        segment_start, val_seconds, val_start_step = time.perf_counter(), 0.0, self.step
+        while self.step < self.total_steps:
+            images = batch_for_step(self.step, cfg, self.train_tiles, self.generator, dist.rank,
+                                    dist.world_size)
+            jitter = subpixel_jitter(self.step, cfg, self.device) if cfg["subpixel"] else None
+            loss = train_step(self.train_model, self.optimizer, self.scheduler, images, jitter,
+                              check=self.check_finite)
+            self.loss_acc += torch.stack([loss.double(), loss.new_ones((), dtype=torch.float64)])
+            self.step += 1
+            step = self.step
+            bar.update(batch)
+            # Every rank must stop at the same step; asking the others costs a host sync, so
+            # a distributed run asks every 8 steps (a single process checks every step).
+            stopped = (dist.any(stop.requested, self.device)
+                       if step % 8 == 0 or step == self.total_steps else False) \
+                if dist.enabled else stop.requested
+            due_val = step % self.val_steps == 0 or step == self.total_steps
+            due_ckpt = step % self.ckpt_steps == 0 or step == self.total_steps or stopped
+            if step % 25 == 0 and dist.is_main:
+                bar.set_postfix(train_l1=_fmt(loss.item()), val_l1=_fmt(last.get("val_l1")))
+            if due_val or due_ckpt:
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                seconds = time.perf_counter() - segment_start
+                self.train_seconds += seconds
+                val_seconds += seconds
+                if due_val:
+                    row = self.validate(val_seconds, (step - val_start_step) * batch)
+                    self.check_validation(row)
+                    last = row or last
+                    val_seconds, val_start_step = 0.0, step
+                    if dist.is_main:
+                        bar.set_postfix(train_l1=_fmt(last.get("train_l1")),
+                                        val_l1=_fmt(last.get("val_l1")))
+                if due_ckpt:
+                    self.write_checkpoint()
+                segment_start = time.perf_counter()
+            if stopped:
+                break
 
     def finish(self) -> None:
         """Pictures, summary.json and the closing line (main process)."""
         if not self.dist.is_main:
             return
         cfg, model, output = self.cfg, self.model, self.output
-        pictures(model, self.val_tiles, output / "reconstructions.png")
+        status = self.status
+        if status != "diverged":  # a diverged model's pictures and statistics would be NaN
+            pictures(model, self.val_tiles, output / "reconstructions.png")
         final = self.history[-1]
         # The per-image BatchNorm hypothesis: the seed's eval mode (running statistics) against
         # its training mode (each image's own statistics) on the same final weights.
         bn_train = (evaluate(model, self.val_tiles, train_mode=True)
-                    if per_image_batch_norm(cfg) else None)
-        status = "finished" if self.finished else "interrupted"
+                    if per_image_batch_norm(cfg) and status != "diverged" else None)
         summary = {
-            "status": status, "images": self.step * self.batch, "steps": self.step,
+            "status": status, "divergence": self.divergence,
+            "images": self.step * self.batch, "steps": self.step,
             "val_l1": final["val_l1"], "val_psnr": final["val_psnr"],
             "val_edge_l1": final.get("val_edge_l1"),  # absent in older checkpoints
             "val_l1_bn_train_mode": bn_train and bn_train["val_l1"],
@@ -794,9 +873,11 @@ class Training:
             "tiles": {"train": self.n_train, "val": self.n_val, "fingerprint": self.fingerprint},
             "torch": torch.__version__, "config": cfg,
         }
-        atomic_write(output / "summary.json",
-                     lambda f: f.write(json.dumps(summary, indent=2) + "\n"), mode="w")
-        if status == "interrupted":
+        write_json(output / "summary.json", summary)
+        if status == "diverged":
+            print(f"error: {self.divergence}; summary in {output / 'summary.json'}",
+                  file=sys.stderr)
+        elif status == "interrupted":
             self.say(f"stopped by {self.stop_signal} at {self.step * self.batch:,} images; "
                      f"checkpoint saved. Continue with: --output {output} --resume")
         else:

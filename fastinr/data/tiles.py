@@ -5,7 +5,9 @@
 * Sources: PNG sheets or folders of PNGs (recursive, sorted by relative path);
   ``"path"`` uses a 32 px grid, ``"path:16"`` a 16 px grid.  Images are cut on
   the grid row-major, ragged right/bottom remainders ignored (an image one cell
-  big is one tile).  Cells of another grid are resized to ``size`` with
+  big is one tile); for sources given by the caller a warning names the images
+  with such remainders and those smaller than one cell (no tiles).  A file that is not a readable PNG is a
+  ``ValueError`` naming it.  Cells of another grid are resized to ``size`` with
   nearest-neighbour (pixel centres; integer factors = exact pixel replication).
 * ``PIL convert("RGBA")`` then premultiply: ``rgb * alpha`` computed in float64
   on ``[0, 1]`` and rounded to uint8 (ties to even); ``uint8 / 255`` is the
@@ -147,14 +149,41 @@ def cut_sheet(data: bytes, grid: int = DEFAULT_GRID, size: int = DEFAULT_GRID,
 
 def filter_tiles(tiles: np.ndarray) -> np.ndarray:
     """Drop zero-variance tiles, then exact duplicates (first occurrence kept)."""
-    flat = tiles.reshape(len(tiles), -1)
-    if len(flat) == 0:
+    if len(tiles) == 0:  # (reshape cannot infer -1 from zero elements)
         return tiles
+    flat = tiles.reshape(len(tiles), -1)
     varied = flat.min(axis=1) != flat.max(axis=1)
     first: dict[bytes, int] = {}
     for i in np.flatnonzero(varied):
         first.setdefault(flat[i].tobytes(), int(i))
     return tiles[np.fromiter(first.values(), dtype=np.int64, count=len(first))]
+
+
+def grid_mismatches(files: Sequence[tuple[Path, int]]) -> list[str]:
+    """One line for each image whose size is not a multiple of its grid (from the PNG header,
+    without decoding): what of it is ignored."""
+    notes = []
+    for path, grid in files:
+        try:
+            with Image.open(path) as im:
+                width, height = im.size
+        except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ...
+            raise ValueError(f"cannot read tile sheet {path}: {err}") from err
+        if width < grid or height < grid:
+            notes.append(f"{path} ({width}x{height} px) is smaller than one {grid} px cell: "
+                         "no tiles")
+        elif width % grid or height % grid:
+            notes.append(f"{path} ({width}x{height} px): the right {width % grid} px and bottom "
+                         f"{height % grid} px are not whole {grid} px cells and are ignored")
+    return notes
+
+
+def _warn_grid_mismatches(files: Sequence[tuple[Path, int]]) -> None:
+    notes = grid_mismatches(files)
+    if notes:
+        shown = notes[:5] + ([f"... and {len(notes) - 5} more"] if len(notes) > 5 else [])
+        warnings.warn(f"{len(notes)} of {len(files)} tile images do not fit their grid:\n  "
+                      + "\n  ".join(shown), stacklevel=3)
 
 
 def build_tiles(files: Sequence[tuple[Path, int]], size: int = DEFAULT_GRID) -> torch.Tensor:
@@ -213,6 +242,7 @@ def load_tiles_uint8(sources: Sequence[SourceSpec] | None = None,
                      cache_dir: SourceSpec | None = None, size: int = DEFAULT_GRID,
                      use_cache: bool = True) -> torch.Tensor:
     """Like :func:`load_tiles` but returns the cached uint8 tensor ``(N, 3, size, size)``."""
+    given = sources is not None  # the DCSS sheets' remainders are known (module docstring)
     if sources is None:
         sources = default_tile_sheets()
     elif isinstance(sources, (str, os.PathLike)):
@@ -220,6 +250,8 @@ def load_tiles_uint8(sources: Sequence[SourceSpec] | None = None,
     if len(sources) == 0:
         raise ValueError("no tile sources given")
     files = expand_sources(sources)
+    if given:
+        _warn_grid_mismatches(files)
     if not use_cache:
         tiles = build_tiles(files, size)
     else:

@@ -1,14 +1,19 @@
 """Training helpers for the examples: checkpoints, metrics, plots, DDP setup, clean stops."""
-from fastinr.training.atomic import atomic_write
-from fastinr.training.checkpoint import load_checkpoint, rng_states, save_checkpoint, set_rng_states
+from fastinr.training.atomic import atomic_write, json_safe, remove_temporaries, write_json
+from fastinr.training.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, load_checkpoint,
+                                         previous_checkpoint, rng_states, save_checkpoint,
+                                         set_rng_states)
 from fastinr.training.distributed import Distributed, init_distributed
+from fastinr.training.divergence import Diverged, nonfinite_report
 from fastinr.training.interrupt import GracefulStop
 from fastinr.training.metrics import (COLLAPSE_RATIO, is_collapsed, nearest_render_l1_sum,
                                       psnr_from_mse, reconstruction_spread, sobel_edge_l1_sum,
                                       write_csv)
 from fastinr.training.plots import plot_losses, plot_reconstructions, plot_renders
 
-__all__ = ["COLLAPSE_RATIO", "Distributed", "GracefulStop", "atomic_write", "init_distributed",
-           "is_collapsed", "load_checkpoint", "nearest_render_l1_sum", "plot_losses",
-           "plot_reconstructions", "plot_renders", "psnr_from_mse", "reconstruction_spread",
-           "rng_states", "save_checkpoint", "set_rng_states", "sobel_edge_l1_sum", "write_csv"]
+__all__ = ["CHECKPOINT_FORMAT", "COLLAPSE_RATIO", "CheckpointError", "Distributed", "Diverged",
+           "GracefulStop", "atomic_write", "init_distributed", "is_collapsed", "json_safe",
+           "load_checkpoint", "nearest_render_l1_sum", "nonfinite_report", "plot_losses",
+           "plot_reconstructions", "plot_renders", "previous_checkpoint", "psnr_from_mse",
+           "reconstruction_spread", "remove_temporaries", "rng_states", "save_checkpoint",
+           "set_rng_states", "sobel_edge_l1_sum", "write_csv", "write_json"]
