@@ -9,6 +9,7 @@ from fastinr.embedding import pixel_coordinates, pos_embedding, pos_embedding_si
 from fastinr.conv_decoder import ConvDecoder
 from fastinr.inr_decoder import INRDecoder
 from fastinr.modules import ImageManifoldDecoder
+from fastinr.running_stats import local_running_stats, sync_running_stats
 
 __version__ = "0.1.0"
 
@@ -20,5 +21,7 @@ __all__ = [
     "pixel_coordinates",
     "pos_embedding",
     "pos_embedding_size",
+    "local_running_stats",
     "resolve_backend",
+    "sync_running_stats",
 ]

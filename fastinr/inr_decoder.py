@@ -52,8 +52,8 @@ from fastinr.activations import apply_activation, canonical_activation
 from fastinr.backend import resolve_backend
 from fastinr.embedding import embed_coordinates, pixel_coordinates, pos_embedding_size
 from fastinr.modules import _check_shape
-from fastinr.reference import (DecoderParams, DecoderSpec, InputOffset, check_norm_pixels, normalize,
-                               update_running_stats)
+from fastinr.reference import DecoderParams, DecoderSpec, InputOffset, check_norm_pixels, normalize
+from fastinr.running_stats import check_syncable, update_running_stats
 
 CONDITIONINGS = ("concat", "shift", "film")
 NORMS = ("none", "image-bn", "instance", "batch-bn", "layer")
@@ -109,6 +109,7 @@ class INRDecoder(nn.Module):
             raise ValueError("grid_blend='area' blends the predictions of the 4 grid cells around "
                              "each pixel; it needs grid_size >= 1")
         self.members = AREA_MEMBERS if self.grid_blend == "area" else 1
+        self.running_stats_group = None  # a process group: fastinr.sync_running_stats
         self.default_shape = None if default_shape is None else _check_shape(default_shape, "default_shape")
         if self.global_size < 0:
             raise ValueError(f"grid_size**2 * grid_channels = {self.grid_floats} floats do not fit "
@@ -409,6 +410,7 @@ class INRDecoder(nn.Module):
         elif self.norm == "instance" or self.training:
             norm_stats = "batch" if self.norm == "batch-bn" else "image"
             check_norm_pixels(norm_stats, codes.shape[0], shape[0] * shape[1])
+            check_syncable(self, norm_stats)
         else:
             norm_stats = "running"
         running = [(n.running_mean, n.running_var) for n in norms] if norm_stats == "running" else []
@@ -435,9 +437,7 @@ class INRDecoder(nn.Module):
         if self.output == "wide-sigmoid":   # the kernels' sigmoid, widened by one elementwise op
             colors = colors * 1.002 - 0.001
         if stats and self.training and norms[0].track_running_stats:
-            for norm, block_stats in zip(norms, stats):
-                update_running_stats(norm.running_mean, norm.running_var, norm.num_batches_tracked,
-                                     block_stats, norm.momentum)
+            update_running_stats(norms, stats, self.running_stats_group, self.members)
         return colors
 
     def _act(self, x):
@@ -457,10 +457,10 @@ class INRDecoder(nn.Module):
         if self.norm == "instance" or self.training:
             stats = "image" if self.norm in ("instance", "image-bn") else "batch"
             check_norm_pixels(stats, h.shape[0], pixels)
+            check_syncable(self, stats)
             x, block_stats = normalize(h, norm.weight, norm.bias, norm.eps, stats, None)
             if self.training and norm.track_running_stats:
-                update_running_stats(norm.running_mean, norm.running_var, norm.num_batches_tracked,
-                                     block_stats, norm.momentum)
+                update_running_stats([norm], [block_stats], self.running_stats_group, self.members)
             return x
         x, _ = normalize(h, norm.weight, norm.bias, norm.eps, "running",
                          (norm.running_mean, norm.running_var))

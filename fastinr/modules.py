@@ -13,7 +13,8 @@ from torch import nn
 from fastinr.activations import activation_module, canonical_activation
 from fastinr.backend import resolve_backend
 from fastinr.embedding import pos_embedding_size
-from fastinr.reference import DecoderParams, DecoderSpec, update_running_stats
+from fastinr.reference import DecoderParams, DecoderSpec
+from fastinr.running_stats import check_syncable, update_running_stats
 
 BATCH_NORM_STATS = ("image", "batch")
 
@@ -87,6 +88,7 @@ class ImageManifoldDecoder(nn.Module):
         self.default_shape = None if default_shape is None else _check_shape(default_shape, "default_shape")
         self.batch_norm_stats = batch_norm_stats
         self.backend = backend
+        self.running_stats_group = None  # a process group: fastinr.sync_running_stats
         self.spec = DecoderSpec(
             code_size=num_input_channels, out_channels=num_output_channels, hidden=num_hidden,
             concat=concat_residual, layers_per_block=num_layers_per_block,
@@ -151,14 +153,13 @@ class ImageManifoldDecoder(nn.Module):
         shape = _check_shape(shape, "shape")
         _, decode = resolve_backend(self.backend, codes.device)
         norm_stats = self._norm_stats()
+        check_syncable(self, norm_stats)
         running = [(n.running_mean, n.running_var) for n in self._norms()]
         colors, stats = decode(codes.reshape(-1, self.num_input_channels), self.decoder_params(),
                                self.spec, shape, norm_stats, running)
         norms = self._norms()
         if stats and self.training and norms[0].track_running_stats:
-            for norm, block_stats in zip(norms, stats):
-                update_running_stats(norm.running_mean, norm.running_var, norm.num_batches_tracked,
-                                     block_stats, norm.momentum)
+            update_running_stats(norms, stats, self.running_stats_group)
         return colors[0] if x.ndim == 1 else colors
 
     def _check_codes(self, x) -> torch.Tensor:

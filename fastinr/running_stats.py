@@ -1,0 +1,94 @@
+"""The decoders' BatchNorm running statistics, updated as the seed's per-image loop left them,
+in one process or across the processes of DistributedDataParallel.
+
+In training, the fused decode returns each block's statistics (`BlockStats`: per image, or over
+the batch). `update_running_stats(norms, stats, ...)` folds them into the BatchNorms' buffers,
+once per image in batch order for per-image statistics.
+
+Under DDP every process sees only its share of the global batch. After
+`sync_running_stats(model)`, each decoder gathers the per-image statistics of all processes
+(one all_gather per forward) and every process applies the same update, in global batch order
+(process 0's images first), so the buffers equal a single process's that saw the whole batch.
+Statistics over the batch would have to be reduced across processes inside the decode (before
+the normalization), which the fused kernels do not do: a synced decoder refuses them.
+"""
+import contextlib
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from fastinr.reference import BlockStats
+from fastinr.reference import update_running_stats as update_buffers
+
+__all__ = ["check_syncable", "local_running_stats", "sync_running_stats", "update_running_stats"]
+
+_ATTRIBUTE = "running_stats_group"  # set on a decoder by sync_running_stats
+
+
+def sync_running_stats(model: nn.Module, process_group=None) -> int:
+    """Make every fastinr decoder inside `model` update its running statistics from the whole
+    global batch (torch.distributed must be initialized). Returns the number of decoders."""
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("sync_running_stats needs an initialized torch.distributed process "
+                           "group (torch.distributed.init_process_group)")
+    count = 0
+    for module in model.modules():
+        if hasattr(module, _ATTRIBUTE):
+            setattr(module, _ATTRIBUTE, process_group or dist.group.WORLD)
+            count += 1
+    return count
+
+
+@contextlib.contextmanager
+def local_running_stats(model: nn.Module):
+    """Inside, the decoders of `model` update their running statistics from this process's
+    images only (for a forward that runs on one process, e.g. a training-mode evaluation)."""
+    saved = [(m, getattr(m, _ATTRIBUTE)) for m in model.modules() if hasattr(m, _ATTRIBUTE)]
+    for module, _ in saved:
+        setattr(module, _ATTRIBUTE, None)
+    try:
+        yield
+    finally:
+        for module, group in saved:
+            setattr(module, _ATTRIBUTE, group)
+
+
+def check_syncable(decoder: nn.Module, norm_stats: str) -> None:
+    """A synced decoder cannot normalize with statistics over (its share of) the batch."""
+    if getattr(decoder, _ATTRIBUTE, None) is not None and norm_stats == "batch":
+        raise ValueError(
+            "BatchNorm with statistics over the batch cannot run across processes (each would "
+            "normalize its own share); use per-image statistics, or train in one process")
+
+
+def update_running_stats(norms: Sequence[nn.BatchNorm1d], stats: Sequence[BlockStats],
+                         process_group=None, members: int = 1) -> None:
+    """Fold one forward's statistics into the BatchNorms' buffers.
+
+    `members` > 1: the batch is `members` copies of the images one after the other (the area
+    ensemble's members), each copy gathered across processes in its own place.
+    """
+    for norm, block_stats in zip(norms, stats):
+        if process_group is not None:
+            block_stats = _gather(block_stats, process_group, members)
+        update_buffers(norm.running_mean, norm.running_var, norm.num_batches_tracked,
+                       block_stats, norm.momentum)
+
+
+def _gather(stats: BlockStats, group, members: int) -> BlockStats:
+    """Per-image statistics of every process, in global batch order."""
+    world = dist.get_world_size(group)
+    packed = torch.stack([stats.mean.detach(), stats.var.detach()])        # (2, N, w)
+    sizes = [torch.zeros((), dtype=torch.long, device=packed.device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor(packed.shape[1], device=packed.device), group=group)
+    if len({int(s) for s in sizes}) != 1:
+        raise ValueError(f"every process must decode the same number of images to share running "
+                         f"statistics, got {[int(s) for s in sizes]}")
+    parts = [torch.empty_like(packed) for _ in range(world)]
+    dist.all_gather(parts, packed.contiguous(), group=group)
+    width = packed.shape[-1]
+    full = torch.cat([p.reshape(2, members, -1, width) for p in parts], dim=2).reshape(2, -1, width)
+    return BlockStats(full[0], full[1], stats.count)
+
