@@ -105,9 +105,6 @@ def test_matches_seed_in_train_and_eval_mode(kwargs, shape, batch, dtype, atol, 
     if dtype == torch.float32 and kwargs.get("activation") in KINKED:
         kwargs = {**kwargs, "activation": "silu"}
     seed, ours, code_size = make_pair(dict(kwargs), dtype)
-    bn_in_train = kwargs.get("batch_norm", True) and kwargs.get("num_blocks", 2) > 0
-    if bn_in_train and shape == (1, 1):
-        pytest.skip("BatchNorm in training needs more than one pixel (tested in test_errors)")
     for step in range(3):
         codes = torch.randn(batch, code_size, dtype=dtype)
         assert_models_match(seed, ours, codes, shape, atol, rtol)

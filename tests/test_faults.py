@@ -157,13 +157,43 @@ def test_diverging_run_stops_and_keeps_the_last_finite_checkpoint(env, tmp_path)
     assert not (output / "reconstructions.png").exists()
 
 
-def test_huge_learning_rate_diverges_with_strict_json(env, tmp_path):
-    output = tmp_path / "lr"
-    proc = example(env, run_args(env, output, **{"--lr": "1e38",
-                                                 "--max-inputs": str(4 * BATCH)}))
+@pytest.fixture(scope="module")
+def diverged(env):
+    """A run whose learning rate sends it to NaN at once: (its folder, the process)."""
+    output = env["root"] / "lr"
+    proc = example(env, run_args(env, output, **{"--lr": "1e38", "--max-inputs": str(4 * BATCH)}))
+    return output, proc
+
+
+def test_huge_learning_rate_diverges_with_strict_json(diverged):
+    output, proc = diverged
     assert proc.returncode == 3, proc.stderr[-3000:]
     assert "error: training diverged" in proc.stderr and "--lr" in proc.stderr
     assert strict_json(output / "summary.json")["status"] == "diverged"
+
+
+def test_campaign_tools_list_diverged_runs_apart(env, straight, diverged, tmp_path):
+    """ablation.py's table and compare_runs.py keep a diverged run out of the means and name it."""
+    import importlib.util
+    import shutil
+    root = tmp_path / "campaign"
+    shutil.copytree(straight, root / "good" / "seed0")
+    shutil.copytree(diverged[0], root / "bad" / "seed0")
+    spec = importlib.util.spec_from_file_location("ablation_faults", ROOT / "examples" / "ablation.py")
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    assert ablation.is_done(root / "bad" / "seed0")  # not rerun: it would diverge again
+    table = ablation.aggregate(root, ["good", "bad"])
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert [r.split("|")[1].strip() for r in rows[1:]] == ["good"]
+    assert "Diverged runs" in table and "bad seed0" in table and "nan" in table
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "compare_runs.py"),
+                           f"good={root / 'good' / 'seed0'}", f"bad={root / 'bad' / 'seed0'}",
+                           "--output", str(tmp_path / "curves.png")],
+                          env=ENV, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table, _, diverged_part = proc.stdout.partition("diverged (not in the table)")
+    assert "| good |" in table and "| bad |" not in table and "- bad (" in diverged_part
 
 
 # ----------------------------------------------------------------------------- bad state

@@ -371,11 +371,11 @@ def test_real_dcss_sheets(tmp_path):
     sheets = default_tile_sheets()  # raises FileNotFoundError with install instructions
     assert [p.stem for p in sheets] == list(data.DEFAULT_SHEETS)
     tiles = load_tiles(cache_dir=tmp_path)
-    assert 5500 <= len(tiles) <= 7500
+    assert len(tiles) == 6536  # 6,656 cells, 67 constant, 53 duplicates (the module docstring)
     assert tiles.shape[1:] == (3, 32, 32) and tiles.dtype == torch.float32
     assert tiles.min() >= 0 and tiles.max() <= 1
     train, val = split_tiles(tiles)
-    assert len(val) == 500 and len(train) == len(tiles) - -(-len(tiles) // 10)
+    assert (len(train), len(val)) == (6536 - 654, 500)  # 654 validation candidates, 500 used
 
 
 def test_linear_references_on_structured_tiles():

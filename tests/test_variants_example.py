@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fastinr.data import load_tiles_uint8, split_tiles
 from fastinr.models import ConvEncoder
 from fastinr.training import load_checkpoint, nearest_render_l1_sum, save_checkpoint, sobel_edge_l1_sum
 from tests.test_example import (OUTPUTS, assert_same_run, example, interrupt_at,  # noqa: F401
@@ -123,12 +124,16 @@ def test_seed_preset_records_batch_norm_train_and_eval(example, run_env):
     summary = json.loads((output / "summary.json").read_text())
     assert (summary["config"]["activation_out"], summary["config"]["batch_norm"]) == \
         ("sigmoid", "image")
-    assert summary["val_l1_bn_train_mode"] is not None
-    assert summary["val_l1_bn_train_mode"] != summary["val_l1"]  # other statistics, other L1
-    # Measuring in training mode leaves the running statistics as they were.
+    # Both numbers are the final weights measured on the validation tiles: in eval mode (running
+    # statistics) and in training mode (each image's own statistics).
     saved = load_checkpoint(output / "checkpoint.pt")["model"]
     model = example.build_model(summary["config"])
     model.load_state_dict(saved)
+    _, val = split_tiles(load_tiles_uint8([run_env["sheet"]]))
+    assert example.evaluate(model, val)["val_l1"] == pytest.approx(summary["val_l1"], rel=1e-6)
+    assert example.evaluate(model, val, train_mode=True)["val_l1"] == \
+        pytest.approx(summary["val_l1_bn_train_mode"], rel=1e-6)
+    # Measuring in training mode leaves the running statistics as they were.
     tiles = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
     example.evaluate(model, tiles, train_mode=True)
     for key, value in model.state_dict().items():
