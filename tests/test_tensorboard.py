@@ -19,12 +19,12 @@ from tensorboard.backend.event_processing.event_multiplexer import EventMultiple
 
 import fastinr.training.tensorboard as tb  # noqa: E402
 from fastinr.training import load_checkpoint, metric_tag, open_tensorboard  # noqa: E402
-from tests.test_example import (EVENTS, ROOT, TIMING, example, interrupt_at,  # noqa: E402,F401
-                                read_metrics, run_env, small_args)
+from tests.test_example import (BATCH, EVENTS, ROOT, STEPS, TIMING,  # noqa: E402,F401
+                                VAL_EVERY_STEPS, example, interrupt_at, read_metrics, run_env,
+                                small_args)
 
 TINY = {"--hidden": "16"}
-STEPS, BATCH, VAL_EVERY_STEPS = 20, 16, 6   # small_args' run: validations at these images
-VALIDATION_IMAGES = [0, 96, 192, 288, 320]
+VALIDATION_IMAGES = [step * BATCH for step in (*range(0, STEPS, VAL_EVERY_STEPS), STEPS)]
 SCALAR_TAGS = {"train/l1", "val/l1", "val/psnr", "val/edge_l1", "lr", "images_per_second"}
 NOT_SCALARS = {"images", "step", "elapsed_s"}
 RENDER_SCALE, PICTURES = 4, 8
@@ -50,8 +50,8 @@ def assert_events_match_metrics(folder):
     assert [int(r["images"]) for r in rows] == VALIDATION_IMAGES
     images = events.Images("reconstructions")
     assert [image.step for image in images] == VALIDATION_IMAGES
-    height = PICTURES * (RENDER_SCALE * 32 + 2) + 2
-    assert {(image.height, image.width) for image in images} == {(height, 3 * (RENDER_SCALE * 32 + 2) + 2)}
+    cell = RENDER_SCALE * 32 + 2                        # a 4x render and its white gap
+    assert {(im.height, im.width) for im in images} == {(PICTURES * cell + 2, 3 * cell + 2)}
     return events
 
 
@@ -87,7 +87,7 @@ def test_ctrl_c_and_resume_continue_one_curve(example, run_env, monkeypatch):
     interrupt_at(example, monkeypatch, 8, lambda: signal.raise_signal(signal.SIGINT))
     assert example.main(small_args(run_env, output, **TINY)) == example.EXIT_INTERRUPTED
     monkeypatch.undo()
-    assert read_events(output).Images("reconstructions")[-1].step == 96
+    assert read_events(output).Images("reconstructions")[-1].step == VAL_EVERY_STEPS * BATCH
     assert example.main(["--output", str(output), "--resume", "--quiet"]) == 0
     assert len(list(output.glob(EVENTS))) == 2
     events = assert_events_match_metrics(output)
@@ -96,8 +96,8 @@ def test_ctrl_c_and_resume_continue_one_curve(example, run_env, monkeypatch):
 
 def test_kill_between_validation_and_checkpoint_drops_the_orphaned_steps(example, run_env,
                                                                          monkeypatch):
-    """Killed after the validation at step 12 was logged, before its checkpoint: the resumed run
-    (from step 6) logs step 12 again, and TensorBoard shows only the new one."""
+    """Killed after the second validation was logged, before its checkpoint: the resumed run
+    (from the first) logs the second again, and TensorBoard shows only the new one."""
     output = run_env["root"] / "killed"
     write_checkpoint, calls = example.Training.write_checkpoint, []
 
@@ -111,10 +111,11 @@ def test_kill_between_validation_and_checkpoint_drops_the_orphaned_steps(example
     with pytest.raises(KeyboardInterrupt):
         example.main(small_args(run_env, output, **TINY))
     monkeypatch.undo()
-    assert calls == [6, 12] and load_checkpoint(output / "checkpoint.pt")["step"] == 6
+    assert calls == [VAL_EVERY_STEPS, 2 * VAL_EVERY_STEPS]
+    assert load_checkpoint(output / "checkpoint.pt")["step"] == VAL_EVERY_STEPS
     (first,) = output.glob(EVENTS)
     orphaned = read_events(first).Scalars("images_per_second")
-    assert [e.step for e in orphaned] == [96, 192]  # on disk before the kill
+    assert [e.step for e in orphaned] == VALIDATION_IMAGES[1:3]  # on disk before the kill
     assert example.main(["--output", str(output), "--resume", "--quiet"]) == 0
     # images_per_second is measured anew: the value read back must be the resumed run's.
     assert_events_match_metrics(output)
@@ -147,13 +148,14 @@ def test_ablation_folder_is_a_log_dir_with_a_run_per_variant_and_seed(tensorboar
 
 
 def test_compare_runs_gathers_a_log_dir(example, run_env, tensorboard_run, tmp_path, monkeypatch):
-    """One run per label and seed: event files copied, a run without any rebuilt from metrics.csv."""
+    """One run per label and seed: event files copied; a run without any, from metrics.csv."""
     no_events = run_env["root"] / "no_tensorboard_for_compare"
     shutil.copytree(tensorboard_run, no_events)
     for event_file in no_events.glob(EVENTS):
         event_file.unlink()
     monkeypatch.syspath_prepend(str(ROOT / "examples"))
-    spec = importlib.util.spec_from_file_location("compare_tb", ROOT / "examples" / "compare_runs.py")
+    spec = importlib.util.spec_from_file_location("compare_tb",
+                                                  ROOT / "examples" / "compare_runs.py")
     compare = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(compare)
     logdir = tmp_path / "logdir"
