@@ -12,14 +12,12 @@ import sys
 import numpy as np
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
-pytest.importorskip("tensorboard")
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
-from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer  # noqa: E402
-
-import fastinr.training.tensorboard as tb  # noqa: E402
-from fastinr.training import load_checkpoint, metric_tag, open_tensorboard  # noqa: E402
-from tests.test_example import (BATCH, EVENTS, ROOT, STEPS, TIMING,  # noqa: E402,F401
+import fastinr.training.tensorboard as tb
+from fastinr.training import load_checkpoint, metric_tag, open_tensorboard
+from tests.test_example import (BATCH, EVENTS, ROOT, STEPS, TIMING,  # noqa: F401
                                 VAL_EVERY_STEPS, example, interrupt_at, read_metrics, run_env,
                                 small_args)
 
