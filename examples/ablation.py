@@ -7,9 +7,10 @@
 
 Each run is examples/rpg_autoencoder.py in a subprocess, in OUTPUT/<variant>/seed<k>: a finished
 run (summary.json says so) is skipped, a stopped one is resumed, so rerunning the same command
-continues the campaign. Arguments after `--` go to every run unchanged (e.g. `-- --tiles x.png
---device cpu`). All runs share the code size (102 floats), validation tiles, augmentation and
-schedule. The ladder (each rung adds to the previous unless it says otherwise):
+continues the campaign (`tensorboard --logdir OUTPUT` shows it: one run per variant and seed,
+from the event files each run writes). Arguments after `--` go to every run unchanged (e.g.
+`-- --tiles x.png --device cpu`). All runs share the code size (102 floats), validation tiles,
+augmentation and schedule. The ladder (each rung adds to the previous unless it says otherwise):
 
     seed            the seed exactly: sigmoid output, per-image BatchNorm (--preset seed)
     seed-linear     + linear output

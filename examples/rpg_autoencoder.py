@@ -22,7 +22,10 @@ baseline, both at the same code size; --preset seed|baseline|sharp sets the seed
 default's or the best variant's decoder flags (explicit flags override).
 
 The output folder gets metrics.csv, loss.png, reconstructions.png, summary.json and
-checkpoint.pt (written atomically at intervals and on Ctrl-C; --resume continues it exactly).
+checkpoint.pt (written atomically at intervals and on Ctrl-C; --resume continues it exactly), and
+TensorBoard event files (`tensorboard --logdir runs`; --no-tensorboard: none): the metrics and
+the reconstruction grid at every validation against training images, the settings as text and
+hparams.
 """
 import argparse
 import hashlib
@@ -54,6 +57,7 @@ from fastinr.training import (COLLAPSE_RATIO, Diverged, GracefulStop, init_distr
                               plot_reconstructions, psnr_from_mse, reconstruction_spread,
                               remove_temporaries, rng_states, save_checkpoint, set_rng_states,
                               sobel_edge_l1_sum, write_csv, write_json)
+from fastinr.training.tensorboard import open_tensorboard
 
 SHAPE = (3, 32, 32)
 GPU_DEFAULT_MAX_INPUTS = 1_000_000  # the seed's budget
@@ -92,7 +96,7 @@ DECODER_DEFAULTS = {"preset": "baseline", "decoder": "seed", "conditioning": "co
                     "grid_head": "pool", "grid_blend": "bilinear", "subpixel": False,
                     "conv_channels": 64, "warmup": 0}
 # Settings that may change when a run is resumed; everything else must match the checkpoint.
-RUNTIME_KEYS = ("output", "resume", "device", "backend", "tiles", "quiet")
+RUNTIME_KEYS = ("output", "resume", "device", "backend", "tiles", "quiet", "tensorboard")
 METRIC_COLUMNS = ["images", "step", "train_l1", "val_l1", "val_psnr", "val_edge_l1", "val_spread",
                   "lr",
                   "images_per_second", "elapsed_s"]
@@ -223,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true",
                      help="continue from OUTPUT/checkpoint.pt with its settings")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
+                     help="write TensorBoard event files into the output folder (on by default; "
+                          "a resumed run appends to them)")
     return p
 
 
@@ -461,7 +468,8 @@ def per_image_batch_norm(cfg: dict) -> bool:
 
 
 @torch.no_grad()
-def pictures(model, val_tiles: torch.Tensor, path: Path) -> None:
+def sample_pictures(model, val_tiles: torch.Tensor):
+    """(originals, reconstructions, renders at RENDER_SCALE x) of NUM_PICTURES validation tiles."""
     was_training = model.training
     model.eval()
     pick = torch.linspace(0, len(val_tiles) - 1, min(NUM_PICTURES, len(val_tiles))).round().long()
@@ -471,7 +479,11 @@ def pictures(model, val_tiles: torch.Tensor, path: Path) -> None:
     size = (RENDER_SCALE * SHAPE[1], RENDER_SCALE * SHAPE[2])
     render = model.decode(codes, size).clamp_(0, 1)  # the conv decoder: a bilinear resample
     model.train(was_training)
-    plot_reconstructions(images.cpu(), recon.cpu(), render.cpu(), path, scale=RENDER_SCALE)
+    return images.cpu(), recon.cpu(), render.cpu()
+
+
+def pictures(model, val_tiles: torch.Tensor, path: Path) -> None:
+    plot_reconstructions(*sample_pictures(model, val_tiles), path, scale=RENDER_SCALE)
 
 
 def collapse_message(cfg: dict, spread: float, target_spread: float) -> str:
@@ -701,6 +713,10 @@ class Training:
         if dist.is_main:
             self.say(describe_run(cfg, self.model, self.backend, device, dist, self.n_train,
                                   self.n_val, self.total_steps, self.step))
+        # Rank 0 alone; a resumed run drops the events written after its checkpoint.
+        resume_images = self.step * batch if checkpoint is not None else None
+        self.board = (open_tensorboard(self.output, resume_images, cfg, self.say)
+                      if dist.is_main and cfg.get("tensorboard", True) else None)
 
     @property
     def finished(self) -> bool:
@@ -745,6 +761,12 @@ class Training:
             self.say(self.collapse)
         write_csv(self.output / "metrics.csv", self.history, METRIC_COLUMNS)
         plot_losses(self.history, self.output / "loss.png", title="RPG tiles autoencoder")
+        if self.board:
+            self.board.log_row(row)
+            # 8 tiles and their 4x renders: about a third of the validation's time (hidden 256, CPU)
+            self.board.log_reconstructions(*sample_pictures(self.model, self.val_tiles),
+                                           step=row["images"])
+            self.board.flush()  # before the checkpoint that follows, so a kill keeps both
         return row
 
     def check_finite(self, loss: torch.Tensor) -> None:
@@ -885,6 +907,8 @@ class Training:
                      f"{summary['images_per_second']:.1f} images/s; outputs in {output}")
         if self.collapse:
             self.say(self.collapse)
+        if self.board:
+            self.board.close()
 
 
 if __name__ == "__main__":

@@ -23,8 +23,9 @@ from fastinr.training import load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "rpg_autoencoder.py"
+EVENTS = "events.out.tfevents.*"  # TensorBoard's event files, named by time, host and process
 OUTPUTS = {"metrics.csv", "loss.png", "reconstructions.png", "summary.json", "checkpoint.pt",
-           "checkpoint.prev.pt"}
+           "checkpoint.prev.pt", EVENTS}
 TIMING = {"images_per_second", "elapsed_s"}
 STEPS, BATCH, VAL_EVERY_STEPS = 20, 16, 6
 
@@ -82,6 +83,11 @@ def small_args(env, output, **extra):
     return flat + ["--quiet"]
 
 
+def run_files(output):
+    """The names in a run folder, TensorBoard's event files as EVENTS."""
+    return {EVENTS if p.match(EVENTS) else p.name for p in output.iterdir()}
+
+
 def read_metrics(output):
     with open(output / "metrics.csv", newline="") as f:
         return list(csv.DictReader(f))
@@ -96,7 +102,7 @@ def straight_run(example, run_env):
 
 
 def test_end_to_end_writes_outputs_and_learns(straight_run):
-    assert {p.name for p in straight_run.iterdir()} == OUTPUTS  # no temporary files left
+    assert run_files(straight_run) == OUTPUTS  # no temporary files left
     rows = read_metrics(straight_run)
     steps = [int(r["step"]) for r in rows]
     assert steps == [0, 6, 12, 18, 20]
@@ -261,7 +267,8 @@ def test_two_process_gloo_matches_single_process(example, run_env, config):
     output = run_env["root"] / f"ddp-{config}"
     proc = torchrun(small_args(run_env, output) + one_step)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert {p.name for p in output.iterdir()} == OUTPUTS - {"checkpoint.prev.pt"}  # rank 0 alone
+    assert run_files(output) == OUTPUTS - {"checkpoint.prev.pt"}  # rank 0 alone writes
+    assert len(list(output.glob(EVENTS))) == 1
     summary = json.loads((output / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["images"] == BATCH
     one = load_checkpoint(single / "checkpoint.pt")["model"]

@@ -15,7 +15,7 @@ from fastinr.data import load_tiles_uint8, split_tiles
 from fastinr.models import ConvEncoder
 from fastinr.training import load_checkpoint, nearest_render_l1_sum, save_checkpoint, sobel_edge_l1_sum
 from tests.test_example import (OUTPUTS, assert_same_run, example, interrupt_at,  # noqa: F401
-                                read_metrics, run_env, small_args)
+                                read_metrics, run_env, run_files, small_args)
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS, BATCH = 10, 16
@@ -53,7 +53,7 @@ def conv_run(example, run_env):
 
 
 def check_learned_outputs(output):
-    assert {p.name for p in output.iterdir()} == OUTPUTS
+    assert run_files(output) == OUTPUTS
     rows = read_metrics(output)
     assert [int(r["step"]) for r in rows] == [0, 4, 8, 10]
     val = [float(r["val_l1"]) for r in rows]

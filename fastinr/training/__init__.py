@@ -1,4 +1,5 @@
-"""Training helpers for the examples: checkpoints, metrics, plots, DDP setup, clean stops."""
+"""Training helpers for the examples: checkpoints, metrics, plots, TensorBoard, DDP setup, clean
+stops, divergence."""
 from fastinr.training.atomic import atomic_write, json_safe, remove_temporaries, write_json
 from fastinr.training.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, load_checkpoint,
                                          previous_checkpoint, rng_states, save_checkpoint,
@@ -10,10 +11,12 @@ from fastinr.training.metrics import (COLLAPSE_RATIO, is_collapsed, nearest_rend
                                       psnr_from_mse, reconstruction_spread, sobel_edge_l1_sum,
                                       write_csv)
 from fastinr.training.plots import plot_losses, plot_reconstructions, plot_renders
+from fastinr.training.tensorboard import TensorBoardLog, metric_tag, open_tensorboard
 
 __all__ = ["CHECKPOINT_FORMAT", "COLLAPSE_RATIO", "CheckpointError", "Distributed", "Diverged",
-           "GracefulStop", "atomic_write", "init_distributed", "is_collapsed", "json_safe",
-           "load_checkpoint", "nearest_render_l1_sum", "nonfinite_report", "plot_losses",
-           "plot_reconstructions", "plot_renders", "previous_checkpoint", "psnr_from_mse",
-           "reconstruction_spread", "remove_temporaries", "rng_states", "save_checkpoint",
-           "set_rng_states", "sobel_edge_l1_sum", "write_csv", "write_json"]
+           "GracefulStop", "TensorBoardLog", "atomic_write", "init_distributed", "is_collapsed",
+           "json_safe", "load_checkpoint", "metric_tag", "nearest_render_l1_sum",
+           "nonfinite_report", "open_tensorboard", "plot_losses", "plot_reconstructions",
+           "plot_renders", "previous_checkpoint", "psnr_from_mse", "reconstruction_spread",
+           "remove_temporaries", "rng_states", "save_checkpoint", "set_rng_states",
+           "sobel_edge_l1_sum", "write_csv", "write_json"]
