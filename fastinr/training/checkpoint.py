@@ -49,6 +49,8 @@ def _keep_previous(path: Path) -> None:
     """checkpoint.pt -> checkpoint.prev.pt, with checkpoint.pt in place all along (a hard link
     renamed over the old predecessor; a copy where the file system has no hard links)."""
     previous = previous_checkpoint(path)
+    if previous.exists() and os.path.samefile(path, previous):
+        return  # kept already (a write that was cut short); renaming a link onto itself is a no-op
     staging = previous.with_name(previous.name + ".tmp")
     staging.unlink(missing_ok=True)
     try:
