@@ -291,3 +291,23 @@ def test_folder_of_ten_thousand_files(tmp_path):
     tiles = load_tiles_uint8([folder], cache_dir=tmp_path / "cache")
     assert len(tiles) == distinct == 8_001
     assert torch.equal(tiles[0], torch.from_numpy(first[..., :3]).permute(2, 0, 1))
+
+
+def test_checkpoint_after_a_torn_write_leaves_no_temporary(tmp_path, monkeypatch):
+    """A write cut short has already set its predecessor aside (checkpoint.prev.pt is then the
+    same file as checkpoint.pt); the next write keeps that one and leaves nothing behind."""
+    from fastinr.training import save_checkpoint
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"step": torch.tensor(1)})
+    save_checkpoint(path, {"step": torch.tensor(2)})
+
+    def torn(obj, f):
+        raise KeyboardInterrupt  # the kill, after the predecessor was set aside
+    monkeypatch.setattr(torch, "save", torn)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"step": torch.tensor(3)})
+    monkeypatch.undo()
+    save_checkpoint(path, {"step": torch.tensor(4)})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.prev.pt", "checkpoint.pt"]
+    assert int(load_checkpoint(path)["step"]) == 4
+    assert int(load_checkpoint(previous_checkpoint(path))["step"]) == 2
