@@ -1,82 +1,97 @@
-"""Training step and rendering of the seed's decoder, per provider.
+"""Training step and rendering of the seed's decoder, per provider, paired with the seed's loop.
 
-Providers: `seed-loop` (the seed's per-image loop), `torch` (the batched reference), `compiled`
-(torch.compile of the batched reference) and every other fastinr backend that runs here
-(`native`, `triton`).
+Providers: what a user could pick instead of fastinr, and fastinr's backends:
+`seed-loop` (the seed's per-image loop), `torch` (the batched reference, eager), `compiled`
+(torch.compile of the batched reference) and every fastinr backend that runs here (`native`,
+`triton`); on hardware with bfloat16 units each of them also under
+torch.autocast(bfloat16) (`...-bf16`), as a user would add it with one line.
 """
+import contextlib
 import os
 
 import pytest
 import torch
 
 import fastinr
+from conftest import BASELINE, DEVICE
+from measure import has_bf16_units, useful_flops
 from tests.seed_decoder import SeedLoopDecoder
-
-from conftest import DEVICE
 
 SEED_CONFIG = dict(num_input_channels=102, num_hidden=256, num_blocks=2, num_layers_per_block=2,
                    batch_norm=True, activation="gelu", activation_out="sigmoid")
-ROUNDS = int(os.environ.get("FASTINR_BENCH_ROUNDS", "5"))
+EMBEDDING = fastinr.pos_embedding_size((7, 17))
 TRAIN_BATCH, TRAIN_SHAPE = 64, (32, 32)
 # Rendering: eval mode, no autograd. Smaller on a CPU so the seed loop finishes in seconds.
 RENDER_BATCH, RENDER_SHAPE = (64, (128, 128)) if DEVICE.type == "cuda" else (16, (128, 128))
 
-OTHER_BACKENDS = [b for b in fastinr.available_backends(DEVICE) if b != "torch"]
-PROVIDERS = ["seed-loop", "torch", "compiled", *OTHER_BACKENDS]
+BACKENDS = [b for b in fastinr.available_backends(DEVICE) if b != "torch"]
+BASES = ["seed-loop", "torch", "compiled", *BACKENDS]
+PROVIDERS = BASES + ([f"{p}-bf16" for p in BASES] if has_bf16_units(DEVICE) else [])
+if os.environ.get("FASTINR_BENCH_PROVIDERS"):  # e.g. "seed-loop,native,native-bf16"
+    PROVIDERS = [p for p in PROVIDERS if p in os.environ["FASTINR_BENCH_PROVIDERS"].split(",")]
+
+
+def precision(provider: str) -> str:
+    return "bfloat16" if provider.endswith("-bf16") else "float32"
 
 
 def make_decoder(provider):
     torch.manual_seed(0)
-    if provider == "seed-loop":
+    base = provider.removesuffix("-bf16")
+    if base == "seed-loop":
         return SeedLoopDecoder(**SEED_CONFIG).to(DEVICE)
-    backend = "torch" if provider == "compiled" else provider
+    backend = "torch" if base == "compiled" else base
     model = fastinr.ImageManifoldDecoder(**SEED_CONFIG, backend=backend).to(DEVICE)
-    return torch.compile(model) if provider == "compiled" else model
+    return torch.compile(model) if base == "compiled" else model
 
 
-def synchronized(fn):
-    def run():
-        out = fn()
-        if DEVICE.type == "cuda":
-            torch.cuda.synchronize()
-        return out
-    return run
+def autocast(provider):
+    if precision(provider) == "bfloat16":
+        return torch.autocast(DEVICE.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
-@pytest.mark.parametrize("provider", PROVIDERS)
-def test_train_step(benchmark, record, provider):
+def train_step_fn(provider):
     """Forward + backward (codes and parameters) + Adam, L1 loss, the seed's configuration."""
     model = make_decoder(provider).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     codes = torch.randn(TRAIN_BATCH, 102, device=DEVICE, requires_grad=True)
     target = torch.rand(TRAIN_BATCH, 3, *TRAIN_SHAPE, device=DEVICE)
 
-    @synchronized
     def step():
         optimizer.zero_grad(set_to_none=True)
-        loss = (model(codes, TRAIN_SHAPE) - target).abs().mean()
+        with autocast(provider):
+            loss = (model(codes, TRAIN_SHAPE).float() - target).abs().mean()
         loss.backward()
         optimizer.step()
         return loss
-
-    step()  # warm-up (and compilation) outside the timed rounds
-    benchmark.pedantic(step, rounds=ROUNDS, warmup_rounds=1)
-    record(f"train step {TRAIN_BATCH}x{TRAIN_SHAPE[0]}x{TRAIN_SHAPE[1]}", provider, benchmark,
-           TRAIN_BATCH * TRAIN_SHAPE[0] * TRAIN_SHAPE[1])
+    return step
 
 
-@pytest.mark.parametrize("provider", PROVIDERS)
-def test_render(benchmark, record, provider):
+def render_fn(provider):
     """Eval-mode colors of a batch of codes at a larger shape (BatchNorm from running stats)."""
     model = make_decoder(provider).eval()
     codes = torch.randn(RENDER_BATCH, 102, device=DEVICE)
 
-    @synchronized
     def render():
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(provider):
             return model(codes, RENDER_SHAPE)
+    return render
 
-    render()
-    benchmark.pedantic(render, rounds=ROUNDS, warmup_rounds=1)
-    record(f"render {RENDER_BATCH}x{RENDER_SHAPE[0]}x{RENDER_SHAPE[1]}", provider, benchmark,
-           RENDER_BATCH * RENDER_SHAPE[0] * RENDER_SHAPE[1])
+
+WORKLOADS = {
+    f"train step {TRAIN_BATCH}x{TRAIN_SHAPE[0]}x{TRAIN_SHAPE[1]}":
+        (train_step_fn, 3 * useful_flops(TRAIN_BATCH, TRAIN_SHAPE[0] * TRAIN_SHAPE[1], 102,
+                                         EMBEDDING, 256, 4, 3)),  # forward + 2x backward
+    f"render {RENDER_BATCH}x{RENDER_SHAPE[0]}x{RENDER_SHAPE[1]}":
+        (render_fn, useful_flops(RENDER_BATCH, RENDER_SHAPE[0] * RENDER_SHAPE[1], 102, EMBEDDING,
+                                 256, 4, 3)),
+}
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("workload", list(WORKLOADS))
+def test_speed(paired, workload, provider):
+    make, flops = WORKLOADS[workload]
+    baseline = None if provider == BASELINE else make(BASELINE)
+    paired(workload, provider, make(provider), baseline, flops, precision(provider))
