@@ -4,6 +4,7 @@ sizes, warps and stages, and how reductions over rows are split. One object per 
 The same methods are what tests/test_triton_aot.py enumerates, so every configuration a launch
 can produce is compiled for Hopper ahead of time.
 """
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -25,6 +26,14 @@ def kernel_output(*shape, device) -> torch.Tensor:
     """An uninitialised float32 tensor that a kernel is about to write in full."""
     out = torch.empty(*shape, device=device, dtype=torch.float32)
     return out.fill_(float("nan")) if POISON_OUTPUTS else out
+
+
+def device_guard(tensor: torch.Tensor):
+    """Context for a launch on `tensor`'s GPU: Triton launches on the current CUDA device, not on
+    the tensors' (a model on cuda:1 without torch.cuda.set_device reads illegal addresses)."""
+    if tensor.device.type == "cuda":
+        return torch.cuda.device(tensor.device)
+    return contextlib.nullcontext()
 
 
 def interpreting() -> bool:

@@ -192,11 +192,12 @@ def linear_forward(x, weight, bias, act, norm, groups, res_mode, residual, confi
     mean, scale, beta = norm if norm is not None else (x, x, x)
     res = residual if residual is not None else x
     grid = (groups * tiles, triton.cdiv(n_size, meta["BLOCK_N"]))
-    _linear_fwd_kernel[grid](
-        x, weight, bias, mean, scale, beta, res, z, out,
-        x.stride(0), res.stride(0), z.stride(0), out.stride(0),
-        r_size, k_size, n_size, tiles,
-        HAS_NORM=norm is not None, RES_MODE=res_mode, STORE_Z=store_z, ACT=act, **meta)
+    with config_module.device_guard(x):
+        _linear_fwd_kernel[grid](
+            x, weight, bias, mean, scale, beta, res, z, out,
+            x.stride(0), res.stride(0), z.stride(0), out.stride(0),
+            r_size, k_size, n_size, tiles,
+            HAS_NORM=norm is not None, RES_MODE=res_mode, STORE_Z=store_z, ACT=act, **meta)
     return (z if store_z else None), out
 
 
@@ -217,11 +218,12 @@ def linear_backward(dy, z, x, weight, act, norm, groups, config: LaunchConfig, n
             s1 = config_module.kernel_output(groups * tiles, k_size, device=device)
             s2 = config_module.kernel_output(groups * tiles, k_size, device=device)
         grid = (groups * tiles, triton.cdiv(k_size, meta["BLOCK_K"]))
-        _linear_bwd_dx_kernel[grid](
-            dy, z, weight, x, mean, scale, dx, s1, s2,
-            dy.stride(0), z.stride(0), x.stride(0), dx.stride(0),
-            r_size, k_size, n_size, tiles,
-            HAS_NORM=norm is not None, ACT=act, **meta)
+        with config_module.device_guard(x):
+            _linear_bwd_dx_kernel[grid](
+                dy, z, weight, x, mean, scale, dx, s1, s2,
+                dy.stride(0), z.stride(0), x.stride(0), dx.stride(0),
+                r_size, k_size, n_size, tiles,
+                HAS_NORM=norm is not None, ACT=act, **meta)
         if norm is not None:
             s1 = s1.view(groups, tiles, k_size).sum(1)
             s2 = s2.view(groups, tiles, k_size).sum(1)
@@ -233,11 +235,12 @@ def linear_backward(dy, z, x, weight, act, norm, groups, config: LaunchConfig, n
     dw = config_module.kernel_output(splits, n_size, k_size, device=device)
     db = config_module.kernel_output(splits, n_size, device=device)
     grid = (triton.cdiv(n_size, meta["BLOCK_N"]), triton.cdiv(k_size, meta["BLOCK_K"]), splits)
-    _linear_bwd_dw_kernel[grid](
-        dy, z, x, mean, scale, beta, dw, db,
-        dy.stride(0), z.stride(0), x.stride(0),
-        rows, r_size, k_size, n_size, rows_per_split,
-        HAS_NORM=norm is not None, ACT=act, **meta)
+    with config_module.device_guard(x):
+        _linear_bwd_dw_kernel[grid](
+            dy, z, x, mean, scale, beta, dw, db,
+            dy.stride(0), z.stride(0), x.stride(0),
+            rows, r_size, k_size, n_size, rows_per_split,
+            HAS_NORM=norm is not None, ACT=act, **meta)
     return dx, dw.sum(0), db.sum(0), dmean, dscale, dbeta
 
 

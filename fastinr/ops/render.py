@@ -117,11 +117,11 @@ def _render_fwd_kernel(
     o = tl.arange(0, OUT_PAD)
     n_tiles = tl.cdiv(n_rows, BLOCK_P)
     for tile in range(pid, n_tiles, n_programs):
-        rows = (tile * BLOCK_P + r).to(tl.int64)
+        rows = (tile * BLOCK_P + r).to(tl.int64)   # n_rows >= 2**31 makes tile int64 itself
         row_mask = rows < n_rows
         img = rows // pixels
         pix = rows - img * pixels
-        emb = _pixel_embedding(pix, width, x_table_ptr, y_table_ptr, E, E_PAD)
+        emb = _pixel_embedding(pix, row_mask, width, x_table_ptr, y_table_ptr, E, E_PAD)
         e = tl.arange(0, E_PAD)
 
         # Input layer -> h[:, :HIDDEN].
@@ -239,10 +239,11 @@ def render_forward(codes, params, spec, shape, running, config: LaunchConfig):
     scratch = config_module.kernel_output(programs, meta["BLOCK_P"],
                                           meta["OUT_WIDTH"] + 2 * meta["WMAX"], device=device)
     colors = config_module.kernel_output(batch, spec.out_channels, height, width, device=device)
-    _render_fwd_kernel[(programs,)](
-        colors, code_proj, x_table, y_table, w_pos, packed_w, packed_b, scale, shift, w_out, b_out,
-        scratch,
-        code_proj.stride(0), w_pos.stride(0), w_out.stride(0),
-        n_rows, height * width, width,
-        **meta)
+    with config_module.device_guard(colors):
+        _render_fwd_kernel[(programs,)](
+            colors, code_proj, x_table, y_table, w_pos, packed_w, packed_b, scale, shift, w_out,
+            b_out, scratch,
+            code_proj.stride(0), w_pos.stride(0), w_out.stride(0),
+            n_rows, height * width, width,
+            **meta)
     return colors
