@@ -25,21 +25,22 @@ from fastinr.ops.tiling import _tile_rows
 def _pixel_embedding(pix, pix_mask, width, x_table_ptr, y_table_ptr,
                      E: tl.constexpr, E_PAD: tl.constexpr):
     """(len(pix), E_PAD) float32 embedding of row-major pixel indices pix; zero past E and on rows
-    where pix_mask is false (a tile's rows past the image would read past the (H, E) table).
+    where pix_mask is false.
 
     Even entries depend on the column only and odd ones on the row only, so they are gathered
     from two small tables (W, E) and (H, E) built by fastinr.embedding itself: bit-identical to
-    the reference, and no trigonometry (whose slow path spills registers) in the kernels."""
+    the reference, and no trigonometry (whose slow path spills registers) in the kernels. A tile's
+    rows past the image would read past the (H, E) table: they read row 0 and are zeroed (masking
+    the loads per row instead made _embed_bwd_kernel spill registers)."""
     py = pix // width
     px = pix - py * width
+    py = tl.where(pix_mask, py, 0)
     e = tl.arange(0, E_PAD)
     even = (e % 2 == 0) & (e < E)
     odd = (e % 2 == 1) & (e < E)
-    from_x = tl.load(x_table_ptr + px[:, None] * E + e[None, :],
-                     mask=pix_mask[:, None] & even[None, :], other=0.0)
-    from_y = tl.load(y_table_ptr + py[:, None] * E + e[None, :],
-                     mask=pix_mask[:, None] & odd[None, :], other=0.0)
-    return from_x + from_y
+    from_x = tl.load(x_table_ptr + px[:, None] * E + e[None, :], mask=even[None, :], other=0.0)
+    from_y = tl.load(y_table_ptr + py[:, None] * E + e[None, :], mask=odd[None, :], other=0.0)
+    return tl.where(pix_mask[:, None], from_x + from_y, 0.0)
 
 
 @triton.jit

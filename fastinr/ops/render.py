@@ -202,7 +202,9 @@ def render_meta(spec, config: LaunchConfig) -> dict:
         HAS_BN=bool(spec.batch_norm), ACT=activation_code(spec.activation),
         ACT_OUT=activation_code(spec.activation_out),
         BLOCK_P=config.block_m or 64, BLOCK_N=block, BLOCK_K=block,
-        DOT_DTYPE=config.dot_dtype, PRECISION=config.precision, num_warps=8, num_stages=1)
+        DOT_DTYPE=config.dot_dtype, PRECISION=config.precision,
+        # Exact fp32 dots on 8 warps spilled for wide or layer-less decoders under Triton 3.6.
+        num_warps=8 if config.wide else 4, num_stages=1)
 
 
 def render_forward(codes, params, spec, shape, running, config: LaunchConfig):
