@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import fastinr
-from tests.seed_decoder import SeedLoopDecoder
+from fastinr.seed_loop import SeedLoopDecoder
 
 from conftest import DEVICE
 
