@@ -10,6 +10,8 @@ Backward (dz = dh * act'(z)): d code_proj[b] = Σ_{p} dz[b, p] (per image, per-t
 d W_pos = Σ_r dz[r]^T emb[p] (split over tiles, partials, one torch sum), d offset = dz (its own
 elementwise kernel, only when the offset needs it). (B*P, E) is never built.
 """
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -126,11 +128,17 @@ def _dz_kernel(dh_ptr, z_ptr, dz_ptr, numel, N, stride_dh, ACT: tl.constexpr, BL
 DZ_BLOCK = 1024
 
 
-def embedding_tables(freqs, shape, device):
-    """(x_table (W, E), y_table (H, E)): the embedding of one row and of one column."""
+@functools.lru_cache(maxsize=32)
+def embedding_tables(freqs: tuple, shape: tuple, device: torch.device):
+    """(x_table (W, E), y_table (H, E)): the embedding of one row and of one column.
+
+    Cached: building them is ~20 small torch ops per call, more launches than the kernels that
+    read them. Constants of (freqs, shape, device), never written; made outside inference mode so
+    that a table first built by a render can serve a training step too."""
     height, width = shape
-    return (pos_embedding(1, width, freqs, device=device).contiguous(),
-            pos_embedding(height, 1, freqs, device=device).contiguous())
+    with torch.inference_mode(False):
+        return (pos_embedding(1, width, freqs, device=device).contiguous(),
+                pos_embedding(height, 1, freqs, device=device).contiguous())
 
 
 def embed_meta(freqs, act: int, hidden: int, config: LaunchConfig) -> dict:
@@ -158,14 +166,14 @@ class EmbedLinear(torch.autograd.Function):
                 code_proj, x_table, y_table, w_pos, z, h, z if offset is None else offset,
                 code_proj.stride(0), w_pos.stride(0), pixels, hidden, width, tiles,
                 HAS_OFFSET=offset is not None, **meta)
-        ctx.save_for_backward(z, x_table, y_table)
-        ctx.meta = (batch, shape, meta, tiles, config)
+        ctx.save_for_backward(z)
+        ctx.meta = (batch, shape, meta, tiles, config, x_table, y_table)   # constants
         return h
 
     @staticmethod
     def backward(ctx, dh):
-        z, x_table, y_table = ctx.saved_tensors
-        batch, (height, width), meta, tiles, config = ctx.meta
+        z, = ctx.saved_tensors
+        batch, (height, width), meta, tiles, config, x_table, y_table = ctx.meta
         hidden = z.shape[1]
         dh = dh.float()
         if dh.stride(-1) != 1:

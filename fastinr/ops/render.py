@@ -229,7 +229,7 @@ def render_forward(codes, params, spec, shape, running, config: LaunchConfig):
             scale, shift = torch.cat(scales).contiguous(), torch.cat(shifts).contiguous()
         else:
             scale = shift = torch.zeros(1, **f32)
-        x_table, y_table = embedding_tables(spec.freqs, shape, device)
+        x_table, y_table = embedding_tables(tuple(float(f) for f in spec.freqs), tuple(shape), device)
         w_out, b_out = params.w_out.contiguous(), params.b_out.contiguous()
 
     meta = render_meta(spec, config)
