@@ -69,17 +69,12 @@ def launched_variants():
 
     from fastinr import ImageManifoldDecoder
     from fastinr.ops import decoder as ops_decoder
-    from fastinr.ops.config import LaunchConfig
+    from fastinr.ops.launches import as_on_gpu
 
     dots = {"fp32": (tl.float32, "ieee"), "tf32": (tl.float32, "tf32"), "bf16": (tl.bfloat16, "ieee")}
     variants = {}
-    original_for_call, original_interpreting = LaunchConfig.for_call, ops_decoder.interpreting
-    try:
-        ops_decoder.interpreting = lambda: True          # accept CPU tensors: nothing runs
-        for dot_name, (dot_dtype, precision) in dots.items():
-            LaunchConfig.for_call = staticmethod(
-                lambda device, block_m=None, _d=dot_dtype, _p=precision:
-                LaunchConfig(_d, _p, GPU_SM_COUNT, None))
+    for dot_name, (dot_dtype, precision) in dots.items():
+        with as_on_gpu(dot_dtype, precision, GPU_SM_COUNT):
             for workload, (kind, batch, shape) in WORKLOADS.items():
                 torch.manual_seed(0)
                 model = ImageManifoldDecoder(SEED["code"], SEED["out"], SEED["hidden"],
@@ -99,6 +94,4 @@ def launched_variants():
                            tuple(divisible))
                     variants.setdefault(key, (f"{dot_name} {workload}", name, meta, signature,
                                               divisible))
-    finally:
-        LaunchConfig.for_call, ops_decoder.interpreting = original_for_call, original_interpreting
     return list(variants.values())

@@ -75,3 +75,22 @@ def test_launch_counter_sees_every_kernel_and_op():
     with torch.no_grad():
         model(codes, (3, 4))
     assert launches.total == counted
+
+
+def test_step_analysis_counts_the_gpu_launches():
+    """benchmarks/step_analysis.py (an H200's launch configuration, kernels recorded): launches per
+    phase, and bytes per launch
+    at least the activations each kernel must write."""
+    import os
+    import sys
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from benchmarks.step_analysis import analyse
+    batch, size, hidden = 2, 5, 16
+    phases = analyse("tf32", batch, size, hidden)
+    assert {name: sum(c.triton.values()) for name, c in phases.items()} == \
+        {"forward + loss": 6, "backward": 11, "Adam": 0}
+    activation = batch * size * size * hidden * 4
+    forward = phases["forward + loss"]
+    # The embedding kernel writes z and h; each Linear reads its input and writes z and out.
+    assert forward.bytes["_embed_fwd_kernel"] >= 2 * activation
+    assert forward.bytes["_linear_fwd_kernel"] >= 4 * 3 * activation
