@@ -79,8 +79,7 @@ def test_launch_counter_sees_every_kernel_and_op():
 
 def test_step_analysis_counts_the_gpu_launches():
     """benchmarks/step_analysis.py (an H200's launch configuration, kernels recorded): launches per
-    phase, and bytes per launch
-    at least the activations each kernel must write."""
+    phase, and bytes per launch at least the activations each kernel must write."""
     import os
     import sys
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
