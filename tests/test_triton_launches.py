@@ -93,3 +93,22 @@ def test_step_analysis_counts_the_gpu_launches():
     # The embedding kernel writes z and h; each Linear reads its input and writes z and out.
     assert forward.bytes["_embed_fwd_kernel"] >= 2 * activation
     assert forward.bytes["_linear_fwd_kernel"] >= 4 * 3 * activation
+
+
+def test_gradient_reductions_fill_an_h200_once():
+    """The seed's weight-gradient reductions on 132 SMs: as many programs as are sure to be
+    resident at once (one of 8 warps, two of 4 per SM), so no second, partial wave; and more
+    than half of them (splits are whole BLOCK_M chunks, so the count rounds down)."""
+    import triton.language as tl
+
+    from fastinr.ops.config import LaunchConfig
+    rows = 64 * 32 * 32
+    for dot_dtype, precision in ((tl.float32, "ieee"), (tl.float32, "tf32"), (tl.bfloat16, "ieee")):
+        config = LaunchConfig(dot_dtype, precision, sm_count=132)
+        for k, n in ((256, 256), (256, 3)):
+            meta = config.linear_dw(k, n)
+            tiles = -(-n // meta["BLOCK_N"]) * -(-k // meta["BLOCK_K"])
+            splits, rows_per_split = config.row_splits(rows, meta, tiles)
+            assert splits * rows_per_split >= rows > (splits - 1) * rows_per_split
+            resident = 132 * (1 if meta["num_warps"] == 8 else 2)
+            assert resident // 2 < splits * tiles <= resident, (meta, splits, tiles)

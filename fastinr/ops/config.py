@@ -111,10 +111,21 @@ class LaunchConfig:
         (64x64 on 4 warps spilled in the backward for sm_90; 32x64 does not)."""
         return dict(BLOCK_M=self.block_m or 32, BLOCK_N=feature_block(n, 64), num_warps=4, num_stages=1)
 
-    def row_splits(self, rows: int, block_m: int, tiles: int):
-        """(splits, rows per split) for a reduction over rows: enough programs to fill the GPU
-        twice, each over whole BLOCK_M chunks; the partials are summed by one torch reduction."""
+    def one_wave(self, num_warps: int, tiles: int) -> int:
+        """How many splits of a reduction over rows, each run by `tiles` programs, fill the GPU
+        once. A program of 8 warps may use up to 255 registers per thread, so only one is sure to
+        fit an SM's 64K registers (several of the seed's gradient kernels use more than 128:
+        tests/test_triton_aot.py); of 4 warps, two. Sizing for two per SM where one fits ran
+        2.06 waves as 3."""
+        resident = max(1, 65536 // (num_warps * 32 * 255))
+        return max(1, self.sm_count * resident // max(tiles, 1))
+
+    def row_splits(self, rows: int, meta: dict, tiles: int):
+        """(splits, rows per split) for a reduction over rows by a kernel launched with `meta`:
+        one wave of programs (one_wave), each over whole BLOCK_M chunks; the partials are summed
+        by one torch reduction."""
+        block_m = meta["BLOCK_M"]
         chunks = triton.cdiv(rows, block_m)
-        splits = max(1, min(chunks, triton.cdiv(2 * self.sm_count, max(tiles, 1))))
+        splits = min(chunks, self.one_wave(meta["num_warps"], tiles))
         per_split = triton.cdiv(chunks, splits) * block_m
         return triton.cdiv(rows, per_split), per_split

@@ -180,7 +180,7 @@ class EmbedLinear(torch.autograd.Function):
             dh = dh.contiguous()
         n_blocks = triton.cdiv(hidden, meta["BLOCK_N"])
         n_tiles = batch * tiles
-        splits = max(1, min(n_tiles, triton.cdiv(2 * config.sm_count, n_blocks)))
+        splits = min(n_tiles, config.one_wave(meta["num_warps"], n_blocks))
         dcp = config_module.kernel_output(n_tiles, hidden, device=z.device)
         dw = config_module.kernel_output(splits, hidden, meta["E"], device=z.device)
         dz = None

@@ -235,7 +235,7 @@ def linear_backward(dy, z, x, weight, act, norm, groups, config: LaunchConfig, n
             dmean, dscale, dbeta = stats.view(3, groups, tiles, k_size).sum(2)    # (G, K) each
             dbeta = dbeta[0] if groups == 1 else dbeta.sum(0)
     meta = config.linear_dw(k_size, n_size)
-    splits, rows_per_split = config.row_splits(rows, meta["BLOCK_M"],
+    splits, rows_per_split = config.row_splits(rows, meta,
                                                triton.cdiv(n_size, meta["BLOCK_N"])
                                                * triton.cdiv(k_size, meta["BLOCK_K"]))
     weights = n_size * k_size
