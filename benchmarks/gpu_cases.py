@@ -199,8 +199,9 @@ def run_workload(name, kind, batch, shape, precision, providers, rounds, dry_run
             _sync(device)
             first_call_s = time.perf_counter() - start
             first_loss = getattr(step, "first_loss", None)
-            if first_loss is None:
-                first_loss = ((first.float() - target).abs().mean() if kind == "render" else first).item()
+            if first_loss is None:   # a render's "loss": its colors against the same target
+                loss = (first.float() - target).abs().mean() if kind == "render" else first
+                first_loss = loss.item()
             for _ in range(2):
                 step()
             _sync(device)

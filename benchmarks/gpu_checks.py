@@ -44,7 +44,8 @@ def _models(spec_kwargs, device):
                 module.running_mean.copy_(0.3 * torch.randn_like(module.running_mean))
                 module.running_var.copy_(0.5 + torch.rand_like(module.running_var))
     state = reference.state_dict()
-    models = {"float64": reference.double(), "torch": ImageManifoldDecoder(**spec_kwargs, backend="torch"),
+    models = {"float64": reference.double(),
+              "torch": ImageManifoldDecoder(**spec_kwargs, backend="torch"),
               "triton": ImageManifoldDecoder(**spec_kwargs, backend="triton")}
     for name in ("torch", "triton"):
         models[name].to(device).load_state_dict({k: v.float() if v.is_floating_point() else v

@@ -166,7 +166,8 @@ def format_report(meta, checks, rows):
     lines = [f"{meta['device']}, torch {meta['torch']}, Triton {meta['triton']}"
              + (" (DRY RUN: CPU, Triton interpreter, tiny sizes; no timing means anything)"
                 if meta["dry_run"] else ""),
-             "", f"L2 flushed before every timed step: {'yes (cold)' if meta['l2_flushed'] else 'no (warm)'}; "
+             "", f"L2 flushed before every timed step: "
+             f"{'yes (cold)' if meta['l2_flushed'] else 'no (warm)'}; "
              f"{meta['rounds']} paired rounds; median [quartiles] per step.", "",
              "## Correctness of the timed binaries (gates the timings)", ""]
     for c in checks:
@@ -192,6 +193,7 @@ def format_report(meta, checks, rows):
         precision = WORKLOADS[workload][3]
         peak = PEAK_TFLOPS.get(precision)
         launches = r.get("launches")
+        launches = f"{launches['triton']} triton + {launches['torch']} torch" if launches else ""
         speedup = seed.get(workload, math.nan) / r["median_s"]
         lines.append(
             f"| {workload} | {provider} | {_fmt(r['median_s'], 1e3)} | "
@@ -199,9 +201,9 @@ def format_report(meta, checks, rows):
             f"{_fmt(speedup, digits=1) + 'x' if math.isfinite(speedup) else ''} | "
             f"{_fmt(r['pixels_per_s'], 1e-6, 1)} | {_fmt(r['tflops'], digits=2)} | "
             f"{_fmt(r['tflops'] / peak * 100 if peak else None, digits=1)} | "
-            f"{_fmt(r.get('peak_extra_bytes'), 2 ** -20, 1)} | {_fmt(r.get('first_step_loss'), digits=5)} | "
-            f"{_fmt(r.get('first_call_s'), digits=2)} | "
-            f"{'' if not launches else str(launches['triton']) + ' triton + ' + str(launches['torch']) + ' torch'} |")
+            f"{_fmt(r.get('peak_extra_bytes'), 2 ** -20, 1)} | "
+            f"{_fmt(r.get('first_step_loss'), digits=5)} | {_fmt(r.get('first_call_s'), digits=2)} | "
+            f"{launches} |")
     return "\n".join(lines) + "\n"
 
 
