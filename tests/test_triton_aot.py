@@ -103,6 +103,8 @@ def aot_cases():
                 label = f"fp32 {act_name} {'film' if film else 'shift'} N<={meta['BLOCK_N']}"
                 cases.append((label, "modulate_fwd", dict(meta, FILM=film, HAS_RES=True, ACT=act)))
                 cases.append((label, "modulate_bwd", dict(meta, FILM=film, ACT=act)))
+    for meta in (modulate(1024), modulate(8)):    # BatchNorm statistics' gradient (elementwise)
+        cases.append((f"fp32 N<={meta['BLOCK_N']}", "norm_stats_bwd", meta))
     # Deduplicate: several labels may describe one compiled configuration.
     unique = {}
     for label, kernel, meta in cases:
@@ -126,11 +128,13 @@ def _kernels():
     from fastinr.ops.embed import _dz_kernel, _embed_bwd_kernel, _embed_fwd_kernel
     from fastinr.ops.linear import _linear_bwd_dw_kernel, _linear_bwd_dx_kernel, _linear_fwd_kernel
     from fastinr.ops.modulate import _modulate_bwd_kernel, _modulate_fwd_kernel
+    from fastinr.ops.norm import _norm_stats_bwd_kernel
     from fastinr.ops.render import _render_fwd_kernel
     return {"linear_fwd": _linear_fwd_kernel, "linear_dx": _linear_bwd_dx_kernel,
             "linear_dw": _linear_bwd_dw_kernel, "embed_fwd": _embed_fwd_kernel,
             "embed_bwd": _embed_bwd_kernel, "embed_dz": _dz_kernel, "render": _render_fwd_kernel,
-            "modulate_fwd": _modulate_fwd_kernel, "modulate_bwd": _modulate_bwd_kernel}
+            "modulate_fwd": _modulate_fwd_kernel, "modulate_bwd": _modulate_bwd_kernel,
+            "norm_stats_bwd": _norm_stats_bwd_kernel}
 
 
 def compile_case(case):

@@ -107,7 +107,7 @@ def test_every_launch_runs_under_a_device_guard(monkeypatch):
     assert set(launches.triton) == {
         "_embed_fwd_kernel", "_embed_bwd_kernel", "_dz_kernel", "_linear_fwd_kernel",
         "_linear_bwd_dx_kernel", "_linear_bwd_dw_kernel", "_modulate_fwd_kernel",
-        "_modulate_bwd_kernel", "_render_fwd_kernel"}, dict(launches.triton)
+        "_modulate_bwd_kernel", "_norm_stats_bwd_kernel", "_render_fwd_kernel"}, dict(launches.triton)
     assert not recorder.unguarded, f"launched outside a device guard: {recorder.unguarded}"
     assert len(recorder.guarded) == sum(launches.triton.values())
 

@@ -31,9 +31,9 @@ _NO_KERNEL = {"empty", "empty_strided", "empty_like", "new_empty", "new_empty_st
 
 def triton_kernels():
     """{name: kernel} of every Triton kernel of fastinr.ops."""
-    from fastinr.ops import embed, linear, modulate, render
+    from fastinr.ops import embed, linear, modulate, norm, render
     kernels = {}
-    for module in (embed, linear, modulate, render):
+    for module in (embed, linear, modulate, norm, render):
         for name, value in vars(module).items():
             if name.endswith("_kernel") and hasattr(value, "run"):
                 kernels[name] = value
