@@ -85,7 +85,7 @@ def _train_step(provider, model, codes, target, shape, precision, device, dry_ru
     optimizer = torch.optim.Adam(list(model.parameters()) + [codes], lr=1e-4,
                                  capturable=graph)
     forward = _compiled(lambda c: model(c, shape), provider, dry_run)
-    autocast, tf32 = precision_context(precision, device)
+    autocast, tf32 = precision_context(precision, device, cache_casts=not graph)
     torch.backends.cuda.matmul.allow_tf32 = tf32
 
     def body():

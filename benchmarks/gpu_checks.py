@@ -24,12 +24,12 @@ FLOOR_EPS = 0.5
 EPS = {"tf32": 2.0 ** -10, "bf16": 2.0 ** -7, "fp16": 2.0 ** -10, "fp32": 2.0 ** -23}
 
 
-def precision_context(precision: str, device: torch.device):
+def precision_context(precision: str, device: torch.device, cache_casts: bool = True):
     """(autocast context, allow_tf32) for a timed precision: "tf32" (float32 with TF32 dots),
-    "bf16" or "fp16" (autocast)."""
+    "bf16" or "fp16" (autocast). A CUDA graph capture needs cache_casts=False (torch.cuda.graphs)."""
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     return (torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
-                           enabled=autocast_dtype is not None),
+                           enabled=autocast_dtype is not None, cache_enabled=cache_casts),
             precision == "tf32")
 
 
