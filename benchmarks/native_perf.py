@@ -4,7 +4,7 @@
 
 1. Training step (forward + backward + Adam), the seed configuration: batch 64, 32x32, code 102,
    hidden 256, 2 blocks x 2 layers, BatchNorm per image. Providers: seed-loop
-   (tests/seed_decoder.py SeedLoopDecoder), torch (batched reference), compiled (torch.compile of the reference),
+   (fastinr/seed_loop.py SeedLoopDecoder), torch (batched reference), compiled (torch.compile of the reference),
    native.
 2. Eval render of 16 codes at 256x256: seed-loop, torch, native; and the peak-RSS growth of each
    render in a fresh subprocess.
@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import fastinr  # noqa: E402
-from tests.seed_decoder import SeedLoopDecoder  # noqa: E402
+from fastinr.seed_loop import SeedLoopDecoder  # noqa: E402
 
 CODE, HIDDEN, BLOCKS, LAYERS, OUT, FREQS = 102, 256, 2, 2, 3, (7, 17)
 

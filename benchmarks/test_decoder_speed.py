@@ -14,8 +14,8 @@ import torch
 
 import fastinr
 from conftest import BASELINE, DEVICE
+from fastinr.seed_loop import SeedLoopDecoder
 from measure import has_bf16_units, useful_flops
-from tests.seed_decoder import SeedLoopDecoder
 
 SEED_CONFIG = dict(num_input_channels=102, num_hidden=256, num_blocks=2, num_layers_per_block=2,
                    batch_norm=True, activation="gelu", activation_out="sigmoid")

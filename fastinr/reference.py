@@ -28,6 +28,7 @@ Normalization statistics come from `norm_stats`:
     "batch"   - over all pixels of the batch
     "running" - the running statistics (eval mode)
 """
+import functools
 from dataclasses import dataclass
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
@@ -280,10 +281,18 @@ def update_running_stats(running_mean: torch.Tensor, running_var: torch.Tensor,
                 factor = 1.0 / float(num_batches_tracked + b + 1)
                 running_mean.lerp_(mean[b].to(running_mean.dtype), factor)
                 running_var.lerp_(var[b].to(running_var.dtype), factor)
-        else:
-            exponents = torch.arange(steps - 1, -1, -1, device=mean.device, dtype=torch.float64)
-            coeffs = (momentum * (1.0 - momentum) ** exponents).to(running_mean.dtype)
+        else:   # r <- decay * r + coeffs @ s: one fused op per buffer (a GPU step is launch-bound)
+            coeffs = _momentum_weights(steps, float(momentum), running_mean.device, running_mean.dtype)
             decay = (1.0 - momentum) ** steps
-            running_mean.mul_(decay).add_(coeffs @ mean.to(running_mean.dtype))
-            running_var.mul_(decay).add_(coeffs @ var.to(running_var.dtype))
+            running_mean.addmv_(mean.to(running_mean.dtype).t(), coeffs, beta=decay)
+            running_var.addmv_(var.to(running_var.dtype).t(), coeffs, beta=decay)
         num_batches_tracked.add_(steps)
+
+
+@functools.lru_cache(maxsize=64)
+def _momentum_weights(steps: int, momentum: float, device: torch.device, dtype: torch.dtype):
+    """m (1-m)^(B-b) for b = 1..B: the weight of each image's statistics in the update (a
+    constant, built once rather than in 4 small ops every step)."""
+    with torch.inference_mode(False):
+        exponents = torch.arange(steps - 1, -1, -1, device=device, dtype=torch.float64)
+        return (momentum * (1.0 - momentum) ** exponents).to(dtype)

@@ -1,4 +1,4 @@
-"""The drop-in ImageManifoldDecoder against the naive per-image seed oracle (tests/seed_decoder.py).
+"""The drop-in ImageManifoldDecoder against the naive per-image seed oracle (fastinr/seed_loop.py).
 
 Same state_dict, same inputs: outputs, gradients of the codes and of every parameter, and the
 running statistics after several training steps, in train and eval mode.
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import fastinr
-from tests.seed_decoder import SeedImageManifoldDecoder
+from fastinr.seed_loop import SeedImageManifoldDecoder
 
 # (kwargs, shape, batch): blocks 0-3, layers 1-3, hidden 8..256, concat on/off/mixed, BN on/off,
 # every activation, 0-4 frequencies, shapes 1x1 / 7x13 / 32x32, batch 1 and 5.

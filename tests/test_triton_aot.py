@@ -4,11 +4,16 @@ The interpreter accepts programs the compiler rejects (tl.dot tiles under 16, la
 memory), so configurations the launch code produces (fastinr.ops.config.LaunchConfig and
 render_meta, for widths up to 1024 after concatenation, every activation, fp32 / tf32 / bf16 /
 fp16 dots; see aot_cases for the selection) are compiled here with triton.compile for sm_90, and
-ptxas -v (with triton's options) reports registers and spills. Fails on a compile error,
+ptxas -v (with triton's options) reports registers and spills. Those cases declare every int as a
+plain i32 (what ragged sizes get); the variants the seed's workloads really launch, where Triton
+specialises ints divisible by 16 and equal to 1, are captured from the launchers themselves
+(tests/aot_launches.py) and compiled as they would be on a GPU. Fails on a compile error,
 on shared memory above the H100/H200 per-block limit, or on any register spill. The compiler runs
 in a subprocess without TRITON_INTERPRET (conftest sets it).
 
-Run directly for the table: `PYTHONPATH=. python tests/test_triton_aot.py`.
+Run directly for the table: `PYTHONPATH=. python tests/test_triton_aot.py [--only=SUBSTRINGS]`. The GPU image has
+Triton 3.6: `bash tests/aot_triton36.sh` runs the same compile under it (a side virtual
+environment), and so does this test when FASTINR_AOT_TRITON36=1 (CI sets it).
 """
 import json
 import os
@@ -98,23 +103,38 @@ def aot_cases():
                 label = f"fp32 {act_name} {'film' if film else 'shift'} N<={meta['BLOCK_N']}"
                 cases.append((label, "modulate_fwd", dict(meta, FILM=film, HAS_RES=True, ACT=act)))
                 cases.append((label, "modulate_bwd", dict(meta, FILM=film, ACT=act)))
+    for meta in (modulate(1024), modulate(8)):    # BatchNorm statistics' gradient (elementwise)
+        cases.append((f"fp32 N<={meta['BLOCK_N']}", "norm_stats_bwd", meta))
     # Deduplicate: several labels may describe one compiled configuration.
     unique = {}
     for label, kernel, meta in cases:
         unique.setdefault((kernel, json.dumps(meta, sort_keys=True, default=str)),
-                          (label, kernel, meta))
-    return list(unique.values())
+                          (label, kernel, meta, None, None))
+    return list(unique.values()) + launched_cases()
+
+
+def launched_cases():
+    """The variants the seed's workloads launch, with Triton's specialisation of every argument
+    (tests/aot_launches.py), under the short kernel names of _kernels()."""
+    from tests.aot_launches import launched_variants
+    short = {fn: name for name, fn in _kernels().items()}
+    from fastinr.ops.launches import triton_kernels
+    kernels = triton_kernels()
+    return [(f"{label} (launched)", short[kernels[name]], meta, signature, divisible)
+            for label, name, meta, signature, divisible in launched_variants()]
 
 
 def _kernels():
     from fastinr.ops.embed import _dz_kernel, _embed_bwd_kernel, _embed_fwd_kernel
     from fastinr.ops.linear import _linear_bwd_dw_kernel, _linear_bwd_dx_kernel, _linear_fwd_kernel
     from fastinr.ops.modulate import _modulate_bwd_kernel, _modulate_fwd_kernel
+    from fastinr.ops.norm import _norm_stats_bwd_kernel
     from fastinr.ops.render import _render_fwd_kernel
     return {"linear_fwd": _linear_fwd_kernel, "linear_dx": _linear_bwd_dx_kernel,
             "linear_dw": _linear_bwd_dw_kernel, "embed_fwd": _embed_fwd_kernel,
             "embed_bwd": _embed_bwd_kernel, "embed_dz": _dz_kernel, "render": _render_fwd_kernel,
-            "modulate_fwd": _modulate_fwd_kernel, "modulate_bwd": _modulate_bwd_kernel}
+            "modulate_fwd": _modulate_fwd_kernel, "modulate_bwd": _modulate_bwd_kernel,
+            "norm_stats_bwd": _norm_stats_bwd_kernel}
 
 
 def compile_case(case):
@@ -123,7 +143,7 @@ def compile_case(case):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    label, kernel, meta = case
+    label, kernel, meta, launched, divisible = case
     meta = dict(meta)
     options = dict(num_warps=meta.pop("num_warps"), num_stages=meta.pop("num_stages"))
     fn = _kernels()[kernel]
@@ -131,11 +151,15 @@ def compile_case(case):
     for i, name in enumerate(fn.arg_names):
         if name in meta:
             signature[name] = "constexpr"
+        elif launched is not None:       # as Triton specialised the launch
+            signature[name] = launched[name]
+            if name in divisible:
+                attrs[(i,)] = [["tt.divisibility", 16]]
         elif name.endswith("_ptr"):
             signature[name] = "*fp32"
             attrs[(i,)] = [["tt.divisibility", 16]]   # torch allocations are 16-byte aligned
         else:
-            signature[name] = "fp32" if name.endswith("_step") else "i32"
+            signature[name] = "i32"
     row = dict(label=label, kernel=kernel, warps=options["num_warps"],
                stages=options["num_stages"],
                tiles="x".join(str(meta[k]) for k in ("BLOCK_M", "BLOCK_P", "BLOCK_N", "BLOCK_K")
@@ -163,11 +187,13 @@ def compile_case(case):
     return row
 
 
-def compile_all(workers=None):
+def compile_all(workers=None, only=()):
+    """Every case (or those whose kernel and label contain one of `only`), compiled in parallel."""
     from concurrent.futures import ProcessPoolExecutor
     workers = workers or max(1, min(4, os.cpu_count() or 1))
+    cases = [c for c in aot_cases() if not only or any(s in f"{c[1]} {c[0]}" for s in only)]
     with ProcessPoolExecutor(workers) as pool:
-        return list(pool.map(compile_case, aot_cases()))
+        return list(pool.map(compile_case, cases))
 
 
 def format_table(rows):
@@ -183,17 +209,30 @@ def format_table(rows):
     return "\n".join(lines)
 
 
-def test_every_launch_configuration_compiles_for_hopper():
+def _compile_rows(command, env, root):
+    done = subprocess.run(command, env=env, cwd=root, capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("triton_version", ["installed", "3.6.0"])
+def test_every_launch_configuration_compiles_for_hopper(triton_version):
     pytest.importorskip("triton")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    done = subprocess.run([sys.executable, os.path.abspath(__file__), "--json"], env=env,
-                          cwd=root, capture_output=True, text=True, timeout=1200)
-    assert done.returncode == 0, done.stderr[-4000:]
-    rows = json.loads(done.stdout.strip().splitlines()[-1])
+    if triton_version == "installed":
+        command = [sys.executable, os.path.abspath(__file__), "--json"]
+    else:
+        if os.environ.get("FASTINR_AOT_TRITON36") != "1":
+            pytest.skip("set FASTINR_AOT_TRITON36=1 to compile with Triton 3.6 too (a side venv, "
+                        "one download of the wheel; CI sets it)")
+        env["PYTHON"] = sys.executable
+        command = ["bash", os.path.join(root, "tests", "aot_triton36.sh"), "--json"]
+    rows = _compile_rows(command, env, root)
     print("\n" + format_table(rows))
     assert len(rows) >= 40
+    assert any(r["label"].endswith("(launched)") for r in rows)
     errors = [r for r in rows if "error" in r]
     assert not errors, format_table(errors)
     too_big = [r for r in rows if r["shared"] > SHARED_LIMIT]
@@ -205,7 +244,10 @@ def test_every_launch_configuration_compiles_for_hopper():
 if __name__ == "__main__":
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         sys.exit("unset TRITON_INTERPRET: the kernels must be compiled, not interpreted")
-    results = compile_all()
+    import triton
+    only = [a.split("=", 1)[1] for a in sys.argv if a.startswith("--only=")]
+    results = compile_all(only=only[0].split(",") if only else ())
+    print(f"triton {triton.__version__}", file=sys.stderr)
     if "--json" in sys.argv:
         print(json.dumps(results))
     else:

@@ -4,6 +4,7 @@ sizes, warps and stages, and how reductions over rows are split. One object per 
 The same methods are what tests/test_triton_aot.py enumerates, so every configuration a launch
 can produce is compiled for Hopper ahead of time.
 """
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -25,6 +26,14 @@ def kernel_output(*shape, device) -> torch.Tensor:
     """An uninitialised float32 tensor that a kernel is about to write in full."""
     out = torch.empty(*shape, device=device, dtype=torch.float32)
     return out.fill_(float("nan")) if POISON_OUTPUTS else out
+
+
+def device_guard(tensor: torch.Tensor):
+    """Context for a launch on `tensor`'s GPU: Triton launches on the current CUDA device, not on
+    the tensors' (a model on cuda:1 without torch.cuda.set_device reads illegal addresses)."""
+    if tensor.device.type == "cuda":
+        return torch.cuda.device(tensor.device)
+    return contextlib.nullcontext()
 
 
 def interpreting() -> bool:
@@ -80,8 +89,11 @@ class LaunchConfig:
         return self._meta(64, feature_block(n, 64), feature_block(k, 32), 8, 3)
 
     def linear_dx(self, k: int, n: int) -> dict:
-        """_linear_bwd_dx_kernel: (BLOCK_M, BLOCK_K) tiles of dx, N streamed in BLOCK_N chunks."""
-        return self._meta(64, feature_block(n, 32), feature_block(k, 64), 8, 3)
+        """_linear_bwd_dx_kernel: (BLOCK_M, BLOCK_K) tiles of dx, N streamed in BLOCK_N chunks
+        (one chunk, e.g. the output layer's 3 colors: nothing to pipeline, and 3 stages spilled
+        with Triton 3.6)."""
+        block_n = feature_block(n, 32)
+        return self._meta(64, block_n, feature_block(k, 64), 8, 3 if n > block_n else 1)
 
     def linear_dw(self, k: int, n: int) -> dict:
         """_linear_bwd_dw_kernel: (BLOCK_N, BLOCK_K) tiles of dW, rows streamed in BLOCK_M."""
@@ -89,20 +101,31 @@ class LaunchConfig:
         return self._meta(32, block_n, block_k, 8 if block_n * block_k >= 64 * 64 else 4, 3)
 
     def embed(self, hidden: int, e_pad: int) -> dict:
-        """_embed_fwd_kernel / _embed_bwd_kernel: (BLOCK_M, BLOCK_N) tiles, K = the embedding."""
-        block_n = feature_block(hidden, 32)
-        return self._meta(32 if e_pad >= 64 else 64, block_n, e_pad,
-                          8 if block_n * e_pad >= 32 * 32 else 4, 2)
+        """_embed_fwd_kernel / _embed_bwd_kernel: (BLOCK_M, BLOCK_N) tiles, K = the embedding.
+        8 warps and one stage: every other choice spilled in some backward under Triton 3.6 or
+        3.8 (tests/test_triton_aot.py)."""
+        return self._meta(32 if e_pad >= 64 else 64, feature_block(hidden, 32), e_pad, 8, 1)
 
     def modulate(self, n: int) -> dict:
         """_modulate_fwd_kernel / _modulate_bwd_kernel: elementwise (BLOCK_M, BLOCK_N) tiles
         (64x64 on 4 warps spilled in the backward for sm_90; 32x64 does not)."""
         return dict(BLOCK_M=self.block_m or 32, BLOCK_N=feature_block(n, 64), num_warps=4, num_stages=1)
 
-    def row_splits(self, rows: int, block_m: int, tiles: int):
-        """(splits, rows per split) for a reduction over rows: enough programs to fill the GPU
-        twice, each over whole BLOCK_M chunks; the partials are summed by one torch reduction."""
+    def one_wave(self, num_warps: int, tiles: int) -> int:
+        """How many splits of a reduction over rows, each run by `tiles` programs, fill the GPU
+        once. A program of 8 warps may use up to 255 registers per thread, so only one is sure to
+        fit an SM's 64K registers (several of the seed's gradient kernels use more than 128:
+        tests/test_triton_aot.py); of 4 warps, two. Sizing for two per SM where one fits ran
+        2.06 waves as 3."""
+        resident = max(1, 65536 // (num_warps * 32 * 255))
+        return max(1, self.sm_count * resident // max(tiles, 1))
+
+    def row_splits(self, rows: int, meta: dict, tiles: int):
+        """(splits, rows per split) for a reduction over rows by a kernel launched with `meta`:
+        one wave of programs (one_wave), each over whole BLOCK_M chunks; the partials are summed
+        by one torch reduction."""
+        block_m = meta["BLOCK_M"]
         chunks = triton.cdiv(rows, block_m)
-        splits = max(1, min(chunks, triton.cdiv(2 * self.sm_count, max(tiles, 1))))
+        splits = min(chunks, self.one_wave(meta["num_warps"], tiles))
         per_split = triton.cdiv(chunks, splits) * block_m
         return triton.cdiv(rows, per_split), per_split

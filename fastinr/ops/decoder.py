@@ -7,7 +7,8 @@ Two paths:
   train   the input layer with the embedding built in registers (embed.py), then per Linear
           one fused kernel: BatchNorm-apply prologue, bias + activation epilogue, residual add / concat
           (linear.py), each a torch.autograd.Function with fused backward kernels. BatchNorm
-          statistics are torch reductions of the block input, so autograd carries their gradient.
+          statistics are a torch reduction of the block input, their gradient one kernel
+          (norm.py).
           With shift / FiLM modulation, each Linear runs without activation and one elementwise
           kernel modulates per image, activates and adds the residual (modulate.py). LayerNorm
           is torch's fused kernel on the block input (per-row statistics, one extra pass).
@@ -22,6 +23,7 @@ from fastinr.ops.config import LaunchConfig, interpreting
 from fastinr.ops.embed import embed_linear
 from fastinr.ops.linear import RES_ADD, RES_CONCAT, RES_NONE, fused_linear
 from fastinr.ops.modulate import modulate_act
+from fastinr.ops.norm import norm_stats
 from fastinr.ops.render import MAX_OUT_CHANNELS, render_forward
 from fastinr.reference import (NORM_STATS, BlockStats, DecoderParams, DecoderSpec, check_input_offset,
                                check_mods, check_norm_pixels)
@@ -111,7 +113,8 @@ def _train_forward(codes, params, spec, shape, norm_stats, running, config, mods
         if spec.batch_norm:
             norm, block_stats = _norm_params(h, params.norm_weight[i], params.norm_bias[i],
                                              spec.eps, norm_stats, groups,
-                                             running[i] if norm_stats == "running" else None)
+                                             running[i] if norm_stats == "running" else None,
+                                             config)
             if block_stats is not None:
                 stats.append(block_stats)
         mode = RES_CONCAT if spec.concat[i] else RES_ADD
@@ -141,20 +144,19 @@ def _train_forward(codes, params, spec, shape, norm_stats, running, config, mods
     return colors.reshape(batch, spec.out_channels, height, width), stats
 
 
-def _norm_params(h, gamma, beta, eps, norm_stats, groups, running):
+def _norm_params(h, gamma, beta, eps, norm_stats_mode, groups, running, config):
     """((mean (G, w), scale (G, w), beta), BlockStats or None) for the block input h (B*P, w)."""
     width = h.shape[1]
-    if norm_stats == "running":
+    if norm_stats_mode == "running":
         mean, var = running
         scale = gamma * torch.rsqrt(var.float() + eps)
         return (mean.float().view(1, width).contiguous(), scale.view(1, width),
                 beta.contiguous()), None
-    var, mean = torch.var_mean(h.view(groups, -1, width), dim=1, correction=0)   # (G, w)
-    scale = gamma * torch.rsqrt(var + eps)
+    mean, scale, var = norm_stats(h, gamma, groups, eps, config)                  # (G, w)
     count = h.shape[0] // groups
     unbiased = var.detach() * (count / max(count - 1, 1))
     # The reference's layout: (B, w) per image, (w,) per batch.
-    stat_shape = (-1, width) if norm_stats == "image" else (width,)
+    stat_shape = (-1, width) if norm_stats_mode == "image" else (width,)
     stats = BlockStats(mean.detach().reshape(stat_shape), unbiased.reshape(stat_shape), count)
     return (mean.contiguous(), scale.contiguous(), beta.contiguous()), stats
 

@@ -10,6 +10,8 @@ Backward (dz = dh * act'(z)): d code_proj[b] = Σ_{p} dz[b, p] (per image, per-t
 d W_pos = Σ_r dz[r]^T emb[p] (split over tiles, partials, one torch sum), d offset = dz (its own
 elementwise kernel, only when the offset needs it). (B*P, E) is never built.
 """
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -22,20 +24,25 @@ from fastinr.ops.tiling import _tile_rows
 
 
 @triton.jit
-def _pixel_embedding(pix, width, x_table_ptr, y_table_ptr, E: tl.constexpr, E_PAD: tl.constexpr):
-    """(len(pix), E_PAD) float32 embedding of row-major pixel indices pix; zero past E.
+def _pixel_embedding(pix, pix_mask, width, x_table_ptr, y_table_ptr,
+                     E: tl.constexpr, E_PAD: tl.constexpr):
+    """(len(pix), E_PAD) float32 embedding of row-major pixel indices pix; zero past E and on rows
+    where pix_mask is false.
 
     Even entries depend on the column only and odd ones on the row only, so they are gathered
     from two small tables (W, E) and (H, E) built by fastinr.embedding itself: bit-identical to
-    the reference, and no trigonometry (whose slow path spills registers) in the kernels."""
+    the reference, and no trigonometry (whose slow path spills registers) in the kernels. A tile's
+    rows past the image would read past the (H, E) table: they read row 0 and are zeroed (masking
+    the loads per row instead made _embed_bwd_kernel spill registers)."""
     py = pix // width
     px = pix - py * width
+    py = tl.where(pix_mask, py, 0)
     e = tl.arange(0, E_PAD)
     even = (e % 2 == 0) & (e < E)
     odd = (e % 2 == 1) & (e < E)
     from_x = tl.load(x_table_ptr + px[:, None] * E + e[None, :], mask=even[None, :], other=0.0)
     from_y = tl.load(y_table_ptr + py[:, None] * E + e[None, :], mask=odd[None, :], other=0.0)
-    return from_x + from_y
+    return tl.where(pix_mask[:, None], from_x + from_y, 0.0)
 
 
 @triton.jit
@@ -58,7 +65,7 @@ def _embed_fwd_kernel(
     b, pix, pix_mask, rows = _tile_rows(pid_m, tiles_per_image, P, BLOCK_M)
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = n < N
-    emb = _pixel_embedding(pix, width, x_table_ptr, y_table_ptr, E, E_PAD)
+    emb = _pixel_embedding(pix, pix_mask, width, x_table_ptr, y_table_ptr, E, E_PAD)
     e = tl.arange(0, E_PAD)
     w_pos = tl.load(w_pos_ptr + n[None, :] * stride_wpos + e[:, None],
                     mask=(e < E)[:, None] & n_mask[None, :], other=0.0)        # (E_PAD, BLOCK_N)
@@ -99,19 +106,19 @@ def _embed_bwd_kernel(
         z = tl.load(z_ptr + rows[None, :] * N + n[:, None], mask=mask, other=0.0)
         dz_t = dh * _act_grad(z, ACT)                                           # (BLOCK_N, BLOCK_M)
         tl.store(dcp_ptr + tile * N + n, tl.sum(dz_t, axis=1), mask=n_mask)
-        emb = _pixel_embedding(pix, width, x_table_ptr, y_table_ptr, E, E_PAD)
-        emb = tl.where(pix_mask[:, None], emb, 0.0)
+        emb = _pixel_embedding(pix, pix_mask, width, x_table_ptr, y_table_ptr, E, E_PAD)
         acc = tl.dot(dz_t.to(DOT_DTYPE), emb.to(DOT_DTYPE), acc, input_precision=PRECISION)
     tl.store(dw_ptr + (split * N + n[:, None]).to(tl.int64) * E + e[None, :], acc,
              mask=n_mask[:, None] & (e < E)[None, :])
 
 
 @triton.jit
-def _dz_kernel(dh_ptr, z_ptr, dz_ptr, rows, N, stride_dh, ACT: tl.constexpr, BLOCK: tl.constexpr):
-    """dz = dh * act'(z) over (rows, N): the input offset's gradient. Storing it from inside
-    _embed_bwd_kernel made that kernel spill registers (tests/test_triton_aot.py)."""
-    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = i < rows * N
+def _dz_kernel(dh_ptr, z_ptr, dz_ptr, numel, N, stride_dh, ACT: tl.constexpr, BLOCK: tl.constexpr):
+    """dz = dh * act'(z) over (rows, N), numel = rows * N: the input offset's gradient. Storing it
+    from inside _embed_bwd_kernel made that kernel spill registers (tests/test_triton_aot.py).
+    The flat index is int64: batch 8 at 1024^2 with hidden 256 is 2^31 elements."""
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = i < numel
     r = i // N
     dh = tl.load(dh_ptr + r * stride_dh + (i - r * N), mask=mask, other=0.0)
     z = tl.load(z_ptr + i, mask=mask, other=0.0)
@@ -121,11 +128,17 @@ def _dz_kernel(dh_ptr, z_ptr, dz_ptr, rows, N, stride_dh, ACT: tl.constexpr, BLO
 DZ_BLOCK = 1024
 
 
-def embedding_tables(freqs, shape, device):
-    """(x_table (W, E), y_table (H, E)): the embedding of one row and of one column."""
+@functools.lru_cache(maxsize=32)
+def embedding_tables(freqs: tuple, shape: tuple, device: torch.device):
+    """(x_table (W, E), y_table (H, E)): the embedding of one row and of one column.
+
+    Cached: building them is ~20 small torch ops per call, more launches than the kernels that
+    read them. Constants of (freqs, shape, device), never written; made outside inference mode so
+    that a table first built by a render can serve a training step too."""
     height, width = shape
-    return (pos_embedding(1, width, freqs, device=device).contiguous(),
-            pos_embedding(height, 1, freqs, device=device).contiguous())
+    with torch.inference_mode(False):
+        return (pos_embedding(1, width, freqs, device=device).contiguous(),
+                pos_embedding(height, 1, freqs, device=device).contiguous())
 
 
 def embed_meta(freqs, act: int, hidden: int, config: LaunchConfig) -> dict:
@@ -148,35 +161,37 @@ class EmbedLinear(torch.autograd.Function):
         z = config_module.kernel_output(batch * pixels, hidden, device=code_proj.device)
         h = config_module.kernel_output(batch * pixels, hidden, device=code_proj.device)
         grid = (batch * tiles, triton.cdiv(hidden, meta["BLOCK_N"]))
-        _embed_fwd_kernel[grid](
-            code_proj, x_table, y_table, w_pos, z, h, z if offset is None else offset,
-            code_proj.stride(0), w_pos.stride(0), pixels, hidden, width, tiles,
-            HAS_OFFSET=offset is not None, **meta)
-        ctx.save_for_backward(z, x_table, y_table)
-        ctx.meta = (batch, shape, meta, tiles, config)
+        with config_module.device_guard(z):
+            _embed_fwd_kernel[grid](
+                code_proj, x_table, y_table, w_pos, z, h, z if offset is None else offset,
+                code_proj.stride(0), w_pos.stride(0), pixels, hidden, width, tiles,
+                HAS_OFFSET=offset is not None, **meta)
+        ctx.save_for_backward(z)
+        ctx.meta = (batch, shape, meta, tiles, config, x_table, y_table)   # constants
         return h
 
     @staticmethod
     def backward(ctx, dh):
-        z, x_table, y_table = ctx.saved_tensors
-        batch, (height, width), meta, tiles, config = ctx.meta
+        z, = ctx.saved_tensors
+        batch, (height, width), meta, tiles, config, x_table, y_table = ctx.meta
         hidden = z.shape[1]
         dh = dh.float()
         if dh.stride(-1) != 1:
             dh = dh.contiguous()
         n_blocks = triton.cdiv(hidden, meta["BLOCK_N"])
         n_tiles = batch * tiles
-        splits = max(1, min(n_tiles, triton.cdiv(2 * config.sm_count, n_blocks)))
+        splits = min(n_tiles, config.one_wave(meta["num_warps"], n_blocks))
         dcp = config_module.kernel_output(n_tiles, hidden, device=z.device)
         dw = config_module.kernel_output(splits, hidden, meta["E"], device=z.device)
-        _embed_bwd_kernel[(n_blocks, splits)](
-            dh, z, x_table, y_table, dcp, dw, dh.stride(0),
-            height * width, hidden, width, tiles, n_tiles, **meta)
         dz = None
-        if ctx.needs_input_grad[2]:
-            dz = config_module.kernel_output(*z.shape, device=z.device)
-            _dz_kernel[(triton.cdiv(z.numel(), DZ_BLOCK),)](
-                dh, z, dz, z.shape[0], hidden, dh.stride(0), ACT=meta["ACT"], BLOCK=DZ_BLOCK)
+        with config_module.device_guard(z):
+            _embed_bwd_kernel[(n_blocks, splits)](
+                dh, z, x_table, y_table, dcp, dw, dh.stride(0),
+                height * width, hidden, width, tiles, n_tiles, **meta)
+            if ctx.needs_input_grad[2]:
+                dz = config_module.kernel_output(*z.shape, device=z.device)
+                _dz_kernel[(triton.cdiv(z.numel(), DZ_BLOCK),)](
+                    dh, z, dz, z.numel(), hidden, dh.stride(0), ACT=meta["ACT"], BLOCK=DZ_BLOCK)
         return dcp.view(batch, tiles, hidden).sum(1), dw.sum(0), dz, None, None, None, None
 
 

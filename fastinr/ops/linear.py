@@ -9,8 +9,12 @@ Rows are grouped (G groups of R rows: one group per image for per-image statisti
     out = y  |  r + y  |  r ⊕ y                      RES_MODE 0 | 1 | 2 (r is the block input)
 
 Backward, with dz = dy * act'(z) fused into every kernel that reads dy:
-    dx = (dz @ W) * scale[g];  per group: d mean = -scale * Σ dz@W,  d scale = Σ (dz@W) (x - mean)
-    dW = Σ_rows dz^T xn,  db = Σ_rows dz                (split over rows, partials, one torch sum)
+    dx = (dz @ W) * scale[g];  per group: d mean = -scale * Σ dz@W,  d scale = Σ (dz@W) (x - mean),
+                               d beta = Σ dz@W over all groups (per-tile partials of all three
+                               in one buffer, one torch sum)
+    dW = Σ_rows dz^T xn,  db = Σ_rows dz                (split over rows; the partials of both
+                                                         in one buffer, one torch sum, none for
+                                                         one split)
 """
 import torch
 import triton
@@ -84,9 +88,9 @@ def _linear_bwd_dx_kernel(
     mean_ptr,     # (G, K) (HAS_NORM)
     scale_ptr,    # (G, K) (HAS_NORM)
     dx_ptr,       # (G*R, K) float32, written
-    s1_ptr,       # (G*T, K) float32 per-tile Σ (dz @ W), written (HAS_NORM)
-    s2_ptr,       # (G*T, K) float32 per-tile Σ (dz @ W)(x - mean), written (HAS_NORM)
-    stride_dy, stride_z, stride_x, stride_dx,
+    stats_ptr,    # (3, G*T, K) float32 per-tile -scale Σ dz@W, Σ (dz@W)(x - mean), Σ dz@W,
+                  # written (HAS_NORM)
+    stride_dy, stride_z, stride_x, stride_dx, stride_stats,
     R, K, N, tiles_per_group,
     HAS_NORM: tl.constexpr, ACT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -115,8 +119,11 @@ def _linear_bwd_dx_kernel(
         x = tl.load(x_ptr + rows[:, None] * stride_x + k[None, :], mask=mask, other=0.0)
         centered = tl.where(mask, x - mean[None, :], 0.0)
         # Rows past the group are zero in acc (their dy was masked), so the sums are exact.
-        tl.store(s1_ptr + pid_m * K + k, tl.sum(acc, axis=0), mask=k_mask)
-        tl.store(s2_ptr + pid_m * K + k, tl.sum(acc * centered, axis=0), mask=k_mask)
+        s1 = tl.sum(acc, axis=0)
+        stats = stats_ptr + pid_m * K + k
+        tl.store(stats, -scale * s1, mask=k_mask)
+        tl.store(stats + stride_stats, tl.sum(acc * centered, axis=0), mask=k_mask)
+        tl.store(stats + 2 * stride_stats, s1, mask=k_mask)
         acc = acc * scale[None, :]
     tl.store(dx_ptr + rows[:, None] * stride_dx + k[None, :], acc, mask=mask)
 
@@ -129,9 +136,9 @@ def _linear_bwd_dw_kernel(
     mean_ptr,     # (G, K) (HAS_NORM)
     scale_ptr,    # (G, K) (HAS_NORM)
     beta_ptr,     # (K,) (HAS_NORM)
-    dw_ptr,       # (S, N, K) float32 partial weight gradients, written
-    db_ptr,       # (S, N) float32 partial bias gradients, written
-    stride_dy, stride_z, stride_x,
+    dw_ptr,       # (S, N*K) float32 partial weight gradients, row stride stride_split, written
+    db_ptr,       # (S, N) float32 partial bias gradients, row stride stride_split, written
+    stride_dy, stride_z, stride_x, stride_split,
     M, R, K, N, rows_per_split,
     HAS_NORM: tl.constexpr, ACT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -165,10 +172,11 @@ def _linear_bwd_dw_kernel(
             x = tl.where(mk, (x - mean) * scale + beta[None, :], 0.0)
         acc = tl.dot(dz_t.to(DOT_DTYPE), x.to(DOT_DTYPE), acc, input_precision=PRECISION)
         db += tl.sum(dz_t, axis=1)
-    tl.store(dw_ptr + (split * N + n[:, None]).to(tl.int64) * K + k[None, :], acc,
+    partial = split.to(tl.int64) * stride_split          # this split's row of partials
+    tl.store(dw_ptr + partial + n[:, None] * K + k[None, :], acc,
              mask=n_mask[:, None] & k_mask[None, :])
     if pid_k == 0:
-        tl.store(db_ptr + split * N + n, db, mask=n_mask)
+        tl.store(db_ptr + partial + n, db, mask=n_mask)
 
 
 def _strided(t: torch.Tensor) -> torch.Tensor:
@@ -192,11 +200,12 @@ def linear_forward(x, weight, bias, act, norm, groups, res_mode, residual, confi
     mean, scale, beta = norm if norm is not None else (x, x, x)
     res = residual if residual is not None else x
     grid = (groups * tiles, triton.cdiv(n_size, meta["BLOCK_N"]))
-    _linear_fwd_kernel[grid](
-        x, weight, bias, mean, scale, beta, res, z, out,
-        x.stride(0), res.stride(0), z.stride(0), out.stride(0),
-        r_size, k_size, n_size, tiles,
-        HAS_NORM=norm is not None, RES_MODE=res_mode, STORE_Z=store_z, ACT=act, **meta)
+    with config_module.device_guard(x):
+        _linear_fwd_kernel[grid](
+            x, weight, bias, mean, scale, beta, res, z, out,
+            x.stride(0), res.stride(0), z.stride(0), out.stride(0),
+            r_size, k_size, n_size, tiles,
+            HAS_NORM=norm is not None, RES_MODE=res_mode, STORE_Z=store_z, ACT=act, **meta)
     return (z if store_z else None), out
 
 
@@ -212,33 +221,34 @@ def linear_backward(dy, z, x, weight, act, norm, groups, config: LaunchConfig, n
         meta = config.linear_dx(k_size, n_size)
         tiles = triton.cdiv(r_size, meta["BLOCK_M"])
         dx = config_module.kernel_output(rows, k_size, device=device)
-        s1 = s2 = dx  # unused without a norm
+        stats = dx  # unused without a norm
         if norm is not None:
-            s1 = config_module.kernel_output(groups * tiles, k_size, device=device)
-            s2 = config_module.kernel_output(groups * tiles, k_size, device=device)
+            stats = config_module.kernel_output(3, groups * tiles, k_size, device=device)
         grid = (groups * tiles, triton.cdiv(k_size, meta["BLOCK_K"]))
-        _linear_bwd_dx_kernel[grid](
-            dy, z, weight, x, mean, scale, dx, s1, s2,
-            dy.stride(0), z.stride(0), x.stride(0), dx.stride(0),
-            r_size, k_size, n_size, tiles,
-            HAS_NORM=norm is not None, ACT=act, **meta)
+        with config_module.device_guard(x):
+            _linear_bwd_dx_kernel[grid](
+                dy, z, weight, x, mean, scale, dx, stats,
+                dy.stride(0), z.stride(0), x.stride(0), dx.stride(0), stats.stride(0),
+                r_size, k_size, n_size, tiles,
+                HAS_NORM=norm is not None, ACT=act, **meta)
         if norm is not None:
-            s1 = s1.view(groups, tiles, k_size).sum(1)
-            s2 = s2.view(groups, tiles, k_size).sum(1)
-            dmean, dscale, dbeta = -scale * s1, s2, s1.sum(0)
+            dmean, dscale, dbeta = stats.view(3, groups, tiles, k_size).sum(2)    # (G, K) each
+            dbeta = dbeta[0] if groups == 1 else dbeta.sum(0)
     meta = config.linear_dw(k_size, n_size)
-    splits, rows_per_split = config.row_splits(rows, meta["BLOCK_M"],
+    splits, rows_per_split = config.row_splits(rows, meta,
                                                triton.cdiv(n_size, meta["BLOCK_N"])
                                                * triton.cdiv(k_size, meta["BLOCK_K"]))
-    dw = config_module.kernel_output(splits, n_size, k_size, device=device)
-    db = config_module.kernel_output(splits, n_size, device=device)
+    weights = n_size * k_size
+    partials = config_module.kernel_output(splits, weights + n_size, device=device)
     grid = (triton.cdiv(n_size, meta["BLOCK_N"]), triton.cdiv(k_size, meta["BLOCK_K"]), splits)
-    _linear_bwd_dw_kernel[grid](
-        dy, z, x, mean, scale, beta, dw, db,
-        dy.stride(0), z.stride(0), x.stride(0),
-        rows, r_size, k_size, n_size, rows_per_split,
-        HAS_NORM=norm is not None, ACT=act, **meta)
-    return dx, dw.sum(0), db.sum(0), dmean, dscale, dbeta
+    with config_module.device_guard(x):
+        _linear_bwd_dw_kernel[grid](
+            dy, z, x, mean, scale, beta, partials, partials[:, weights:],
+            dy.stride(0), z.stride(0), x.stride(0), partials.stride(0),
+            rows, r_size, k_size, n_size, rows_per_split,
+            HAS_NORM=norm is not None, ACT=act, **meta)
+    total = partials[0] if splits == 1 else partials.sum(0)
+    return dx, total[:weights].view(n_size, k_size), total[weights:], dmean, dscale, dbeta
 
 
 class FusedLinear(torch.autograd.Function):

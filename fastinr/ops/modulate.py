@@ -107,9 +107,10 @@ class ModulateAct(torch.autograd.Function):
         tiles = triton.cdiv(pixels, meta["BLOCK_M"])
         out = config_module.kernel_output(rows, width, device=z.device)
         res = _rows(residual) if residual is not None else z
-        _modulate_fwd_kernel[(batch * tiles, triton.cdiv(width, meta["BLOCK_N"]))](
-            z, mods, res, out, z.stride(0), mods.stride(0), mods.stride(1), res.stride(0),
-            pixels, width, tiles, FILM=film, HAS_RES=residual is not None, ACT=act, **meta)
+        with config_module.device_guard(z):
+            _modulate_fwd_kernel[(batch * tiles, triton.cdiv(width, meta["BLOCK_N"]))](
+                z, mods, res, out, z.stride(0), mods.stride(0), mods.stride(1), res.stride(0),
+                pixels, width, tiles, FILM=film, HAS_RES=residual is not None, ACT=act, **meta)
         ctx.save_for_backward(z, mods)
         ctx.meta = (film, act, pixels, tiles, meta, residual is not None)
         return out
@@ -123,9 +124,10 @@ class ModulateAct(torch.autograd.Function):
         dout = _rows(dout)
         dz = config_module.kernel_output(rows, width, device=z.device)
         partial = config_module.kernel_output(batch * tiles, mods.shape[1], width, device=z.device)
-        _modulate_bwd_kernel[(batch * tiles, triton.cdiv(width, meta["BLOCK_N"]))](
-            dout, z, mods, dz, partial, dout.stride(0), z.stride(0), mods.stride(0), mods.stride(1),
-            partial.stride(0), pixels, width, tiles, FILM=film, ACT=act, **meta)
+        with config_module.device_guard(z):
+            _modulate_bwd_kernel[(batch * tiles, triton.cdiv(width, meta["BLOCK_N"]))](
+                dout, z, mods, dz, partial, dout.stride(0), z.stride(0), mods.stride(0),
+                mods.stride(1), partial.stride(0), pixels, width, tiles, FILM=film, ACT=act, **meta)
         dmods = partial.view(batch, tiles, mods.shape[1], width).sum(1)
         return dz, dmods, dout if has_res else None, None, None, None, None
 

@@ -117,11 +117,11 @@ def _render_fwd_kernel(
     o = tl.arange(0, OUT_PAD)
     n_tiles = tl.cdiv(n_rows, BLOCK_P)
     for tile in range(pid, n_tiles, n_programs):
-        rows = (tile * BLOCK_P + r).to(tl.int64)
+        rows = (tile * BLOCK_P + r).to(tl.int64)   # n_rows >= 2**31 makes tile int64 itself
         row_mask = rows < n_rows
         img = rows // pixels
         pix = rows - img * pixels
-        emb = _pixel_embedding(pix, width, x_table_ptr, y_table_ptr, E, E_PAD)
+        emb = _pixel_embedding(pix, row_mask, width, x_table_ptr, y_table_ptr, E, E_PAD)
         e = tl.arange(0, E_PAD)
 
         # Input layer -> h[:, :HIDDEN].
@@ -202,7 +202,9 @@ def render_meta(spec, config: LaunchConfig) -> dict:
         HAS_BN=bool(spec.batch_norm), ACT=activation_code(spec.activation),
         ACT_OUT=activation_code(spec.activation_out),
         BLOCK_P=config.block_m or 64, BLOCK_N=block, BLOCK_K=block,
-        DOT_DTYPE=config.dot_dtype, PRECISION=config.precision, num_warps=8, num_stages=1)
+        DOT_DTYPE=config.dot_dtype, PRECISION=config.precision,
+        # Exact fp32 dots on 8 warps spilled for wide or layer-less decoders under Triton 3.6.
+        num_warps=8 if config.wide else 4, num_stages=1)
 
 
 def render_forward(codes, params, spec, shape, running, config: LaunchConfig):
@@ -227,7 +229,7 @@ def render_forward(codes, params, spec, shape, running, config: LaunchConfig):
             scale, shift = torch.cat(scales).contiguous(), torch.cat(shifts).contiguous()
         else:
             scale = shift = torch.zeros(1, **f32)
-        x_table, y_table = embedding_tables(spec.freqs, shape, device)
+        x_table, y_table = embedding_tables(tuple(float(f) for f in spec.freqs), tuple(shape), device)
         w_out, b_out = params.w_out.contiguous(), params.b_out.contiguous()
 
     meta = render_meta(spec, config)
@@ -239,10 +241,11 @@ def render_forward(codes, params, spec, shape, running, config: LaunchConfig):
     scratch = config_module.kernel_output(programs, meta["BLOCK_P"],
                                           meta["OUT_WIDTH"] + 2 * meta["WMAX"], device=device)
     colors = config_module.kernel_output(batch, spec.out_channels, height, width, device=device)
-    _render_fwd_kernel[(programs,)](
-        colors, code_proj, x_table, y_table, w_pos, packed_w, packed_b, scale, shift, w_out, b_out,
-        scratch,
-        code_proj.stride(0), w_pos.stride(0), w_out.stride(0),
-        n_rows, height * width, width,
-        **meta)
+    with config_module.device_guard(colors):
+        _render_fwd_kernel[(programs,)](
+            colors, code_proj, x_table, y_table, w_pos, packed_w, packed_b, scale, shift, w_out,
+            b_out, scratch,
+            code_proj.stride(0), w_pos.stride(0), w_out.stride(0),
+            n_rows, height * width, width,
+            **meta)
     return colors

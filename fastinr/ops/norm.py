@@ -1,0 +1,91 @@
+"""BatchNorm statistics of a block input for training, with their gradient in one kernel.
+
+For h (G*R, K) in G groups of R rows (one group per image, or the whole batch):
+
+    mean[g] = Σ_r h[g, r] / R,   var[g] = Σ_r (h[g, r] - mean[g])^2 / R      (biased)
+    rstd[g] = 1 / sqrt(var[g] + eps),   scale[g] = gamma * rstd[g]
+
+The Linear kernel after it applies (h - mean) * scale + beta (linear.py) and returns the gradients
+of mean and scale. Backward (d var / d mean sums to zero over a group):
+
+    dh[g, r] = dmean[g] / R - dscale[g] * gamma * rstd[g]^3 * (h[g, r] - mean[g]) / R
+    dgamma   = Σ_g dscale[g] * rstd[g]
+
+dh is one elementwise pass (read h, write dh) instead of torch's ~13 ops for the gradients of
+var_mean, rsqrt and the product.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from fastinr.ops import config as config_module
+from fastinr.ops.tiling import _tile_rows
+
+
+@triton.jit
+def _norm_stats_bwd_kernel(
+    h_ptr,        # (G*R, K) float32 block input
+    mean_ptr,     # (G, K) float32
+    rstd_ptr,     # (G, K) float32
+    gamma_ptr,    # (K,) float32
+    dmean_ptr,    # (G, K) float32 gradient of mean
+    dscale_ptr,   # (G, K) float32 gradient of scale
+    dh_ptr,       # (G*R, K) float32, written
+    stride_h,
+    R, K, tiles_per_group,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    g, local, row_mask, rows = _tile_rows(tl.program_id(0), tiles_per_group, R, BLOCK_M)
+    k = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    k_mask = k < K
+    mask = row_mask[:, None] & k_mask[None, :]
+    mean = tl.load(mean_ptr + g * K + k, mask=k_mask, other=0.0)
+    rstd = tl.load(rstd_ptr + g * K + k, mask=k_mask, other=0.0)
+    gamma = tl.load(gamma_ptr + k, mask=k_mask, other=0.0)
+    dmean = tl.load(dmean_ptr + g * K + k, mask=k_mask, other=0.0)
+    dscale = tl.load(dscale_ptr + g * K + k, mask=k_mask, other=0.0)
+    a = dmean / R
+    b = -dscale * gamma * rstd * rstd * rstd / R
+    h = tl.load(h_ptr + rows[:, None] * stride_h + k[None, :], mask=mask, other=0.0)
+    dh = a[None, :] + b[None, :] * (h - mean[None, :])
+    tl.store(dh_ptr + rows[:, None] * K + k[None, :], dh, mask=mask)
+
+
+class NormStats(torch.autograd.Function):
+    """(mean (G, K), scale (G, K), var (G, K), not differentiable) of h's groups; see the module
+    docstring."""
+
+    @staticmethod
+    def forward(ctx, h, gamma, groups, eps, config):
+        width = h.shape[1]
+        var, mean = torch.var_mean(h.view(groups, -1, width), dim=1, correction=0)
+        rstd = torch.rsqrt(var + eps)
+        scale = gamma * rstd
+        ctx.save_for_backward(h, mean, rstd, gamma)
+        ctx.meta = (groups, config)
+        ctx.mark_non_differentiable(var)
+        ctx.set_materialize_grads(False)    # no zero-filled gradient for var (nothing uses it)
+        return mean, scale, var
+
+    @staticmethod
+    def backward(ctx, dmean, dscale, _):
+        h, mean, rstd, gamma = ctx.saved_tensors
+        groups, config = ctx.meta
+        rows, width = h.shape
+        r_size = rows // groups
+        dmean = torch.zeros_like(mean) if dmean is None else dmean.contiguous()
+        dscale = torch.zeros_like(mean) if dscale is None else dscale.contiguous()
+        meta = config.modulate(width)      # the same elementwise tiles
+        tiles = triton.cdiv(r_size, meta["BLOCK_M"])
+        dh = config_module.kernel_output(rows, width, device=h.device)
+        with config_module.device_guard(h):
+            _norm_stats_bwd_kernel[(groups * tiles, triton.cdiv(width, meta["BLOCK_N"]))](
+                h, mean, rstd, gamma, dmean, dscale, dh, h.stride(0), r_size, width, tiles,
+                **meta)
+        dgamma = dscale * rstd
+        return dh, (dgamma[0] if groups == 1 else dgamma.sum(0)), None, None, None
+
+
+def norm_stats(h, gamma, groups: int, eps: float, config):
+    """h (G*R, K) float32 with unit column stride; gamma (K,) float32."""
+    return NormStats.apply(h, gamma.float().contiguous(), groups, eps, config)
