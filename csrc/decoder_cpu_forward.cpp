@@ -34,7 +34,10 @@ class Forward {
     const int64_t h = cfg.hidden, c = cfg.code_size, e = cfg.emb_size();
     code_proj_.resize(cfg.batch * h);
     for (int64_t b = 0; b < cfg.batch; ++b) std::memcpy(&code_proj_[b * h], wts.b_in, sizeof(T) * h);
-    gemm(false, true, cfg.batch, h, c, T(1), codes, c, wts.w_in, c + e, T(1), code_proj_.data(), h);
+    {
+      SingleThreadedBlas same_rounding_at_any_thread_count;
+      gemm(false, true, cfg.batch, h, c, T(1), codes, c, wts.w_in, c + e, T(1), code_proj_.data(), h);
+    }
     hidden_.resize(nb_ + 1, nullptr);
     for (int64_t i = 0; i <= nb_; ++i) {
       if (saved_) {
@@ -238,6 +241,7 @@ class Forward {
       for (int64_t k = 0; k < e; ++k)
         if ((k < 2 ? k : (k - 2) % 2) != axis) row[k] = T(0);
     }
+    SingleThreadedBlas same_rounding_at_any_thread_count;
     gemm(false, true, n, h, e, T(1), emb.data(), e, wts.w_in + cfg.code_size, cfg.code_size + e, T(0),
          proj.data(), h);
     return proj;

@@ -79,6 +79,23 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double al
 
 bool blas_packs_weights() { return pack_api().available(); }
 
+namespace {
+using SetLocalThreads = int (*)(int);  // MKL's C entry point (by value; the lower-case one is Fortran's)
+
+SetLocalThreads set_local_threads() {
+  static const auto fn = reinterpret_cast<SetLocalThreads>(dlsym(RTLD_DEFAULT, "MKL_Set_Num_Threads_Local"));
+  return fn;
+}
+}  // namespace
+
+SingleThreadedBlas::SingleThreadedBlas() {
+  if (set_local_threads()) previous_ = set_local_threads()(1);
+}
+
+SingleThreadedBlas::~SingleThreadedBlas() {
+  if (set_local_threads()) set_local_threads()(previous_);  // 0 restores the global setting
+}
+
 // In column-major terms the tile product is C^T (cols x n) = op'(W) X^T with W the BLAS's "A":
 // W stored (out x in) row-major is column-major (in x out), so op'(W) is 'T' for X W^T, 'N' for X W.
 template <typename T>

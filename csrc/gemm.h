@@ -34,4 +34,18 @@ class TileGemm {
 // Whether this process's BLAS offers packed weights (reported by the extension for benchmarks).
 bool blas_packs_weights();
 
+// While in scope, the BLAS runs on the calling thread alone (MKL; a no-op for other BLAS). Outside
+// the decoder's OpenMP region MKL would otherwise pick its kernel by the thread count, and a
+// product (and the statistics after it) would round differently with 1 and with 2 threads.
+class SingleThreadedBlas {
+ public:
+  SingleThreadedBlas();
+  ~SingleThreadedBlas();
+  SingleThreadedBlas(const SingleThreadedBlas&) = delete;
+  SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
+
+ private:
+  int previous_ = 0;
+};
+
 }  // namespace fastinr
