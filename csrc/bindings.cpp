@@ -393,6 +393,27 @@ std::vector<Tensor> backward(const Tensor& grad_colors, const Tensor& codes, std
   return grads;
 }
 
+// y = bf16(x) bf16(w)^T in float32 for x (m, k) and w (n, k): the decoder's bf16 GEMM on its own, over
+// row tiles on OpenMP threads as the decoder runs it (for tests and benchmarks).
+Tensor bf16_linear(const Tensor& x, const Tensor& w) {
+  TORCH_CHECK_VALUE(bf16_gemm_supported(), "bf16_linear needs a CPU with AVX512-BF16");
+  TORCH_CHECK_VALUE(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1),
+                    "bf16_linear takes x (m, k) and w (n, k), got ", x.sizes(), " and ", w.sizes());
+  TORCH_CHECK_TYPE(x.scalar_type() == torch::kFloat32 && w.scalar_type() == torch::kFloat32 && x.device().is_cpu() &&
+                       w.device().is_cpu(), "bf16_linear takes float32 CPU tensors");
+  const Tensor xc = x.contiguous(), wc = w.contiguous();
+  const int64_t m = x.size(0), k = x.size(1), n = w.size(0), tile = decoder_tile_rows();
+  Tensor y = torch::empty({m, n}, x.options());
+  const float* xp = xc.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  pybind11::gil_scoped_release no_gil;
+  const Bf16PackedB packed(wc.data_ptr<float>(), k, n, true);
+#pragma omp parallel for schedule(static)
+  for (int64_t r0 = 0; r0 < m; r0 += tile)
+    bf16_gemm(xp + r0 * k, k, std::min(tile, m - r0), packed, false, yp + r0 * n, n);
+  return y;
+}
+
 bool built_with_cuda() {
 #ifdef FASTINR_WITH_CUDA
   return true;
@@ -426,6 +447,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_elementwise_isa", &fastinr::set_elementwise_isa, "use one of elementwise_isas()", py::arg("isa"));
   m.def("bf16_gemm_supported", &fastinr::bf16_gemm_supported,
         "whether this CPU runs the bf16 GEMM kernel (AVX512-BF16): bf16_matmul=True is then allowed");
+  m.def("bf16_linear", &fastinr::bf16_linear, "bf16(x) bf16(w)^T in float32 with the decoder's bf16 GEMM",
+        py::arg("x"), py::arg("w"));
   m.def("tile_rows", &fastinr::decoder_tile_rows);
   m.def("cached_block_bytes", &fastinr::cached_block_bytes, "bytes of freed saved-activation blocks kept for reuse");
   m.def("empty_block_cache", &fastinr::empty_block_cache, "return the cached saved-activation blocks to the system");

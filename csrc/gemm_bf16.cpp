@@ -73,22 +73,23 @@ void bf16_gemm(const float* x, int64_t ldx, int64_t m, const Bf16PackedB& b, boo
   std::vector<uint16_t>& a = thread_buffer(0);
   a.resize(m * 2 * k2);
   detail::bf16_rows_avx512(x, ldx, m, b.k(), a.data());
-  detail::bf16_kernel_avx512(a.data(), 2 * k2, m, b.data(), k2, b.n(), accumulate, c, ldc);
+  detail::bf16_kernel_avx512(a.data(), 2 * k2, 2, m, b.data(), k2, b.n(), accumulate, c, ldc);
 }
 
 void bf16_gemm_tn_accumulate(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
                              int64_t ldb, float* c, int64_t ldc) {
   if (m <= 0 || n <= 0 || k <= 0) return;
   require_support();
-  const int64_t k2 = pairs(k);
-  std::vector<uint16_t>& at = thread_buffer(0);   // A^T (m x 2 k2), zero padded
-  at.assign(m * 2 * k2, 0);
-  for (int64_t kk = 0; kk < k; ++kk)
-    for (int64_t i = 0; i < m; ++i) at[i * 2 * k2 + kk] = to_bf16(a[kk * lda + i]);
+  // Both operands are pairs of their k rows: A^T's pair (r, k2) at (k2 * width + r) * 2 with width m
+  // rounded up to 16 (one column block), B in the packed layout (blocks of 32 columns).
+  const int64_t k2 = pairs(k), width = (m + 15) / 16 * 16;
+  std::vector<uint16_t>& at = thread_buffer(0);
+  at.resize(k2 * 2 * width);
+  detail::bf16_pairs_avx512(a, lda, k, m, width, at.data());
   std::vector<uint16_t>& packed = thread_buffer(1);
   packed.resize(column_blocks(n) * k2 * 64);
-  pack(k, n, [&](int64_t kk, int64_t col) { return b[kk * ldb + col]; }, packed.data());
-  detail::bf16_kernel_avx512(at.data(), 2 * k2, m, packed.data(), k2, n, true, c, ldc);
+  detail::bf16_pairs_avx512(b, ldb, k, n, 32, packed.data());
+  detail::bf16_kernel_avx512(at.data(), 2, 2 * width, m, packed.data(), k2, n, true, c, ldc);
 }
 
 }  // namespace fastinr

@@ -39,12 +39,18 @@ void bf16_gemm_tn_accumulate(int64_t m, int64_t n, int64_t k, const float* a, in
                              int64_t ldb, float* c, int64_t ldc);
 
 namespace detail {
-// The AVX512-BF16 kernel (gemm_bf16_avx512.cpp): C (m x n) = A B (+ C), A bf16 (m x 2 K2) row-major
-// with row stride lda, B packed as above.
-void bf16_kernel_avx512(const uint16_t* a, int64_t lda, int64_t m, const uint16_t* b, int64_t k2, int64_t n,
-                        bool accumulate, float* c, int64_t ldc);
+// The AVX512-BF16 kernel (gemm_bf16_avx512.cpp): C (m x n) = A B (+ C), A in bf16 with the pair
+// (A[r][2k], A[r][2k+1]) at a + r * a_row + k * a_pair, B packed as above.
+void bf16_kernel_avx512(const uint16_t* a, int64_t a_row, int64_t a_pair, int64_t m, const uint16_t* b, int64_t k2,
+                        int64_t n, bool accumulate, float* c, int64_t ldc);
 // n rows of float (stride ldx, k values) to bf16 rows of 2 ceil(k / 2) values (zero padded).
 void bf16_rows_avx512(const float* x, int64_t ldx, int64_t n, int64_t k, uint16_t* out);
+// X (k x n) float, row stride ldx, to bf16 pairs of rows in column blocks of `block` (a multiple of 16):
+// out[((c / block) * K2 + k2) * 2 * block + (c % block) * 2 + (kk & 1)] = X[kk][c], K2 = ceil(k / 2); odd
+// k reads a zero row, columns past n in a 16-column chunk are written as zeros (padding no chunk reaches
+// is left as it was: the kernel never stores those columns). With block 32 this is
+// the packed B layout; with one block of width >= n, A^T with its pairs along X's rows.
+void bf16_pairs_avx512(const float* x, int64_t ldx, int64_t k, int64_t n, int64_t block, uint16_t* out);
 }  // namespace detail
 
 }  // namespace fastinr

@@ -19,9 +19,10 @@ namespace {
 
 constexpr int kRows = 12;
 
+// The pair (A[r][2k], A[r][2k+1]) is at a + r * a_row + k * a_pair (in bf16 values).
 template <int MR>
-inline void tile(const uint16_t* a, int64_t lda, const uint16_t* b, int64_t k2, __mmask16 mask0, __mmask16 mask1,
-                 bool accumulate, float* c, int64_t ldc) {
+inline void tile(const uint16_t* a, int64_t a_row, int64_t a_pair, const uint16_t* b, int64_t k2, __mmask16 mask0,
+                 __mmask16 mask1, bool accumulate, float* c, int64_t ldc) {
   __m512 acc0[MR], acc1[MR];
 #pragma GCC unroll 12
   for (int r = 0; r < MR; ++r) acc0[r] = acc1[r] = _mm512_setzero_ps();
@@ -31,7 +32,7 @@ inline void tile(const uint16_t* a, int64_t lda, const uint16_t* b, int64_t k2, 
 #pragma GCC unroll 12
     for (int r = 0; r < MR; ++r) {
       int32_t pair;
-      std::memcpy(&pair, a + r * lda + 2 * k, sizeof(pair));
+      std::memcpy(&pair, a + r * a_row + k * a_pair, sizeof(pair));
       const __m512bh ar = (__m512bh)_mm512_set1_epi32(pair);
       acc0[r] = _mm512_dpbf16_ps(acc0[r], ar, b0);
       acc1[r] = _mm512_dpbf16_ps(acc1[r], ar, b1);
@@ -49,8 +50,8 @@ inline void tile(const uint16_t* a, int64_t lda, const uint16_t* b, int64_t k2, 
   }
 }
 
-using TileFn = void (*)(const uint16_t*, int64_t, const uint16_t*, int64_t, __mmask16, __mmask16, bool, float*,
-                        int64_t);
+using TileFn = void (*)(const uint16_t*, int64_t, int64_t, const uint16_t*, int64_t, __mmask16, __mmask16, bool,
+                        float*, int64_t);
 
 template <int... R>
 constexpr TileFn tile_for(int rows, std::integer_sequence<int, R...>) {
@@ -64,15 +65,15 @@ inline __mmask16 lanes(int64_t count) {
 
 }  // namespace
 
-void bf16_kernel_avx512(const uint16_t* a, int64_t lda, int64_t m, const uint16_t* b, int64_t k2, int64_t n,
-                        bool accumulate, float* c, int64_t ldc) {
+void bf16_kernel_avx512(const uint16_t* a, int64_t a_row, int64_t a_pair, int64_t m, const uint16_t* b, int64_t k2,
+                        int64_t n, bool accumulate, float* c, int64_t ldc) {
   for (int64_t n0 = 0; n0 < n; n0 += 32) {
     const uint16_t* block = b + (n0 / 32) * k2 * 64;
     const __mmask16 mask0 = lanes(n - n0), mask1 = lanes(n - n0 - 16);
     for (int64_t m0 = 0; m0 < m; m0 += kRows) {
       const int rows = static_cast<int>(std::min<int64_t>(kRows, m - m0));
       const TileFn fn = tile_for(rows, std::make_integer_sequence<int, kRows>());
-      fn(a + m0 * lda, lda, block, k2, mask0, mask1, accumulate, c + m0 * ldc + n0, ldc);
+      fn(a + m0 * a_row, a_row, a_pair, block, k2, mask0, mask1, accumulate, c + m0 * ldc + n0, ldc);
     }
   }
 }
@@ -90,6 +91,26 @@ void bf16_rows_avx512(const float* x, int64_t ldx, int64_t n, int64_t k, uint16_
   }
 }
 
+void bf16_pairs_avx512(const float* x, int64_t ldx, int64_t k, int64_t n, int64_t block, uint16_t* out) {
+  // vcvtne2ps2bf16 gives [row 2k2 (16 values) | row 2k2+1 (16)]; this permutation interleaves them
+  alignas(64) uint16_t order[32];
+  for (int j = 0; j < 32; ++j) order[j] = static_cast<uint16_t>((j & 1) * 16 + j / 2);
+  const __m512i interleave = _mm512_load_si512(order);
+  const int64_t k2n = (k + 1) / 2;
+  for (int64_t k2 = 0; k2 < k2n; ++k2) {
+    const float* row0 = x + 2 * k2 * ldx;
+    const float* row1 = row0 + ldx;
+    const bool has_row1 = 2 * k2 + 1 < k;
+    for (int64_t c0 = 0; c0 < n; c0 += 16) {
+      const __mmask16 valid = lanes(n - c0);
+      const __m512 lo = _mm512_maskz_loadu_ps(valid, row0 + c0);
+      const __m512 hi = has_row1 ? _mm512_maskz_loadu_ps(valid, row1 + c0) : _mm512_setzero_ps();
+      const __m512i both = _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+      _mm512_storeu_si512(out + ((c0 / block) * k2n + k2) * 2 * block + (c0 % block) * 2, both);
+    }
+  }
+}
+
 }  // namespace detail
 }  // namespace fastinr
 #else
@@ -100,10 +121,14 @@ void bf16_rows_avx512(const float* x, int64_t ldx, int64_t n, int64_t k, uint16_
 namespace fastinr {
 namespace detail {
 // Never called: bf16_gemm_supported() is false off x86-64.
-void bf16_kernel_avx512(const uint16_t*, int64_t, int64_t, const uint16_t*, int64_t, int64_t, bool, float*, int64_t) {
+void bf16_kernel_avx512(const uint16_t*, int64_t, int64_t, int64_t, const uint16_t*, int64_t, int64_t, bool, float*,
+                        int64_t) {
   throw std::logic_error("fastinr: no bf16 GEMM kernel on this architecture");
 }
 void bf16_rows_avx512(const float*, int64_t, int64_t, int64_t, uint16_t*) {
+  throw std::logic_error("fastinr: no bf16 GEMM kernel on this architecture");
+}
+void bf16_pairs_avx512(const float*, int64_t, int64_t, int64_t, int64_t, uint16_t*) {
   throw std::logic_error("fastinr: no bf16 GEMM kernel on this architecture");
 }
 }  // namespace detail
