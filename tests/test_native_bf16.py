@@ -104,6 +104,19 @@ def check_bf16(spec, params, running, inputs, shape, norm_stats, low_precision_p
     return ours
 
 
+@pytest.mark.skipif(not native.bf16_matmul_supported(), reason="this CPU has no AVX512-BF16")
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (13, 9, 33), (128, 256, 256), (300, 48, 17), (40, 31, 64)])
+def test_bf16_gemm_sums_the_rounded_operands_in_float32(m, k, n):
+    """The kernel alone (ragged row tiles, odd k, columns past a block of 32): bf16(x) bf16(w)^T within
+    float32 summation's bound k 2^-24 sum |x_i w_i| of the exact product of the rounded operands."""
+    x, w = torch.randn(m, k), torch.randn(n, k)
+    xr, wr = x.bfloat16().double(), w.bfloat16().double()
+    y = native._C.bf16_linear(x, w)
+    bound = k * 2.0 ** -24 * (xr.abs() @ wr.abs().t())
+    assert y.dtype == torch.float32 and y.shape == (m, n)
+    assert ((y.double() - xr @ wr.t()).abs() <= bound).all()
+
+
 @pytest.mark.parametrize("kwargs,shape,batch,norm_stats,extras", CONFIGS, ids=[f"cfg{k}" for k in range(len(CONFIGS))])
 def test_autocast_within_torch_bf16_error(kwargs, shape, batch, norm_stats, extras, bf16_gemms):
     spec, params, running, inputs = make_inputs(kwargs, shape, batch, extras)
@@ -197,3 +210,42 @@ def test_float16_and_mixed_dtypes(bf16_gemms):
         config = native._config(spec, (4, 5), "image")
         with pytest.raises(TypeError, match="bf16_matmul=True takes float32 tensors"):
             native._C.forward(codes.double(), params64.flat(), [], save=False, bf16_matmul=True, **config)
+
+
+def test_example_precision_flag():
+    """--precision: auto resolves to bf16 exactly where the native bf16 GEMMs run; bf16 runs the
+    training step's forward (not the loss) and evaluation under bf16 autocast."""
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "rpg_autoencoder.py"
+    spec = importlib.util.spec_from_file_location("rpg_autoencoder_precision", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    cpu = torch.device("cpu")
+    cfg = dict(decoder="seed", backend="native", precision="auto")
+    assert example.precision_of(cfg, cpu) == ("bf16" if native.bf16_matmul() else "fp32")
+    assert example.precision_of(dict(cfg, backend="torch"), cpu) == "fp32"
+    assert example.precision_of(dict(cfg, precision="bf16"), cpu) == "bf16"
+    assert example.precision_of({"decoder": "seed", "backend": "native"}, cpu) == "fp32"   # older runs
+    with pytest.raises(SystemExit):
+        example.build_parser().parse_args(["--precision", "fp16"])
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(()))
+            self.seen = []
+
+        def forward(self, images):
+            self.seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu"))
+            return (images * self.scale).bfloat16() if self.seen[-1] else images * self.scale
+
+    model = Recorder()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    images = torch.rand(2, 3, 4, 4)
+    loss = example.train_step(model, optimizer, scheduler, images, precision="bf16")
+    example.train_step(model, optimizer, scheduler, images, precision="fp32")
+    assert model.seen == [torch.bfloat16, False] and loss.dtype == torch.float32
+    example.evaluate(model, (images * 255).to(torch.uint8), precision="bf16")
+    assert model.seen[-1] == torch.bfloat16
