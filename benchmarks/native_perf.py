@@ -13,8 +13,9 @@ torch.autocast("cpu", dtype=torch.bfloat16) ("<provider> bf16"; native then take
 where the CPU has AVX512-BF16, see fastinr.native).
 Times are medians over rounds that call every provider once (the load of a shared machine
 changes during a run); GFLOP/s counts the seed's FLOPs (first layer on code ⊕ embedding per pixel) and
-is compared with measured GEMM rates (torch.mm, 4096x256 @ 256x256, float32 and bfloat16) on the
-same threads: float32 providers against the float32 rate, bf16 providers against the bf16 one.
+is compared with GEMM rates timed in the same rounds (torch.mm 4096x256 @ 256x256, eight per round,
+float32 and bfloat16) on the same threads: float32 providers against the float32 rate, bf16
+providers against the bf16 one.
 """
 import argparse
 import contextlib
@@ -85,15 +86,27 @@ def interleaved(functions, repeat, warmup=1):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def gemm_rate(repeat, dtype=torch.float32):
+GEMM_PROBES = {"torch.mm fp32": torch.float32, "torch.mm bf16": torch.bfloat16}
+GEMM_PROBE_FLOP = 8 * 2 * 4096 * 256 * 256
+
+
+def gemm_probe(dtype):
+    """Eight torch.mm 4096x256 @ 256x256: timed among the providers, the machine's GEMM rate."""
     a, b = torch.randn(4096, 256, dtype=dtype), torch.randn(256, 256, dtype=dtype)
-    seconds = median_time(lambda: torch.mm(a, b), repeat * 4, warmup=3)
-    return 2 * 4096 * 256 * 256 / seconds / 1e9
+
+    def run():
+        for _ in range(8):
+            torch.mm(a, b)
+    return run
 
 
-def gemm_rates(repeat):
-    """GFLOP/s of torch.mm in float32 and bfloat16, measured side by side."""
-    return {False: gemm_rate(repeat), True: gemm_rate(repeat, torch.bfloat16)}
+def timed_with_gemm_rates(functions, repeat, warmup=1):
+    """interleaved() of the providers and the GEMM probes; (provider times, {bf16?: GFLOP/s})."""
+    probes = {name: gemm_probe(dtype) for name, dtype in GEMM_PROBES.items()}
+    times = interleaved({**functions, **probes}, repeat, warmup)
+    rates = {dtype == torch.bfloat16: GEMM_PROBE_FLOP / times.pop(name) / 1e9 for name, dtype in GEMM_PROBES.items()}
+    print(f"  (torch.mm in the same rounds: float32 {rates[False]:.1f} GFLOP/s, bfloat16 {rates[True]:.1f})")
+    return times, rates
 
 
 def train_step(provider, batch, shape):
@@ -176,42 +189,39 @@ def main():
           f"{_C.elementwise_isa()}, tile {_C.tile_rows()} rows, packed float weights "
           f"{'yes' if _C.blas_packs_weights() else 'no'}, native bf16 GEMMs "
           f"{'yes' if native.bf16_matmul() else 'no (float32 GEMMs under autocast)'}")
-    rates = gemm_rates(args.repeat)
-    print(f"torch.mm 4096x256 @ 256x256: float32 {rates[False]:.1f} GFLOP/s, bfloat16 {rates[True]:.1f} GFLOP/s")
     precisions = {"fp32": [""], "bf16": [" bf16"], "both": ["", " bf16"]}[args.precision]
 
     def with_precisions(names):
         return [name + suffix for suffix in precisions for name in names]
 
-    def report(results, pixels, flops, base, extra=lambda provider: ""):
+    def report(results, rates, pixels, flops, extra=lambda provider: ""):
         for provider, seconds in results.items():
+            bf16 = split(provider)[1]
+            base = "seed-loop" + (" bf16" if bf16 else "")   # each precision against its own seed loop
             gflops = flops * pixels / seconds / 1e9
-            rate = rates[split(provider)[1]]
             print(f"  {provider:15s} {seconds * 1e3:9.1f} ms  {pixels / seconds / 1e6:7.2f} Mpx/s  "
-                  f"{gflops:6.1f} GFLOP/s ({100 * gflops / rate:3.0f}% of torch.mm {'bf16' if split(provider)[1] else 'fp32'})"
-                  f"{extra(provider)}  speed-up vs {base(provider)} {results[base(provider)] / seconds:5.2f}x")
+                  f"{gflops:6.1f} GFLOP/s ({100 * gflops / rates[bf16]:3.0f}% of torch.mm "
+                  f"{'bf16' if bf16 else 'fp32'}){extra(provider)}  speed-up vs {base} "
+                  f"{results[base] / seconds:5.2f}x")
 
-    # each precision against its own seed loop
-    seed_of = lambda provider: "seed-loop" + (" bf16" if split(provider)[1] else "")
     shape = (32, 32)
     pixels = args.batch * shape[0] * shape[1]
     providers = with_precisions(["seed-loop", "torch"] + ([] if args.no_compiled else ["compiled"]) + ["native"])
     print(f"\ntraining step, batch {args.batch} at {shape[0]}x{shape[1]}, BatchNorm per image "
           f"(median of {args.repeat})")
-    results = interleaved({provider: train_step(provider, args.batch, shape) for provider in providers},
-                          args.repeat, warmup=2)
-    report(results, pixels, 3 * flops_per_pixel(), seed_of)
+    results, rates = timed_with_gemm_rates({provider: train_step(provider, args.batch, shape)
+                                            for provider in providers}, args.repeat, warmup=2)
+    report(results, rates, pixels, 3 * flops_per_pixel())
 
     size, batch = args.render_size, args.render_batch
     print(f"\neval render, {batch} codes at {size}x{size} (median of {args.repeat}), peak-RSS growth "
           "in a fresh process")
-    render_results = interleaved({provider: render(provider, batch, (size, size))
-                                  for provider in with_precisions(["seed-loop", "torch", "native"])}, args.repeat)
-    report(render_results, batch * size * size, flops_per_pixel(), seed_of,
+    render_results, rates = timed_with_gemm_rates({provider: render(provider, batch, (size, size))
+                                                   for provider in with_precisions(["seed-loop", "torch", "native"])},
+                                                  args.repeat)
+    report(render_results, rates, batch * size * size, flops_per_pixel(),
            lambda provider: f"  peak-RSS growth {rss_growth(provider, batch, size):8.1f} MiB")
-    end = gemm_rates(args.repeat)
-    print(f"\ntorch.mm at the end: float32 {end[False]:.1f}, bfloat16 {end[True]:.1f} GFLOP/s (the start's: "
-          f"{rates[False]:.1f}, {rates[True]:.1f})")
+
 
 if __name__ == "__main__":
     main()

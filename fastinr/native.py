@@ -12,12 +12,13 @@ gradient needed) stream tiles and keep O(output) memory.
 
 bfloat16 runs natively where torch's own ops would compute in it on the CPU: inside
 torch.autocast("cpu", dtype=torch.bfloat16) (float32 tensors) and for bfloat16 codes and
-parameters. The hidden layers' GEMMs then take bf16 operands with float32 accumulation, as torch's
+parameters. The block layers' GEMMs then take bf16 operands with float32 accumulation, as torch's
 autocast matmuls do, on CPUs with AVX512-BF16 (bf16_matmul_supported()); activations, epilogues,
-normalization statistics and the narrow first and last layers stay float32, and the colors come back
-in the parameters' dtype, as the reference's do (its output bias promotes autocast's bf16 to float32). Where the CPU lacks the instructions, or after
-set_bf16_matmul(False) (or FASTINR_NATIVE_BF16=0 in the environment), the same call runs the float32
-GEMMs instead. float16 (tensors or autocast) is handed to the reference.
+normalization statistics and the narrow first and last layers stay float32. Colors and statistics
+come back in the parameters' dtype, as the reference's do (under autocast its output bias promotes
+the bf16 matmul to float32). Where the CPU lacks the instructions, or after set_bf16_matmul(False)
+(or FASTINR_NATIVE_BF16=0 in the environment), the same call runs the float32 GEMMs instead.
+float16 (tensors or autocast) is handed to the reference.
 
 The saved activations of a training step live in blocks the extension reuses from step to step
 (a fresh mmap, its page faults and munmap cost 15-30% of a step otherwise); `cached_bytes()` says
@@ -166,7 +167,8 @@ def _decode_bf16(codes, tensors, spec, config, running, mods, input_offset):
     config = dict(config, bf16_matmul=bf16_matmul())
     colors, stats = _decode_cpu(codes.float(), [t.float() for t in tensors], spec, config, running,
                                 as_float(mods), input_offset)
-    return colors.to(tensors[-1].dtype), stats
+    dtype = tensors[-1].dtype
+    return colors.to(dtype), [BlockStats(s.mean.to(dtype), s.var.to(dtype), s.count) for s in stats]
 
 
 def _decode_cpu(codes, tensors, spec, config, running, mods, input_offset):
