@@ -36,7 +36,7 @@ class TileGemm {
   std::shared_ptr<Bf16PackedB> bf16_;
 };
 
-// C (m x n) += op(A)^T B for one row tile (a weight gradient): bf16 operands with `bf16` (float, where
+// C (m x n) += A^T B for one row tile (a weight gradient): bf16 operands with `bf16` (float, where
 // bf16_gemm_supported()), else the BLAS in T. A is (k x m), B (k x n), row-major.
 void accumulate_tn(bool bf16, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
                    int64_t ldb, float* c, int64_t ldc);
