@@ -1,6 +1,6 @@
 """Side-by-side CPU measurement of the native backend against the seed loop and torch.
 
-    python benchmarks/native_perf.py [--repeat 5] [--no-compiled]
+    python benchmarks/native_perf.py [--repeat 5] [--no-compiled] [--precision fp32|bf16|both]
 
 1. Training step (forward + backward + Adam), the seed configuration: batch 64, 32x32, code 102,
    hidden 256, 2 blocks x 2 layers, BatchNorm per image. Providers: seed-loop
@@ -8,11 +8,17 @@
    native.
 2. Eval render of 16 codes at 256x256: seed-loop, torch, native; and the peak-RSS growth of each
    render in a fresh subprocess.
+With --precision bf16 or both (the default), every provider also runs under
+torch.autocast("cpu", dtype=torch.bfloat16) ("<provider> bf16"; native then takes its bf16 GEMMs
+where the CPU has AVX512-BF16, see fastinr.native).
 Times are medians over rounds that call every provider once (the load of a shared machine
 changes during a run); GFLOP/s counts the seed's FLOPs (first layer on code ⊕ embedding per pixel) and
-is compared with a measured sgemm rate (torch.mm, 4096x256 @ 256x256) on the same threads.
+is compared with GEMM rates timed in the same rounds (torch.mm 4096x256 @ 256x256, eight per round,
+float32 and bfloat16) on the same threads: float32 providers against the float32 rate, bf16
+providers against the bf16 one.
 """
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
@@ -28,7 +34,18 @@ from fastinr.seed_loop import SeedLoopDecoder  # noqa: E402
 CODE, HIDDEN, BLOCKS, LAYERS, OUT, FREQS = 102, 256, 2, 2, 3, (7, 17)
 
 
+def split(provider):
+    """('native', True) for 'native bf16': the model and whether it runs under bf16 autocast."""
+    name, _, precision = provider.partition(" ")
+    return name, precision == "bf16"
+
+
+def precision_context(provider):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if split(provider)[1] else contextlib.nullcontext()
+
+
 def make_model(provider):
+    provider = split(provider)[0]
     kwargs = dict(num_hidden=HIDDEN, num_blocks=BLOCKS, num_layers_per_block=LAYERS,
                   pos_embedding_freqs=FREQS)
     if provider == "seed-loop":
@@ -69,10 +86,27 @@ def interleaved(functions, repeat, warmup=1):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def sgemm_rate(repeat):
-    a, b = torch.randn(4096, 256), torch.randn(256, 256)
-    seconds = median_time(lambda: torch.mm(a, b), repeat * 4, warmup=3)
-    return 2 * 4096 * 256 * 256 / seconds / 1e9
+GEMM_PROBES = {"torch.mm fp32": torch.float32, "torch.mm bf16": torch.bfloat16}
+GEMM_PROBE_FLOP = 8 * 2 * 4096 * 256 * 256
+
+
+def gemm_probe(dtype):
+    """Eight torch.mm 4096x256 @ 256x256: timed among the providers, the machine's GEMM rate."""
+    a, b = torch.randn(4096, 256, dtype=dtype), torch.randn(256, 256, dtype=dtype)
+
+    def run():
+        for _ in range(8):
+            torch.mm(a, b)
+    return run
+
+
+def timed_with_gemm_rates(functions, repeat, warmup=1):
+    """interleaved() of the providers and the GEMM probes; (provider times, {bf16?: GFLOP/s})."""
+    probes = {name: gemm_probe(dtype) for name, dtype in GEMM_PROBES.items()}
+    times = interleaved({**functions, **probes}, repeat, warmup)
+    rates = {dtype == torch.bfloat16: GEMM_PROBE_FLOP / times.pop(name) / 1e9 for name, dtype in GEMM_PROBES.items()}
+    print(f"  (torch.mm in the same rounds: float32 {rates[False]:.1f} GFLOP/s, bfloat16 {rates[True]:.1f})")
+    return times, rates
 
 
 def train_step(provider, batch, shape):
@@ -83,7 +117,8 @@ def train_step(provider, batch, shape):
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.mse_loss(model(codes, shape), target)
+        with precision_context(provider):
+            loss = torch.nn.functional.mse_loss(model(codes, shape).float(), target)
         loss.backward()
         optimizer.step()
     return step
@@ -94,7 +129,7 @@ def render(provider, batch, shape):
     codes = torch.randn(batch, CODE)
 
     def run():
-        with torch.no_grad():
+        with torch.no_grad(), precision_context(provider):
             return model(codes, shape)
     return run
 
@@ -139,6 +174,8 @@ def main():
     parser.add_argument("--render-size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--no-compiled", action="store_true", help="skip torch.compile (slow to build)")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "both"), default="both",
+                        help="float32 providers, their bf16-autocast twins, or both side by side")
     parser.add_argument("--rss-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:
@@ -147,39 +184,43 @@ def main():
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from fastinr import _C
+    from fastinr import _C, native
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, native float kernels "
           f"{_C.elementwise_isa()}, tile {_C.tile_rows()} rows, packed float weights "
-          f"{'yes' if _C.blas_packs_weights() else 'no'}")
-    rate = sgemm_rate(args.repeat)
-    print(f"sgemm (torch.mm 4096x256 @ 256x256): {rate:.1f} GFLOP/s")
+          f"{'yes' if _C.blas_packs_weights() else 'no'}, native bf16 GEMMs "
+          f"{'yes' if native.bf16_matmul() else 'no (float32 GEMMs under autocast)'}")
+    precisions = {"fp32": [""], "bf16": [" bf16"], "both": ["", " bf16"]}[args.precision]
+
+    def with_precisions(names):
+        return [name + suffix for suffix in precisions for name in names]
+
+    def report(results, rates, pixels, flops, extra=lambda provider: ""):
+        for provider, seconds in results.items():
+            bf16 = split(provider)[1]
+            base = "seed-loop" + (" bf16" if bf16 else "")   # each precision against its own seed loop
+            gflops = flops * pixels / seconds / 1e9
+            print(f"  {provider:15s} {seconds * 1e3:9.1f} ms  {pixels / seconds / 1e6:7.2f} Mpx/s  "
+                  f"{gflops:6.1f} GFLOP/s ({100 * gflops / rates[bf16]:3.0f}% of torch.mm "
+                  f"{'bf16' if bf16 else 'fp32'}){extra(provider)}  speed-up vs {base} "
+                  f"{results[base] / seconds:5.2f}x")
 
     shape = (32, 32)
     pixels = args.batch * shape[0] * shape[1]
-    providers = ["seed-loop", "torch"] + ([] if args.no_compiled else ["compiled"]) + ["native"]
+    providers = with_precisions(["seed-loop", "torch"] + ([] if args.no_compiled else ["compiled"]) + ["native"])
     print(f"\ntraining step, batch {args.batch} at {shape[0]}x{shape[1]}, BatchNorm per image "
           f"(median of {args.repeat})")
-    results = interleaved({provider: train_step(provider, args.batch, shape) for provider in providers},
-                          args.repeat, warmup=2)
-    for provider, seconds in results.items():
-        gflops = 3 * flops_per_pixel() * pixels / seconds / 1e9
-        print(f"  {provider:10s} {seconds * 1e3:9.1f} ms  {pixels / seconds / 1e6:7.2f} Mpx/s  "
-              f"{gflops:6.1f} GFLOP/s ({gflops / rate:4.2f}x sgemm)  "
-              f"speed-up vs seed-loop {results['seed-loop'] / seconds:5.2f}x")
+    results, rates = timed_with_gemm_rates({provider: train_step(provider, args.batch, shape)
+                                            for provider in providers}, args.repeat, warmup=2)
+    report(results, rates, pixels, 3 * flops_per_pixel())
 
     size, batch = args.render_size, args.render_batch
     print(f"\neval render, {batch} codes at {size}x{size} (median of {args.repeat}), peak-RSS growth "
           "in a fresh process")
-    render_results = interleaved({provider: render(provider, batch, (size, size))
-                                  for provider in ["seed-loop", "torch", "native"]}, args.repeat)
-    for provider, seconds in render_results.items():
-        pixels = batch * size * size
-        gflops = flops_per_pixel() * pixels / seconds / 1e9
-        rss = rss_growth(provider, batch, size)
-        print(f"  {provider:10s} {seconds * 1e3:9.1f} ms  {pixels / seconds / 1e6:7.2f} Mpx/s  "
-              f"{gflops:6.1f} GFLOP/s ({gflops / rate:4.2f}x sgemm)  peak-RSS growth {rss:8.1f} MiB  "
-              f"speed-up vs seed-loop {render_results['seed-loop'] / seconds:5.2f}x")
-    print(f"\nsgemm at the end: {sgemm_rate(args.repeat):.1f} GFLOP/s (the start's was {rate:.1f})")
+    render_results, rates = timed_with_gemm_rates({provider: render(provider, batch, (size, size))
+                                                   for provider in with_precisions(["seed-loop", "torch", "native"])},
+                                                  args.repeat)
+    report(render_results, rates, batch * size * size, flops_per_pixel(),
+           lambda provider: f"  peak-RSS growth {rss_growth(provider, batch, size):8.1f} MiB")
 
 
 if __name__ == "__main__":

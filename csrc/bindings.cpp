@@ -10,6 +10,7 @@
 #include "decoder_cpu.h"
 #include "elementwise.h"
 #include "gemm.h"
+#include "gemm_bf16.h"
 
 #ifdef FASTINR_WITH_CUDA
 #include <c10/cuda/CUDAStream.h>
@@ -67,7 +68,7 @@ Arguments parse(const Tensor& codes, std::vector<Tensor> params, std::vector<Ten
                 bool batch_norm, bool layer_norm, const std::string& activation, const std::string& activation_out,
                 double eps, const std::string& norm_stats, const std::string& modulation,
                 const std::optional<Tensor>& mods, const std::optional<Tensor>& offset_basis,
-                const std::optional<Tensor>& offset_cells) {
+                const std::optional<Tensor>& offset_cells, bool bf16_matmul) {
   Arguments args;
   DecoderConfig& cfg = args.cfg;
   TORCH_CHECK_VALUE(codes.dim() == 2, "codes must have shape (B, C), got ", codes.sizes());
@@ -78,6 +79,13 @@ Arguments parse(const Tensor& codes, std::vector<Tensor> params, std::vector<Ten
                     ", ", width, ")");
   TORCH_CHECK_VALUE(layers >= 0, "layers_per_block must be >= 0, got ", layers);
   TORCH_CHECK_VALUE(eps > 0, "eps must be > 0, got ", eps);
+  if (bf16_matmul) {
+    TORCH_CHECK_VALUE(bf16_gemm_supported(), "bf16_matmul=True needs a CPU with AVX512-BF16 and this one has none "
+                      "(fastinr.native.bf16_matmul_supported() says so before a call)");
+    TORCH_CHECK_TYPE(codes.scalar_type() == torch::kFloat32, "bf16_matmul=True takes float32 tensors (bf16 is "
+                     "the GEMMs' operand precision), got codes of ", codes.scalar_type());
+  }
+  cfg.bf16_matmul = bf16_matmul;
   cfg.batch = codes.size(0);
   cfg.code_size = codes.size(1);
   cfg.height = height;
@@ -296,10 +304,11 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>
     std::vector<double> freqs, std::vector<bool> concat, int64_t layers, bool batch_norm,
     const std::string& activation, const std::string& activation_out, double eps, const std::string& norm_stats,
     bool save, const std::string& modulation, const std::optional<Tensor>& mods,
-    const std::optional<Tensor>& offset_basis, const std::optional<Tensor>& offset_cells, bool layer_norm) {
+    const std::optional<Tensor>& offset_basis, const std::optional<Tensor>& offset_cells, bool layer_norm,
+    bool bf16_matmul) {
   Arguments args = parse(codes, std::move(params), std::move(running), height, width, std::move(freqs),
                          std::move(concat), layers, batch_norm, layer_norm, activation, activation_out, eps,
-                         norm_stats, modulation, mods, offset_basis, offset_cells);
+                         norm_stats, modulation, mods, offset_basis, offset_cells, bf16_matmul);
   const DecoderConfig& cfg = args.cfg;
 #ifdef FASTINR_WITH_CUDA
   if (codes.is_cuda()) {
@@ -345,10 +354,10 @@ std::vector<Tensor> backward(const Tensor& grad_colors, const Tensor& codes, std
                              bool batch_norm, const std::string& activation, const std::string& activation_out,
                              double eps, const std::string& norm_stats, const std::string& modulation,
                              const std::optional<Tensor>& mods, const std::optional<Tensor>& offset_basis,
-                             const std::optional<Tensor>& offset_cells, bool layer_norm) {
+                             const std::optional<Tensor>& offset_cells, bool layer_norm, bool bf16_matmul) {
   Arguments args = parse(codes, std::move(params), std::move(running), height, width, std::move(freqs),
                          std::move(concat), layers, batch_norm, layer_norm, activation, activation_out, eps,
-                         norm_stats, modulation, mods, offset_basis, offset_cells);
+                         norm_stats, modulation, mods, offset_basis, offset_cells, bf16_matmul);
   const DecoderConfig& cfg = args.cfg;
   TORCH_CHECK_VALUE(codes.device().is_cpu(), "backward runs on the CPU only, got codes on ", codes.device());
   check_tensor(grad_colors, "grad_colors", codes, {cfg.batch, cfg.out_channels, height, width});
@@ -384,6 +393,27 @@ std::vector<Tensor> backward(const Tensor& grad_colors, const Tensor& codes, std
   return grads;
 }
 
+// y = bf16(x) bf16(w)^T in float32 for x (m, k) and w (n, k): the decoder's bf16 GEMM on its own, over
+// row tiles on OpenMP threads as the decoder runs it (for tests and benchmarks).
+Tensor bf16_linear(const Tensor& x, const Tensor& w) {
+  TORCH_CHECK_VALUE(bf16_gemm_supported(), "bf16_linear needs a CPU with AVX512-BF16");
+  TORCH_CHECK_VALUE(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1),
+                    "bf16_linear takes x (m, k) and w (n, k), got ", x.sizes(), " and ", w.sizes());
+  TORCH_CHECK_TYPE(x.scalar_type() == torch::kFloat32 && w.scalar_type() == torch::kFloat32 && x.device().is_cpu() &&
+                       w.device().is_cpu(), "bf16_linear takes float32 CPU tensors");
+  const Tensor xc = x.contiguous(), wc = w.contiguous();
+  const int64_t m = x.size(0), k = x.size(1), n = w.size(0), tile = decoder_tile_rows();
+  Tensor y = torch::empty({m, n}, x.options());
+  const float* xp = xc.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  pybind11::gil_scoped_release no_gil;
+  const Bf16PackedB packed(wc.data_ptr<float>(), k, n, true);
+#pragma omp parallel for schedule(static)
+  for (int64_t r0 = 0; r0 < m; r0 += tile)
+    bf16_gemm(xp + r0 * k, k, std::min(tile, m - r0), packed, false, yp + r0 * n, n);
+  return y;
+}
+
 bool built_with_cuda() {
 #ifdef FASTINR_WITH_CUDA
   return true;
@@ -402,18 +432,23 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("concat"), py::arg("layers"), py::arg("batch_norm"), py::arg("activation"),
         py::arg("activation_out"), py::arg("eps"), py::arg("norm_stats"), py::arg("save"),
         py::arg("modulation") = "none", py::arg("mods") = py::none(), py::arg("offset_basis") = py::none(),
-        py::arg("offset_cells") = py::none(), py::arg("layer_norm") = false);
+        py::arg("offset_cells") = py::none(), py::arg("layer_norm") = false, py::arg("bf16_matmul") = false);
   m.def("backward", &fastinr::backward,
         "gradients of codes, of every params tensor, of mods (when modulated) and of offset_cells (when given)",
         py::arg("grad_colors"), py::arg("codes"), py::arg("params"), py::arg("running"), py::arg("saved"),
         py::arg("height"), py::arg("width"), py::arg("freqs"), py::arg("concat"), py::arg("layers"),
         py::arg("batch_norm"), py::arg("activation"), py::arg("activation_out"), py::arg("eps"),
         py::arg("norm_stats"), py::arg("modulation") = "none", py::arg("mods") = py::none(),
-        py::arg("offset_basis") = py::none(), py::arg("offset_cells") = py::none(), py::arg("layer_norm") = false);
+        py::arg("offset_basis") = py::none(), py::arg("offset_cells") = py::none(), py::arg("layer_norm") = false,
+        py::arg("bf16_matmul") = false);
   m.def("built_with_cuda", &fastinr::built_with_cuda);
   m.def("elementwise_isa", &fastinr::elementwise_isa, "float activation kernels in use: avx512, avx2 or generic");
   m.def("elementwise_isas", &fastinr::elementwise_isas, "float activation kernel sets this CPU runs, fastest first");
   m.def("set_elementwise_isa", &fastinr::set_elementwise_isa, "use one of elementwise_isas()", py::arg("isa"));
+  m.def("bf16_gemm_supported", &fastinr::bf16_gemm_supported,
+        "whether this CPU runs the bf16 GEMM kernel (AVX512-BF16): bf16_matmul=True is then allowed");
+  m.def("bf16_linear", &fastinr::bf16_linear, "bf16(x) bf16(w)^T in float32 with the decoder's bf16 GEMM",
+        py::arg("x"), py::arg("w"));
   m.def("tile_rows", &fastinr::decoder_tile_rows);
   m.def("cached_block_bytes", &fastinr::cached_block_bytes, "bytes of freed saved-activation blocks kept for reuse");
   m.def("empty_block_cache", &fastinr::empty_block_cache, "return the cached saved-activation blocks to the system");

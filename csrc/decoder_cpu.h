@@ -37,6 +37,9 @@ struct DecoderConfig {
   NormStats norm_stats = NormStats::image;
   Modulation modulation = Modulation::none;
   int64_t offset_rank = 0;            // K of the input offset, 0: none
+  // The hidden layers' GEMMs (forward, input and weight gradients) with bf16 operands and float32
+  // accumulation (float only; set only where bf16_gemm_supported()). Everything else stays float32.
+  bool bf16_matmul = false;
 
   int64_t pixels() const { return height * width; }
   int64_t rows() const { return batch * pixels(); }

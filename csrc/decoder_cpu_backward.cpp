@@ -72,7 +72,7 @@ class Backward {
     for (int64_t i = 0; i < nb_; ++i)
       for (int64_t l = 0; l < cfg.layers; ++l) {
         const int64_t w = cfg.block_width(i);
-        input_gemm_.emplace_back(wts.weight[i * cfg.layers + l], w, w, false, rows);
+        input_gemm_.emplace_back(wts.weight[i * cfg.layers + l], w, w, false, rows, cfg.bf16_matmul);
       }
     out_input_gemm_.emplace_back(wts.w_out, cfg.out_channels, cfg.out_width(), false, rows);
   }
@@ -224,7 +224,7 @@ class Backward {
         } else {
           x = h;
         }
-        gemm(true, false, w, w, n, T(1), dz, w, x, w, T(1), acc + layout_.weight[i * L + l], w);
+        accumulate_tn(cfg_.bf16_matmul, w, w, n, dz, w, x, w, acc + layout_.weight[i * L + l], w);
         add_colsum(dz, n, w, w, acc + layout_.bias[i * L + l]);
         input_gemm_[i * L + l](dz, n, T(0), s.lc.data());
         dA = s.lc.data();

@@ -61,7 +61,7 @@ class Forward {
       for (int64_t l = 0; l < L; ++l) {
         const T* weight = wts.weight[i * L + l];
         if (l == 0 && fold_norms_) weight = fold_norm(i);
-        layer_gemm_.emplace_back(weight, w, w, true, rows);
+        layer_gemm_.emplace_back(weight, w, w, true, rows, cfg.bf16_matmul);
       }
     }
     out_gemm_.emplace_back(wts.w_out, cfg.out_channels, cfg.out_width(), true, rows);

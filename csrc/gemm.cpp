@@ -99,9 +99,13 @@ SingleThreadedBlas::~SingleThreadedBlas() {
 // In column-major terms the tile product is C^T (cols x n) = op'(W) X^T with W the BLAS's "A":
 // W stored (out x in) row-major is column-major (in x out), so op'(W) is 'T' for X W^T, 'N' for X W.
 template <typename T>
-TileGemm<T>::TileGemm(const T* w, int64_t out, int64_t in, bool transpose_w, int64_t max_rows)
+TileGemm<T>::TileGemm(const T* w, int64_t out, int64_t in, bool transpose_w, int64_t max_rows, bool bf16)
     : w_(w), out_(out), in_(in), transpose_w_(transpose_w) {
   if constexpr (std::is_same_v<T, float>) {
+    if (bf16 && bf16_gemm_supported() && out > 0 && in > 0) {
+      bf16_ = std::make_shared<Bf16PackedB>(w, transpose_w ? in : out, transpose_w ? out : in, transpose_w);
+      return;
+    }
     if (!pack_api().available() || out <= 0 || in <= 0 || max_rows <= 0) return;
     const int m = static_cast<int>(transpose_w ? out : in), k = static_cast<int>(transpose_w ? in : out);
     const int n = static_cast<int>(max_rows), ld = static_cast<int>(in);
@@ -117,6 +121,10 @@ template <typename T>
 void TileGemm<T>::operator()(const T* x, int64_t n, T beta, T* c) const {
   const int64_t inner = transpose_w_ ? in_ : out_, cols = transpose_w_ ? out_ : in_;
   if constexpr (std::is_same_v<T, float>) {
+    if (bf16_) {   // the decoder calls with beta 0 (overwrite) or 1 (add to the bias rows)
+      bf16_gemm(x, inner, n, *bf16_, beta != 0.0f, c, cols);
+      return;
+    }
     if (packed_ && n > 0) {
       const int m = static_cast<int>(cols), rows = static_cast<int>(n), k = static_cast<int>(inner);
       pack_api().compute("P", "N", &m, &rows, &k, packed_.get(), &m, x, &k, &beta, c, &m);
@@ -124,6 +132,19 @@ void TileGemm<T>::operator()(const T* x, int64_t n, T beta, T* c) const {
     }
   }
   gemm(false, transpose_w_, n, cols, inner, T(1), x, inner, w_, in_, beta, c, cols);
+}
+
+void accumulate_tn(bool bf16, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+                   int64_t ldb, float* c, int64_t ldc) {
+  if (bf16 && bf16_gemm_supported())
+    bf16_gemm_tn_accumulate(m, n, k, a, lda, b, ldb, c, ldc);
+  else
+    gemm(true, false, m, n, k, 1.0f, a, lda, b, ldb, 1.0f, c, ldc);
+}
+
+void accumulate_tn(bool, int64_t m, int64_t n, int64_t k, const double* a, int64_t lda, const double* b,
+                   int64_t ldb, double* c, int64_t ldc) {
+  gemm(true, false, m, n, k, 1.0, a, lda, b, ldb, 1.0, c, ldc);
 }
 
 template class TileGemm<float>;

@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <memory>
 
+#include "gemm_bf16.h"
+
 namespace fastinr {
 
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
@@ -14,11 +16,13 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double al
 // C (n x cols) = X (n x inner) op(W) + beta * C for one weight matrix W and many row tiles X:
 // op(W) = W^T (layer forward, W stored out x in) or W (input gradient). Where the BLAS offers
 // sgemm_pack / sgemm_compute (MKL), W is packed once into the BLAS's internal layout and every
-// tile skips re-packing it; otherwise (OpenBLAS, double) each call is a plain gemm.
+// tile skips re-packing it; otherwise (OpenBLAS, double) each call is a plain gemm. With `bf16`
+// (float only, on CPUs where bf16_gemm_supported()) W is rounded to bf16 and packed once for the
+// bf16 kernel instead, and every tile is rounded to bf16 on its way in (gemm_bf16.h).
 template <typename T>
 class TileGemm {
  public:
-  TileGemm(const T* w, int64_t out, int64_t in, bool transpose_w, int64_t max_rows);
+  TileGemm(const T* w, int64_t out, int64_t in, bool transpose_w, int64_t max_rows, bool bf16 = false);
   void operator()(const T* x, int64_t n, T beta, T* c) const;
   bool packed() const { return packed_ != nullptr; }
 
@@ -29,7 +33,15 @@ class TileGemm {
   // MKL asks for a fixed ~8 MB per matrix but writes only what the matrix needs: left
   // uninitialised, the untouched pages never become resident.
   std::shared_ptr<float[]> packed_;
+  std::shared_ptr<Bf16PackedB> bf16_;
 };
+
+// C (m x n) += A^T B for one row tile (a weight gradient): bf16 operands with `bf16` (float, where
+// bf16_gemm_supported()), else the BLAS in T. A is (k x m), B (k x n), row-major.
+void accumulate_tn(bool bf16, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+                   int64_t ldb, float* c, int64_t ldc);
+void accumulate_tn(bool bf16, int64_t m, int64_t n, int64_t k, const double* a, int64_t lda, const double* b,
+                   int64_t ldb, double* c, int64_t ldc);
 
 // Whether this process's BLAS offers packed weights (reported by the extension for benchmarks).
 bool blas_packs_weights();

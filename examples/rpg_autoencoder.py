@@ -46,7 +46,7 @@ except ImportError:  # running from a source checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import fastinr
 from fastinr.activations import ACTIVATIONS, canonical_activation
-from fastinr.backend import BACKENDS, resolve_backend
+from fastinr.backend import BACKENDS, native_bf16_matmul, resolve_backend
 from fastinr.conv_decoder import ConvDecoder
 from fastinr.data import augment_batch, load_tiles_uint8, split_tiles, stream_indices
 from fastinr.inr_decoder import CONDITIONINGS, EMBEDDINGS, NORMS, OUTPUTS, INRDecoder
@@ -230,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
                      help="write TensorBoard event files into the output folder (on by default; "
                           "a resumed run appends to them)")
+    run.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="fp32",
+                     help="bf16: the training step and evaluation under torch.autocast(bfloat16); "
+                          "auto: bf16 where the native backend has the CPU's bf16 GEMMs, else fp32")
     return p
 
 
@@ -406,14 +409,28 @@ def subpixel_jitter(step: int, cfg: dict, device: torch.device) -> torch.Tensor:
     return jitter.to(device)
 
 
+def precision_of(cfg: dict, device: torch.device) -> str:
+    """--precision resolved: auto is bf16 where the native backend runs bf16 GEMMs on this CPU."""
+    precision = cfg.get("precision", "fp32")   # runs saved before the flag were float32
+    if precision == "auto":
+        return "bf16" if native_bf16_matmul(device) and decoder_backend(cfg, device) == "native" else "fp32"
+    return precision
+
+
+def autocast(precision: str, device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def train_step(model, optimizer, scheduler, images: torch.Tensor,
-               jitter: torch.Tensor = None, check=None) -> torch.Tensor:
+               jitter: torch.Tensor = None, precision: str = "fp32", check=None) -> torch.Tensor:
     """One optimizer step on the L1 reconstruction loss; returns the loss (detached).
 
     With `jitter` (H, W, 2), each pixel is queried off its centre and its target stays that pixel.
     `check(loss)` runs after backward and before the optimizer step (it raises to skip the step)."""
     optimizer.zero_grad(set_to_none=True)
-    loss = F.l1_loss(model(images) if jitter is None else model(images, jitter=jitter), images)
+    with autocast(precision, images.device):
+        out = model(images) if jitter is None else model(images, jitter=jitter)
+    loss = F.l1_loss(out.float(), images)
     loss.backward()
     if check is not None:
         check(loss)
@@ -423,7 +440,7 @@ def train_step(model, optimizer, scheduler, images: torch.Tensor,
 
 
 @torch.no_grad()
-def evaluate(model, val_tiles: torch.Tensor, train_mode: bool = False) -> dict:
+def evaluate(model, val_tiles: torch.Tensor, train_mode: bool = False, precision: str = "fp32") -> dict:
     """Validation L1, PSNR, Sobel-edge L1 and spread, outputs clamped to [0, 1].
 
     In eval mode, or with `train_mode` in training mode (BatchNorm then normalizes with the
@@ -437,7 +454,8 @@ def evaluate(model, val_tiles: torch.Tensor, train_mode: bool = False) -> dict:
     with fastinr.local_running_stats(model):
         for start in range(0, len(val_tiles), EVAL_CHUNK):
             images = val_tiles[start:start + EVAL_CHUNK].float().div_(255.0)
-            recon = model(images).clamp_(0, 1)
+            with autocast(precision, images.device):
+                recon = model(images).float().clamp_(0, 1)
             diff = recon - images
             abs_sum += diff.abs().sum().item()
             sq_sum += diff.square().sum().item()
@@ -618,7 +636,7 @@ def describe_run(cfg, model, backend, device, dist, n_train, n_val, total_steps,
         f"model: {cfg['encoder']} encoder ({counts['encoder']:,} parameters) -> code "
         f"{cfg['code_size']} -> {describe_decoder(cfg)} decoder ({counts['decoder']:,} "
         f"parameters, {decoder_macs_per_pixel(model.decoder, SHAPE[1:]):,.0f} MACs per pixel); "
-        f"backend {backend} on {device}"
+        f"backend {backend} on {device}, precision {precision_of(cfg, device)}"
         + (f"; {dist.world_size} processes" if dist.enabled else ""),
     ]
     budget = f"budget {total_steps * batch:,} training images ({total_steps:,} steps of {batch})"
@@ -680,6 +698,7 @@ class Training:
         except FileNotFoundError as err:  # resnet18 ImageNet weights not on disk
             raise SystemExit(f"error: {err}")
         self.backend = decoder_backend(cfg, device)
+        self.precision = precision_of(cfg, device)
         self.train_model = self.model
         if dist.enabled:
             # Each process's BatchNorm running statistics see every image of the global batch.
@@ -747,7 +766,8 @@ class Training:
             return None
         row = {"images": self.step * self.batch, "step": self.step,
                "train_l1": (totals[0] / totals[1]).item() if totals[1] > 0 else None,
-               **evaluate(self.model, self.val_tiles), "lr": self.optimizer.param_groups[0]["lr"],
+               **evaluate(self.model, self.val_tiles, precision=self.precision),
+               "lr": self.optimizer.param_groups[0]["lr"],
                "images_per_second": (interval_images / interval_seconds if interval_seconds
                                      else None),
                "elapsed_s": self.train_seconds}
@@ -830,7 +850,7 @@ class Training:
                                     dist.world_size)
             jitter = subpixel_jitter(self.step, cfg, self.device) if cfg["subpixel"] else None
             loss = train_step(self.train_model, self.optimizer, self.scheduler, images, jitter,
-                              check=self.check_finite)
+                              self.precision, check=self.check_finite)
             self.loss_acc += torch.stack([loss.double(), loss.new_ones((), dtype=torch.float64)])
             self.step += 1
             step = self.step
@@ -875,7 +895,7 @@ class Training:
         final = self.history[-1]
         # The per-image BatchNorm hypothesis: the seed's eval mode (running statistics) against
         # its training mode (each image's own statistics) on the same final weights.
-        bn_train = (evaluate(model, self.val_tiles, train_mode=True)
+        bn_train = (evaluate(model, self.val_tiles, train_mode=True, precision=self.precision)
                     if per_image_batch_norm(cfg) and status != "diverged" else None)
         summary = {
             "status": status, "divergence": self.divergence,

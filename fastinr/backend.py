@@ -94,3 +94,12 @@ def resolve_backend(requested: str = "auto", device="cpu"):
         warnings.warn(f"fastinr: backend {preferred!r} is unavailable on {device.type} ({reason}); "
                       f"using the 'torch' reference backend", RuntimeWarning, stacklevel=3)
     return "torch", _load("torch")[0].decode
+
+
+def native_bf16_matmul(device="cpu") -> bool:
+    """Whether bfloat16 autocast on `device` runs the native backend's bf16 GEMMs: a CPU with
+    AVX512-BF16 and the extension loaded (never raises)."""
+    if torch.device(device).type != "cpu":
+        return False
+    module, _ = _load("native")
+    return module is not None and module.bf16_matmul()

@@ -8,8 +8,17 @@ Same contract as `fastinr.reference.decode`:
 The C++ core runs the whole MLP on row tiles of 128 pixels of one image with OpenMP; with batch
 statistics BatchNorm it makes one pass over the tiles per block (statistics, then apply). Gradients
 flow to codes and every tensor of params through one torch.autograd.Function. Eval renders (no
-gradient needed) stream tiles and keep O(output) memory. float16 / bfloat16 inputs and autocast
-regions are handed to the reference (the core computes in float32 and float64).
+gradient needed) stream tiles and keep O(output) memory.
+
+bfloat16 runs natively where torch's own ops would compute in it on the CPU: inside
+torch.autocast("cpu", dtype=torch.bfloat16) (float32 tensors) and for bfloat16 codes and
+parameters. The block layers' GEMMs then take bf16 operands with float32 accumulation, as torch's
+autocast matmuls do, on CPUs with AVX512-BF16 (bf16_matmul_supported()); activations, epilogues,
+normalization statistics and the narrow first and last layers stay float32. Colors and statistics
+come back in the parameters' dtype, as the reference's do (under autocast its output bias promotes
+the bf16 matmul to float32). Where the CPU lacks the instructions, or after set_bf16_matmul(False)
+(or FASTINR_NATIVE_BF16=0 in the environment), the same call runs the float32 GEMMs instead.
+float16 (tensors or autocast) is handed to the reference.
 
 The saved activations of a training step live in blocks the extension reuses from step to step
 (a fresh mmap, its page faults and munmap cost 15-30% of a step otherwise); `cached_bytes()` says
@@ -17,6 +26,7 @@ how much freed memory it keeps for that, `empty_cache()` returns it to the syste
 
 Importing this module imports the extension; fastinr.backend catches the failure when it is not built.
 """
+import os
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -44,6 +54,34 @@ def cached_bytes() -> int:
 def empty_cache() -> None:
     """Return the cached saved-activation blocks to the system (like torch.cuda.empty_cache)."""
     _C.empty_block_cache()
+
+
+_bf16_matmul_enabled = os.environ.get("FASTINR_NATIVE_BF16", "1") != "0"
+
+
+def bf16_matmul_supported() -> bool:
+    """True where the CPU runs the core's bf16 GEMM kernel (AVX512-BF16), checked at run time."""
+    return bool(_C.bf16_gemm_supported())
+
+
+def set_bf16_matmul(enabled: bool) -> None:
+    """Allow (the default) or forbid the bf16 GEMMs; forbidden, bfloat16 calls run float32 GEMMs."""
+    global _bf16_matmul_enabled
+    _bf16_matmul_enabled = bool(enabled)
+
+
+def bf16_matmul() -> bool:
+    """Whether bfloat16 calls (autocast or bf16 tensors) run their GEMMs in bf16 right now."""
+    return _bf16_matmul_enabled and bf16_matmul_supported()
+
+
+def reduced_precision(codes: torch.Tensor) -> Optional[torch.dtype]:
+    """The 16-bit dtype torch's own matmuls would take for this call (the autocast dtype for
+    float32 / 16-bit codes inside torch.autocast, else the codes' dtype), None for full precision."""
+    if torch.is_autocast_enabled(codes.device.type) and codes.dtype != torch.float64:
+        dtype = torch.get_autocast_dtype(codes.device.type)
+        return dtype if dtype in (torch.bfloat16, torch.float16) else None
+    return codes.dtype if codes.dtype in (torch.bfloat16, torch.float16) else None
 
 
 def _config(spec: DecoderSpec, shape: Tuple[int, int], norm_stats: str) -> dict:
@@ -96,17 +134,46 @@ def decode(codes: torch.Tensor, params: DecoderParams, spec: DecoderSpec, shape:
     if codes.shape[1] != spec.code_size:
         raise ValueError(f"codes must have {spec.code_size} channels (spec.code_size), got "
                          f"{tuple(codes.shape)}")
-    if codes.dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled(codes.device.type):
-        # the C++ core computes in float32 / float64; reduced precision follows the reference's rules
+    reduced = reduced_precision(codes)
+    if reduced == torch.float16 or (reduced is not None and not supports(codes.device)):
+        # no float16 GEMMs in the core, and the CUDA render is float32 / float64
         return reference.decode(codes, params, spec, shape, norm_stats, running, mods, input_offset)
     reference.check_mods(spec, codes.shape[0], mods)
     reference.check_input_offset(spec, codes.shape[0], shape, input_offset)
     config = _config(spec, shape, norm_stats)
+    tensors = params.flat()
+    if reduced == torch.bfloat16:
+        return _decode_bf16(codes, tensors, spec, config, running, mods, input_offset)
     if not supports(codes.device):
         if mods is not None or input_offset is not None or spec.layer_norm:
             raise ValueError("the native backend renders on CUDA without modulation, input_offset or "
                              "LayerNorm only; use the triton or torch backend for these decoders on the GPU")
         return _render(codes, params, spec, config, running), []
+    return _decode_cpu(codes, tensors, spec, config, running, mods, input_offset)
+
+
+def _decode_bf16(codes, tensors, spec, config, running, mods, input_offset):
+    """A bfloat16 call (autocast or bf16 tensors): float32 tensors into the core with bf16 GEMMs
+    (where the CPU has them), colors back in the parameters' dtype."""
+    if not torch.is_autocast_enabled(codes.device.type):
+        for name, t in (("mods", mods), *((f"params[{k}]", t) for k, t in enumerate(tensors))):
+            if t is not None and t.dtype != codes.dtype:
+                raise TypeError(f"{name} has dtype {t.dtype} but codes have {codes.dtype}; outside "
+                                f"torch.autocast every tensor must share the codes' dtype")
+    as_float = lambda t: None if t is None else t.float()   # differentiable; no copy for float32
+    if input_offset is not None:
+        input_offset = reference.InputOffset(as_float(input_offset.basis), as_float(input_offset.cells))
+    running = [(as_float(mean), as_float(var)) for mean, var in running]
+    config = dict(config, bf16_matmul=bf16_matmul())
+    colors, stats = _decode_cpu(codes.float(), [t.float() for t in tensors], spec, config, running,
+                                as_float(mods), input_offset)
+    dtype = tensors[-1].dtype
+    return colors.to(dtype), [BlockStats(s.mean.to(dtype), s.var.to(dtype), s.count) for s in stats]
+
+
+def _decode_cpu(codes, tensors, spec, config, running, mods, input_offset):
+    """The fused CPU forward (and backward through _NativeDecode) for checked arguments."""
+    norm_stats = config["norm_stats"]
     flat_running = []
     if spec.batch_norm and norm_stats == "running":
         if len(running) != spec.num_blocks:
@@ -114,7 +181,6 @@ def decode(codes: torch.Tensor, params: DecoderParams, spec: DecoderSpec, shape:
                              f"blocks with norm_stats='running', got {len(running)}")
         flat_running = [t.detach() for pair in running for t in pair]
     stats_out = []
-    tensors = params.flat()
     # Only keep activations for a backward that can happen (needs_input_grad ignores no_grad).
     basis, cells = input_offset if input_offset is not None else (None, None)
     inputs = [t for t in (codes, mods, cells, *tensors) if t is not None]

@@ -397,15 +397,6 @@ def test_bad_inputs_raise_clear_errors():
         native.decode(codes.long(), params, spec, (4, 4))
 
 
-def test_reduced_precision_is_handed_to_the_reference():
-    spec = make_spec(hidden=8)
-    params, _ = make_params(spec, torch.bfloat16, requires_grad=False)
-    codes = torch.randn(2, spec.code_size, dtype=torch.bfloat16)
-    ours, _ = native.decode(codes, params, spec, (4, 5))
-    ref, _ = reference.decode(codes, params, spec, (4, 5))
-    assert ours.dtype == torch.bfloat16 and torch.equal(ours, ref)
-
-
 MODULATED = [("film", True, "image"), ("film", False, "image"), ("shift", True, "batch"), ("film", True, "running"),
              ("shift", False, "image")]
 

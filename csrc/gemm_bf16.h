@@ -1,0 +1,56 @@
+// Row-major GEMMs with bfloat16 operands and float32 accumulation and results, for the decoder's
+// hidden layers under bfloat16 autocast: float inputs are rounded to bf16 (nearest even) on the way
+// in, products are summed in float32 and C stays float32. The kernel uses AVX512-BF16 (vdpbf16ps)
+// and is only called after a run-time CPU check (bf16_gemm_supported); elsewhere the decoder keeps
+// its float32 GEMMs.
+//
+// B operands are packed in the kernel's layout: K in pairs, N in blocks of 32 columns,
+// packed[((nb * K2 + k2) * 32 + c) * 2 + (k & 1)] = B[k][nb * 32 + c], K2 = ceil(K / 2), zero padded.
+#pragma once
+#include <cstdint>
+#include <memory>
+
+namespace fastinr {
+
+// The CPU runs the bf16 kernel (x86-64 with AVX512F/BW/VL and AVX512-BF16).
+bool bf16_gemm_supported();
+
+// B (k x n) packed once, from row-major float W: B = W^T when W is stored (n x k) (transpose_w), else
+// B = W stored (k x n).
+class Bf16PackedB {
+ public:
+  Bf16PackedB(const float* w, int64_t k, int64_t n, bool transpose_w);
+  int64_t k() const { return k_; }
+  int64_t n() const { return n_; }
+  const uint16_t* data() const { return packed_.get(); }
+
+ private:
+  int64_t k_, n_;
+  std::shared_ptr<uint16_t[]> packed_;
+};
+
+// C (m x b.n, row stride ldc) = bf16(X) B (+ C when accumulate); X (m x b.k) float, row stride ldx.
+void bf16_gemm(const float* x, int64_t ldx, int64_t m, const Bf16PackedB& b, bool accumulate, float* c,
+               int64_t ldc);
+
+// C (m x n) += bf16(A)^T bf16(B) for A (k x m) and B (k x n) row-major float: a weight gradient
+// summed over k rows.
+void bf16_gemm_tn_accumulate(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+                             int64_t ldb, float* c, int64_t ldc);
+
+namespace detail {
+// The AVX512-BF16 kernel (gemm_bf16_avx512.cpp): C (m x n) = A B (+ C), A in bf16 with the pair
+// (A[r][2k], A[r][2k+1]) at a + r * a_row + k * a_pair, B packed as above.
+void bf16_kernel_avx512(const uint16_t* a, int64_t a_row, int64_t a_pair, int64_t m, const uint16_t* b, int64_t k2,
+                        int64_t n, bool accumulate, float* c, int64_t ldc);
+// n rows of float (stride ldx, k values) to bf16 rows of 2 ceil(k / 2) values (zero padded).
+void bf16_rows_avx512(const float* x, int64_t ldx, int64_t n, int64_t k, uint16_t* out);
+// X (k x n) float, row stride ldx, to bf16 pairs of rows in column blocks of `block` (a multiple of 16):
+// out[((c / block) * K2 + k2) * 2 * block + (c % block) * 2 + (kk & 1)] = X[kk][c], K2 = ceil(k / 2); odd
+// k reads a zero row, columns past n in a 16-column chunk are written as zeros (padding no chunk reaches
+// is left as it was: the kernel never stores those columns). With block 32 this is
+// the packed B layout; with one block of width >= n, A^T with its pairs along X's rows.
+void bf16_pairs_avx512(const float* x, int64_t ldx, int64_t k, int64_t n, int64_t block, uint16_t* out);
+}  // namespace detail
+
+}  // namespace fastinr

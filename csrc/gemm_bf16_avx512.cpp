@@ -1,0 +1,136 @@
+// The bf16 GEMM kernel for AVX512-BF16 (x86-64 only); gemm_bf16.cpp calls it only after checking the
+// CPU, so the rest of the extension stays generic x86-64.
+//
+// Register tile: up to 12 rows x 32 columns of C in 24 zmm accumulators; per pair of K, two zmm of
+// packed B and one broadcast pair of A per row feed vdpbf16ps (32 multiply-adds each).
+#if defined(__x86_64__) || defined(_M_X64)
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512bf16")
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <utility>
+
+#include "gemm_bf16.h"
+
+namespace fastinr {
+namespace detail {
+namespace {
+
+constexpr int kRows = 12;
+
+// The pair (A[r][2k], A[r][2k+1]) is at a + r * a_row + k * a_pair (in bf16 values).
+template <int MR>
+inline void tile(const uint16_t* a, int64_t a_row, int64_t a_pair, const uint16_t* b, int64_t k2, __mmask16 mask0,
+                 __mmask16 mask1, bool accumulate, float* c, int64_t ldc) {
+  __m512 acc0[MR], acc1[MR];
+#pragma GCC unroll 12
+  for (int r = 0; r < MR; ++r) acc0[r] = acc1[r] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < k2; ++k) {
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b + k * 64);
+    const __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + k * 64 + 32);
+#pragma GCC unroll 12
+    for (int r = 0; r < MR; ++r) {
+      int32_t pair;
+      std::memcpy(&pair, a + r * a_row + k * a_pair, sizeof(pair));
+      const __m512bh ar = (__m512bh)_mm512_set1_epi32(pair);
+      acc0[r] = _mm512_dpbf16_ps(acc0[r], ar, b0);
+      acc1[r] = _mm512_dpbf16_ps(acc1[r], ar, b1);
+    }
+  }
+#pragma GCC unroll 12
+  for (int r = 0; r < MR; ++r) {
+    float* row = c + r * ldc;
+    if (accumulate) {
+      acc0[r] = _mm512_add_ps(acc0[r], _mm512_maskz_loadu_ps(mask0, row));
+      acc1[r] = _mm512_add_ps(acc1[r], _mm512_maskz_loadu_ps(mask1, row + 16));
+    }
+    _mm512_mask_storeu_ps(row, mask0, acc0[r]);
+    _mm512_mask_storeu_ps(row + 16, mask1, acc1[r]);
+  }
+}
+
+using TileFn = void (*)(const uint16_t*, int64_t, int64_t, const uint16_t*, int64_t, __mmask16, __mmask16, bool,
+                        float*, int64_t);
+
+template <int... R>
+constexpr TileFn tile_for(int rows, std::integer_sequence<int, R...>) {
+  constexpr TileFn fns[] = {tile<R + 1>...};
+  return fns[rows - 1];
+}
+
+inline __mmask16 lanes(int64_t count) {
+  return count >= 16 ? __mmask16(0xFFFF) : count <= 0 ? __mmask16(0) : __mmask16((1u << count) - 1);
+}
+
+}  // namespace
+
+void bf16_kernel_avx512(const uint16_t* a, int64_t a_row, int64_t a_pair, int64_t m, const uint16_t* b, int64_t k2,
+                        int64_t n, bool accumulate, float* c, int64_t ldc) {
+  for (int64_t n0 = 0; n0 < n; n0 += 32) {
+    const uint16_t* block = b + (n0 / 32) * k2 * 64;
+    const __mmask16 mask0 = lanes(n - n0), mask1 = lanes(n - n0 - 16);
+    for (int64_t m0 = 0; m0 < m; m0 += kRows) {
+      const int rows = static_cast<int>(std::min<int64_t>(kRows, m - m0));
+      const TileFn fn = tile_for(rows, std::make_integer_sequence<int, kRows>());
+      fn(a + m0 * a_row, a_row, a_pair, block, k2, mask0, mask1, accumulate, c + m0 * ldc + n0, ldc);
+    }
+  }
+}
+
+void bf16_rows_avx512(const float* x, int64_t ldx, int64_t n, int64_t k, uint16_t* out) {
+  const int64_t kp = (k + 1) / 2 * 2;
+  for (int64_t j = 0; j < n; ++j) {
+    const float* src = x + j * ldx;
+    uint16_t* dst = out + j * kp;
+    for (int64_t i = 0; i < kp; i += 16) {
+      const __mmask16 in = lanes(k - i), keep = lanes(kp - i);
+      const __m256bh v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(in, src + i));
+      _mm256_mask_storeu_epi16(dst + i, keep, (__m256i)v);
+    }
+  }
+}
+
+void bf16_pairs_avx512(const float* x, int64_t ldx, int64_t k, int64_t n, int64_t block, uint16_t* out) {
+  // vcvtne2ps2bf16 gives [row 2k2 (16 values) | row 2k2+1 (16)]; this permutation interleaves them
+  alignas(64) uint16_t order[32];
+  for (int j = 0; j < 32; ++j) order[j] = static_cast<uint16_t>((j & 1) * 16 + j / 2);
+  const __m512i interleave = _mm512_load_si512(order);
+  const int64_t k2n = (k + 1) / 2;
+  for (int64_t k2 = 0; k2 < k2n; ++k2) {
+    const float* row0 = x + 2 * k2 * ldx;
+    const float* row1 = row0 + ldx;
+    const bool has_row1 = 2 * k2 + 1 < k;
+    for (int64_t c0 = 0; c0 < n; c0 += 16) {
+      const __mmask16 valid = lanes(n - c0);
+      const __m512 lo = _mm512_maskz_loadu_ps(valid, row0 + c0);
+      const __m512 hi = has_row1 ? _mm512_maskz_loadu_ps(valid, row1 + c0) : _mm512_setzero_ps();
+      const __m512i both = _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+      _mm512_storeu_si512(out + ((c0 / block) * k2n + k2) * 2 * block + (c0 % block) * 2, both);
+    }
+  }
+}
+
+}  // namespace detail
+}  // namespace fastinr
+#else
+#include <stdexcept>
+
+#include "gemm_bf16.h"
+
+namespace fastinr {
+namespace detail {
+// Never called: bf16_gemm_supported() is false off x86-64.
+void bf16_kernel_avx512(const uint16_t*, int64_t, int64_t, int64_t, const uint16_t*, int64_t, int64_t, bool, float*,
+                        int64_t) {
+  throw std::logic_error("fastinr: no bf16 GEMM kernel on this architecture");
+}
+void bf16_rows_avx512(const float*, int64_t, int64_t, int64_t, uint16_t*) {
+  throw std::logic_error("fastinr: no bf16 GEMM kernel on this architecture");
+}
+void bf16_pairs_avx512(const float*, int64_t, int64_t, int64_t, int64_t, uint16_t*) {
+  throw std::logic_error("fastinr: no bf16 GEMM kernel on this architecture");
+}
+}  // namespace detail
+}  // namespace fastinr
+#endif
