@@ -7,7 +7,7 @@ Load that arrives mid-run slows both calls of a round alike, so the ratios stay 
 plain times do not. pytest-benchmark's own table holds the provider's times from those rounds.
 
 The summary at the end gives, per workload and provider: the median time with its quartiles,
-GFLOP/s under one FLOP convention (`useful_flops`: the work of the batched algorithm, credited
+GFLOP/s under one FLOP convention (`measure.decoder_flops`: the work of the batched algorithm, credited
 alike to every provider, so GFLOP/s ratios are speed ratios), its share of the GEMM rate measured
 in the same run (float32 or bfloat16 by the provider's precision), and the median speed-up over
 the baseline with its quartiles. A winner is called only where its speed-up's lower quartile

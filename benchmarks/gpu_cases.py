@@ -27,6 +27,7 @@ import time
 import torch
 
 from benchmarks.gpu_checks import precision_context
+from benchmarks.measure import decoder_flops
 
 SEED = dict(num_input_channels=102, num_output_channels=3, num_hidden=256, num_blocks=2,
             num_layers_per_block=2, pos_embedding_freqs=(7.0, 17.0))
@@ -46,15 +47,12 @@ def seed_spec(dry_run: bool) -> dict:
     return dict(SEED, num_hidden=DRY_RUN_HIDDEN) if dry_run else dict(SEED)
 
 
-def decoder_flops(spec, batch, pixels, train):
-    """Multiply-adds x 2 of the decoder's matmuls (the code projection per image, the embedding
-    projection and every Linear per pixel); a training step adds two more for the gradients,
-    less the embedding projection's input gradient, which nothing needs."""
-    hidden, embedding = spec["num_hidden"], (2 * len(spec["pos_embedding_freqs"]) + 1) * 2
-    per_pixel = embedding * hidden + spec["num_blocks"] * spec["num_layers_per_block"] * hidden ** 2
-    per_pixel += hidden * spec["num_output_channels"]
-    forward = 2 * (batch * spec["num_input_channels"] * hidden + batch * pixels * per_pixel)
-    return 3 * forward - 2 * batch * pixels * embedding * hidden if train else forward
+def spec_flops(spec, batch, pixels, train):
+    """The FLOP convention of every table (benchmarks/measure.py) for a decoder spec."""
+    return decoder_flops(batch, pixels, spec["num_input_channels"],
+                         (2 * len(spec["pos_embedding_freqs"]) + 1) * 2, spec["num_hidden"],
+                         spec["num_blocks"] * spec["num_layers_per_block"],
+                         spec["num_output_channels"], train)
 
 
 def _model(provider, spec, state, device):
@@ -181,7 +179,7 @@ def run_workload(name, kind, batch, shape, precision, providers, rounds, dry_run
     codes = torch.randn(batch, spec["num_input_channels"], device=device)
     target = torch.rand(batch, spec["num_output_channels"], *shape, device=device)
     pixels = shape[0] * shape[1]
-    flops = decoder_flops(spec, batch, pixels, kind == "train")
+    flops = spec_flops(spec, batch, pixels, kind == "train")
     flush = torch.empty(L2_FLUSH_BYTES if device.type == "cuda" else 2 ** 20, dtype=torch.int8,
                         device=device)
     steps = {}

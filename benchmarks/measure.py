@@ -1,6 +1,6 @@
 """What every speed run shares: the FLOP convention, the GEMM ceiling, bf16 hardware, timing.
 
-One FLOP convention for every table (`useful_flops`), stated once here; benchmarks/conftest.py,
+One FLOP convention for every table (`decoder_flops`), stated once here; benchmarks/conftest.py,
 native_perf.py and gpu_report.py credit every provider with it.
 """
 import statistics
@@ -9,15 +9,17 @@ import time
 import torch
 
 
-def useful_flops(batch: int, pixels: int, code: int, embedding: int, hidden: int, layers: int,
-                 out: int) -> float:
-    """FLOPs of one decode by the batched algorithm: per pixel the embedding's share of the first
-    layer, the hidden layers and the output layer; per image the code's share of the first layer
-    (2 FLOPs per multiply-add; normalizations and activations not counted). The seed's loop does
-    more (its first layer sees code ⊕ embedding at every pixel), but every provider is credited
-    with this same count."""
+def decoder_flops(batch: int, pixels: int, code: int, embedding: int, hidden: int, layers: int,
+                  out: int, train: bool) -> float:
+    """FLOPs (2 per multiply-add) of one decode by the batched algorithm: per image the code's
+    share of the first layer, per pixel the embedding's share, the hidden layers and the output
+    layer; a training step adds two more of each for the gradients, less the embedding
+    projection's input gradient, which nothing needs. Normalizations and activations are not
+    counted. The seed's loop does more (its first layer sees code + embedding at every pixel),
+    but every provider is credited with this same count, so GFLOP/s ratios are speed ratios."""
     per_pixel = embedding * hidden + layers * hidden * hidden + hidden * out
-    return 2.0 * (batch * pixels * per_pixel + batch * code * hidden)
+    forward = 2.0 * (batch * code * hidden + batch * pixels * per_pixel)
+    return 3 * forward - 2.0 * batch * pixels * embedding * hidden if train else forward
 
 
 def has_bf16_units(device: torch.device) -> bool:

@@ -12,8 +12,8 @@ With --precision bf16 or both (the default), every provider also runs under
 torch.autocast("cpu", dtype=torch.bfloat16) ("<provider> bf16"; native then takes its bf16 GEMMs
 where the CPU has AVX512-BF16, see fastinr.native).
 Times are medians over rounds that call every provider once (the load of a shared machine
-changes during a run); GFLOP/s counts the seed's FLOPs (first layer on code ⊕ embedding per pixel) and
-is compared with GEMM rates timed in the same rounds (torch.mm 4096x256 @ 256x256, eight per round,
+changes during a run); GFLOP/s counts the FLOPs of benchmarks/measure.py's convention (the
+batched algorithm's work, credited alike to every provider) and is compared with GEMM rates timed in the same rounds (torch.mm 4096x256 @ 256x256, eight per round,
 float32 and bfloat16) on the same threads: float32 providers against the float32 rate, bf16
 providers against the bf16 one.
 """
@@ -29,6 +29,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import fastinr  # noqa: E402
+from benchmarks.measure import decoder_flops  # noqa: E402
 from fastinr.seed_loop import SeedLoopDecoder  # noqa: E402
 
 CODE, HIDDEN, BLOCKS, LAYERS, OUT, FREQS = 102, 256, 2, 2, 3, (7, 17)
@@ -55,9 +56,9 @@ def make_model(provider):
     return torch.compile(model) if provider == "compiled" else model
 
 
-def flops_per_pixel():
-    emb = (2 * len(FREQS) + 1) * 2
-    return 2 * ((CODE + emb) * HIDDEN + BLOCKS * LAYERS * HIDDEN * HIDDEN + HIDDEN * OUT)
+def flops(batch, pixels, train):
+    return decoder_flops(batch, pixels, CODE, (2 * len(FREQS) + 1) * 2, HIDDEN, BLOCKS * LAYERS,
+                         OUT, train)
 
 
 def median_time(fn, repeat, warmup=1):
@@ -194,11 +195,11 @@ def main():
     def with_precisions(names):
         return [name + suffix for suffix in precisions for name in names]
 
-    def report(results, rates, pixels, flops, extra=lambda provider: ""):
+    def report(results, rates, pixels, work, extra=lambda provider: ""):
         for provider, seconds in results.items():
             bf16 = split(provider)[1]
             base = "seed-loop" + (" bf16" if bf16 else "")   # each precision against its own seed loop
-            gflops = flops * pixels / seconds / 1e9
+            gflops = work / seconds / 1e9
             print(f"  {provider:15s} {seconds * 1e3:9.1f} ms  {pixels / seconds / 1e6:7.2f} Mpx/s  "
                   f"{gflops:6.1f} GFLOP/s ({100 * gflops / rates[bf16]:3.0f}% of torch.mm "
                   f"{'bf16' if bf16 else 'fp32'}){extra(provider)}  speed-up vs {base} "
@@ -211,7 +212,7 @@ def main():
           f"(median of {args.repeat})")
     results, rates = timed_with_gemm_rates({provider: train_step(provider, args.batch, shape)
                                             for provider in providers}, args.repeat, warmup=2)
-    report(results, rates, pixels, 3 * flops_per_pixel())
+    report(results, rates, pixels, flops(args.batch, shape[0] * shape[1], train=True))
 
     size, batch = args.render_size, args.render_batch
     print(f"\neval render, {batch} codes at {size}x{size} (median of {args.repeat}), peak-RSS growth "
@@ -219,7 +220,7 @@ def main():
     render_results, rates = timed_with_gemm_rates({provider: render(provider, batch, (size, size))
                                                    for provider in with_precisions(["seed-loop", "torch", "native"])},
                                                   args.repeat)
-    report(render_results, rates, batch * size * size, flops_per_pixel(),
+    report(render_results, rates, batch * size * size, flops(batch, size * size, train=False),
            lambda provider: f"  peak-RSS growth {rss_growth(provider, batch, size):8.1f} MiB")
 
 

@@ -15,7 +15,7 @@ import torch
 import fastinr
 from conftest import BASELINE, DEVICE
 from fastinr.seed_loop import SeedLoopDecoder
-from measure import has_bf16_units, useful_flops
+from measure import decoder_flops, has_bf16_units
 
 SEED_CONFIG = dict(num_input_channels=102, num_hidden=256, num_blocks=2, num_layers_per_block=2,
                    batch_norm=True, activation="gelu", activation_out="sigmoid")
@@ -81,11 +81,11 @@ def render_fn(provider):
 
 WORKLOADS = {
     f"train step {TRAIN_BATCH}x{TRAIN_SHAPE[0]}x{TRAIN_SHAPE[1]}":
-        (train_step_fn, 3 * useful_flops(TRAIN_BATCH, TRAIN_SHAPE[0] * TRAIN_SHAPE[1], 102,
-                                         EMBEDDING, 256, 4, 3)),  # forward + 2x backward
+        (train_step_fn, decoder_flops(TRAIN_BATCH, TRAIN_SHAPE[0] * TRAIN_SHAPE[1], 102,
+                                      EMBEDDING, 256, 4, 3, train=True)),
     f"render {RENDER_BATCH}x{RENDER_SHAPE[0]}x{RENDER_SHAPE[1]}":
-        (render_fn, useful_flops(RENDER_BATCH, RENDER_SHAPE[0] * RENDER_SHAPE[1], 102, EMBEDDING,
-                                 256, 4, 3)),
+        (render_fn, decoder_flops(RENDER_BATCH, RENDER_SHAPE[0] * RENDER_SHAPE[1], 102, EMBEDDING,
+                                  256, 4, 3, train=False)),
 }
 
 
