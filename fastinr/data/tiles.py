@@ -159,16 +159,25 @@ def filter_tiles(tiles: np.ndarray) -> np.ndarray:
     return tiles[np.fromiter(first.values(), dtype=np.int64, count=len(first))]
 
 
+def _png_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from a PNG's header (its first 24 bytes); None if it is not a PNG."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
 def grid_mismatches(files: Sequence[tuple[Path, int]]) -> list[str]:
-    """One line for each image whose size is not a multiple of its grid (from the PNG header,
-    without decoding): what of it is ignored."""
+    """One line for each PNG whose size is not a multiple of its grid (read from its header, so a
+    cache hit decodes nothing): what of it is ignored. A file that is not a PNG is left to the
+    decoder, which names it if it cannot read it."""
     notes = []
     for path, grid in files:
-        try:
-            with Image.open(path) as im:
-                width, height = im.size
-        except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ...
-            raise ValueError(f"cannot read tile sheet {path}: {err}") from err
+        size = _png_size(path)
+        if size is None:
+            continue
+        width, height = size
         if width < grid or height < grid:
             notes.append(f"{path} ({width}x{height} px) is smaller than one {grid} px cell: "
                          "no tiles")
