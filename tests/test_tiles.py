@@ -103,7 +103,8 @@ def test_ragged_sheet_edges_ignored(tmp_path):
     cells = random_cells(6, 32, seed=3)
     fill = np.random.default_rng(4).integers(0, 256, (2 * 32 + 5, 3 * 32 + 13, 4), dtype=np.uint8)
     sheet = write_sheet(tmp_path / "s.png", cells, cols=3, fill=fill)
-    out = load_tiles_uint8([sheet], cache_dir=tmp_path / "cache")
+    with pytest.warns(UserWarning, match="s.png .*the right 13 px and bottom 5 px"):
+        out = load_tiles_uint8([sheet], cache_dir=tmp_path / "cache")
     assert out.shape == (6, 3, 32, 32)
     for tile, cell in zip(out, cells):
         assert torch.equal(tile, as_chw(cell))
@@ -138,7 +139,8 @@ def test_folder_source(tmp_path):
     write_sheet(folder / "sub" / "c.PNG", [d], cols=1)      # nested, upper-case suffix
     PIL.Image.fromarray(a[:8, :8], "RGBA").save(folder / "small.png")  # below grid: nothing
     (folder / "notes.txt").write_text("not an image")
-    out = load_tiles_uint8([f"{folder}:16"], cache_dir=tmp_path / "cache")
+    with pytest.warns(UserWarning, match="small.png .*smaller than one 16 px cell"):
+        out = load_tiles_uint8([f"{folder}:16"], cache_dir=tmp_path / "cache")
     expected = torch.stack([as_chw(x).repeat_interleave(2, 1).repeat_interleave(2, 2)
                             for x in (a, b, c, d)])
     assert torch.equal(out, expected)
