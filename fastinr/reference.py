@@ -282,7 +282,9 @@ def update_running_stats(running_mean: torch.Tensor, running_var: torch.Tensor,
                 running_mean.lerp_(mean[b].to(running_mean.dtype), factor)
                 running_var.lerp_(var[b].to(running_var.dtype), factor)
         else:   # r <- decay * r + coeffs @ s: one fused op per buffer (a GPU step is launch-bound)
-            coeffs = _momentum_weights(steps, float(momentum), running_mean.device, running_mean.dtype)
+            # (traced by torch.compile: built in the graph, where a cached tensor would be a guess)
+            weights = _momentum_weights.__wrapped__ if torch.compiler.is_compiling() else _momentum_weights
+            coeffs = weights(steps, float(momentum), running_mean.device, running_mean.dtype)
             decay = (1.0 - momentum) ** steps
             running_mean.addmv_(mean.to(running_mean.dtype).t(), coeffs, beta=decay)
             running_var.addmv_(var.to(running_var.dtype).t(), coeffs, beta=decay)
