@@ -53,7 +53,7 @@ from fastinr.backend import resolve_backend
 from fastinr.embedding import embed_coordinates, pixel_coordinates, pos_embedding_size
 from fastinr.modules import _check_shape
 from fastinr.reference import DecoderParams, DecoderSpec, InputOffset, check_norm_pixels, normalize
-from fastinr.running_stats import check_syncable, update_running_stats
+from fastinr.running_stats import check_syncable, fold_running_stats
 
 CONDITIONINGS = ("concat", "shift", "film")
 NORMS = ("none", "image-bn", "instance", "batch-bn", "layer")
@@ -437,7 +437,7 @@ class INRDecoder(nn.Module):
         if self.output == "wide-sigmoid":   # the kernels' sigmoid, widened by one elementwise op
             colors = colors * 1.002 - 0.001
         if stats and self.training and norms[0].track_running_stats:
-            update_running_stats(norms, stats, self.running_stats_group, self.members)
+            fold_running_stats(norms, stats, self.running_stats_group, self.members)
         return colors
 
     def _act(self, x):
@@ -460,7 +460,7 @@ class INRDecoder(nn.Module):
             check_syncable(self, stats)
             x, block_stats = normalize(h, norm.weight, norm.bias, norm.eps, stats, None)
             if self.training and norm.track_running_stats:
-                update_running_stats([norm], [block_stats], self.running_stats_group, self.members)
+                fold_running_stats([norm], [block_stats], self.running_stats_group, self.members)
             return x
         x, _ = normalize(h, norm.weight, norm.bias, norm.eps, "running",
                          (norm.running_mean, norm.running_var))

@@ -14,7 +14,7 @@ from fastinr.activations import activation_module, canonical_activation
 from fastinr.backend import resolve_backend
 from fastinr.embedding import pos_embedding_size
 from fastinr.reference import DecoderParams, DecoderSpec
-from fastinr.running_stats import check_syncable, update_running_stats
+from fastinr.running_stats import check_syncable, fold_running_stats
 
 BATCH_NORM_STATS = ("image", "batch")
 
@@ -159,7 +159,7 @@ class ImageManifoldDecoder(nn.Module):
                                self.spec, shape, norm_stats, running)
         norms = self._norms()
         if stats and self.training and norms[0].track_running_stats:
-            update_running_stats(norms, stats, self.running_stats_group)
+            fold_running_stats(norms, stats, self.running_stats_group)
         return colors[0] if x.ndim == 1 else colors
 
     def _check_codes(self, x) -> torch.Tensor:

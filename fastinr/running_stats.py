@@ -2,7 +2,7 @@
 in one process or across the processes of DistributedDataParallel.
 
 In training, the fused decode returns each block's statistics (`BlockStats`: per image, or over
-the batch). `update_running_stats(norms, stats, ...)` folds them into the BatchNorms' buffers,
+the batch). `fold_running_stats(norms, stats, ...)` folds them into the BatchNorms' buffers,
 once per image in batch order for per-image statistics.
 
 Under DDP every process sees only its share of the global batch. After
@@ -22,7 +22,7 @@ from torch import nn
 from fastinr.reference import BlockStats
 from fastinr.reference import update_running_stats as update_buffers
 
-__all__ = ["check_syncable", "local_running_stats", "sync_running_stats", "update_running_stats"]
+__all__ = ["check_syncable", "fold_running_stats", "local_running_stats", "sync_running_stats"]
 
 _ATTRIBUTE = "running_stats_group"  # set on a decoder by sync_running_stats
 
@@ -63,7 +63,7 @@ def check_syncable(decoder: nn.Module, norm_stats: str) -> None:
             "normalize its own share); use per-image statistics, or train in one process")
 
 
-def update_running_stats(norms: Sequence[nn.BatchNorm1d], stats: Sequence[BlockStats],
+def fold_running_stats(norms: Sequence[nn.BatchNorm1d], stats: Sequence[BlockStats],
                          process_group=None, members: int = 1) -> None:
     """Fold one forward's statistics into the BatchNorms' buffers.
 
