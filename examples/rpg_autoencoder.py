@@ -655,9 +655,12 @@ def main(argv=None) -> int:
 
     parser, cfg, device, dist, checkpoint = configure(argv)
     try:
-        return run(parser, cfg, device, dist, checkpoint, tqdm)
-    finally:
+        code = run(parser, cfg, device, dist, checkpoint, tqdm)
+    except BaseException:
         dist.close()
+        raise
+    dist.close(together=True)
+    return code
 
 
 def run(parser, cfg, device, dist, checkpoint, tqdm) -> int:

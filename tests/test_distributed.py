@@ -63,6 +63,10 @@ def _worker(rank, world, port, name, seed, images, out):
         result = step(ddp, images[rank * share:(rank + 1) * share])
         if rank == 0:
             torch.save(result, out)
+        # Tear down together: a rank that destroys its gloo group while the other still talks to
+        # it can abort ("terminate called without an active exception", seen once in CI).
+        del ddp
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

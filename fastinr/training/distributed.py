@@ -43,8 +43,15 @@ class Distributed:
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
 
-    def close(self) -> None:
+    def close(self, together: bool = False) -> None:
+        """Leave the process group; `together` first waits for every rank (a clean finish).
+
+        A rank that destroys its gloo group while another still talks to it can abort. After an
+        error the other ranks may never arrive, so only a clean finish waits.
+        """
         if self.enabled and dist.is_initialized():
+            if together:
+                dist.barrier()
             dist.destroy_process_group()
 
 
