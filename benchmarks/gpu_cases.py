@@ -18,7 +18,7 @@ Providers:
   compile-max-autotune  torch.compile of it, mode "max-autotune"
   triton                fastinr's Triton kernels
   triton-graph          the same, the whole step (forward, backward, Adam) replayed as one CUDA graph
-  native                fastinr.native's CUDA render (when the extension was built with nvcc)
+  native                fastinr.backends.native_backend's CUDA render (when the extension was built with nvcc)
 """
 import json
 import statistics
@@ -125,11 +125,11 @@ def _render_step(provider, model, codes, shape, precision, device, dry_run):
     autocast, tf32 = precision_context(precision, device)
     torch.backends.cuda.matmul.allow_tf32 = tf32
     if provider == "native":
-        from fastinr import backend
+        from fastinr import backends as backend
         module, reason = backend._load("native")
         if module is None or (device.type == "cuda"
                               and not getattr(module, "renders_on_cuda", lambda: False)()):
-            raise Skipped(f"fastinr.native has no CUDA render here ({reason or 'built without nvcc'})")
+            raise Skipped(f"fastinr.backends.native_backend has no CUDA render here ({reason or 'built without nvcc'})")
         running = [(n.running_mean, n.running_var) for n in model._norms()]
         forward = lambda c: module.decode(c, model.decoder_params(), model.spec, shape,  # noqa: E731
                                           "running", running)[0]

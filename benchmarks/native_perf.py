@@ -10,7 +10,7 @@
    render in a fresh subprocess.
 With --precision bf16 or both (the default), every provider also runs under
 torch.autocast("cpu", dtype=torch.bfloat16) ("<provider> bf16"; native then takes its bf16 GEMMs
-where the CPU has AVX512-BF16, see fastinr.native).
+where the CPU has AVX512-BF16, see fastinr.backends.native_backend).
 Times are medians over rounds that call every provider once (the load of a shared machine
 changes during a run); GFLOP/s counts the FLOPs of benchmarks/measure.py's convention (the
 batched algorithm's work, credited alike to every provider) and is compared with GEMM rates timed in the same rounds (torch.mm 4096x256 @ 256x256, eight per round,
@@ -185,7 +185,8 @@ def main():
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from fastinr import _C, native
+    from fastinr import _C
+    from fastinr.backends import native_backend as native
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, native float kernels "
           f"{_C.elementwise_isa()}, tile {_C.tile_rows()} rows, packed float weights "
           f"{'yes' if _C.blas_packs_weights() else 'no'}, native bf16 GEMMs "

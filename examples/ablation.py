@@ -176,8 +176,8 @@ def best_variant(root: Path, names):
 def references_text(common) -> list:
     """Lines on the closed-form references (each tile's mean color, PCA with the code size) for
     the tiles the runs use; nothing when those tiles cannot be loaded here."""
-    from fastinr.data import load_tiles_uint8, split_tiles
-    from fastinr.training.references import linear_references
+    from rpgkit.data import load_tiles_uint8, split_tiles
+    from rpgkit.training.references import linear_references
     tiles_args, code_size = None, 102
     for k, arg in enumerate(common):
         if arg == "--tiles":

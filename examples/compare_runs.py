@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from ablation import _cell, plot_curves  # also puts a source checkout's fastinr on the path
-from fastinr.training.tensorboard import EVENT_FILE_GLOB, open_tensorboard
+from rpgkit.training.tensorboard import EVENT_FILE_GLOB, open_tensorboard
 
 
 def load_run(folder: Path):

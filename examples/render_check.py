@@ -20,8 +20,8 @@ import torch
 
 import rpg_autoencoder as example   # its folder is on sys.path when run as a script
 from ablation import _cell
-from fastinr.data import load_tiles_uint8, split_tiles
-from fastinr.training import load_checkpoint, nearest_render_l1_sum, plot_renders
+from rpgkit.data import load_tiles_uint8, split_tiles
+from rpgkit.training import load_checkpoint, nearest_render_l1_sum, plot_renders
 
 CHUNK = 50
 

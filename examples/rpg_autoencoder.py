@@ -46,18 +46,18 @@ except ImportError:  # running from a source checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import fastinr
 from fastinr.activations import ACTIVATIONS, canonical_activation
-from fastinr.backend import BACKENDS, native_bf16_matmul, resolve_backend
+from fastinr.backends import BACKENDS, native_bf16_matmul, resolve_backend
 from fastinr.conv_decoder import ConvDecoder
-from fastinr.data import augment_batch, load_tiles_uint8, split_tiles, stream_indices
+from rpgkit.data import augment_batch, load_tiles_uint8, split_tiles, stream_indices
 from fastinr.inr_decoder import CONDITIONINGS, EMBEDDINGS, NORMS, OUTPUTS, INRDecoder
-from fastinr.models import (DECODERS, ENCODERS, RESNET_WEIGHTS, EncoderDecoder, build_encoder,
+from rpgkit.models import (DECODERS, ENCODERS, RESNET_WEIGHTS, EncoderDecoder, build_encoder,
                             decoder_macs_per_pixel)
-from fastinr.training import (COLLAPSE_RATIO, Diverged, GracefulStop, init_distributed,
+from rpgkit.training import (COLLAPSE_RATIO, Diverged, GracefulStop, init_distributed,
                               is_collapsed, load_checkpoint, nonfinite_report, plot_losses,
                               plot_reconstructions, psnr_from_mse, reconstruction_spread,
                               remove_temporaries, rng_states, save_checkpoint, set_rng_states,
                               sobel_edge_l1_sum, write_csv, write_json)
-from fastinr.training.tensorboard import open_tensorboard
+from rpgkit.training.tensorboard import open_tensorboard
 
 SHAPE = (3, 32, 32)
 GPU_DEFAULT_MAX_INPUTS = 1_000_000  # the seed's budget

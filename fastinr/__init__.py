@@ -4,7 +4,7 @@
 
 evaluated for every pixel of a batch of images at once.
 """
-from fastinr.backend import available_backends, resolve_backend
+from fastinr.backends import available_backends, resolve_backend
 from fastinr.embedding import pixel_coordinates, pos_embedding, pos_embedding_size
 from fastinr.conv_decoder import ConvDecoder
 from fastinr.inr_decoder import INRDecoder

@@ -27,7 +27,7 @@ a `train_size`-pixel side), "gaussian" (Gaussian Fourier features, scale `sigma`
 buffer saved in the state_dict).
 
 Fused paths: colors on the pixel grid (every variant) run through fastinr's decode contract
-(`backend`: "auto" picks Triton on CUDA, native on CPU; see fastinr.backend), forward and backward
+(`backend`: "auto" picks Triton on CUDA, native on CPU; see fastinr.backends), forward and backward
 fused: every normalization (LayerNorm included) and conditioning. What the kernels do not compute
 themselves enters the contract as its `input_offset` (a fixed basis per pixel times cells per
 image):
@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastinr.activations import apply_activation, canonical_activation
-from fastinr.backend import resolve_backend
+from fastinr.backends import resolve_backend
 from fastinr.embedding import embed_coordinates, pixel_coordinates, pos_embedding_size
 from fastinr.modules import _check_shape
 from fastinr.reference import DecoderParams, DecoderSpec, InputOffset, check_norm_pixels, normalize

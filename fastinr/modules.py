@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from fastinr.activations import activation_module, canonical_activation
-from fastinr.backend import resolve_backend
+from fastinr.backends import resolve_backend
 from fastinr.embedding import pos_embedding_size
 from fastinr.reference import DecoderParams, DecoderSpec
 from fastinr.running_stats import check_syncable, fold_running_stats
@@ -44,7 +44,7 @@ class ImageManifoldDecoder(nn.Module):
     The seed's arguments, plus:
       batch_norm_stats: "image" (default, the seed's per-image loop: statistics over each image's
           pixels, running statistics updated once per image) or "batch" (over the whole batch).
-      backend: "auto" | "torch" | "triton" | "native" (see fastinr.backend).
+      backend: "auto" | "torch" | "triton" | "native" (see fastinr.backends).
     """
 
     def __init__(

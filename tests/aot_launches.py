@@ -68,7 +68,7 @@ def launched_variants():
     import triton.language as tl
 
     from fastinr import ImageManifoldDecoder
-    from fastinr.ops import decoder as ops_decoder
+    from fastinr.backends import triton_backend as ops_decoder
     from fastinr.ops.launches import as_on_gpu
 
     dots = {"fp32": (tl.float32, "ieee"), "tf32": (tl.float32, "tf32"), "bf16": (tl.bfloat16, "ieee")}

@@ -9,10 +9,17 @@ FASTINR_TEST_SEED=N python -m pytest 'tests/test_x.py::test_y[...]'.
 """
 import os
 import random
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+# The example's kit (rpgkit) lives beside the example scripts, not in the library.
+EXAMPLES = str(Path(__file__).resolve().parents[1] / "examples")
+if EXAMPLES not in sys.path:
+    sys.path.insert(0, EXAMPLES)
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

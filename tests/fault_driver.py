@@ -18,9 +18,10 @@ from pathlib import Path
 
 import torch
 
-import fastinr.training.checkpoint as checkpoint_module
-
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "rpg_autoencoder.py"
+sys.path.insert(0, str(EXAMPLE.parent))   # the example's kit, rpgkit, lives beside it
+
+import rpgkit.training.checkpoint as checkpoint_module  # noqa: E402
 
 
 def main() -> int:

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 import fastinr
-from fastinr import backend, reference, torch_backend
+from fastinr import backends as backend, reference
+from fastinr.backends import torch_backend
 
 
 def test_torch_backend_is_the_chunked_reference():

@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 import fastinr
-from fastinr.models import EncoderDecoder, build_encoder
+from rpgkit.models import EncoderDecoder, build_encoder
 
 BATCH, SHAPE, CODE = 6, (3, 32, 32), 40
 ERROR_FACTOR = 4

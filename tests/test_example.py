@@ -17,9 +17,9 @@ import PIL.Image
 import pytest
 import torch
 
-import fastinr.data.tiles as tiles_mod
-from fastinr.models import ConvEncoder, ResNet18Encoder, build_encoder
-from fastinr.training import load_checkpoint, save_checkpoint
+import rpgkit.data.tiles as tiles_mod
+from rpgkit.models import ConvEncoder, ResNet18Encoder, build_encoder
+from rpgkit.training import load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "rpg_autoencoder.py"

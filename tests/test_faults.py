@@ -19,8 +19,8 @@ import PIL.Image
 import pytest
 import torch
 
-from fastinr.data import load_tiles_uint8
-from fastinr.training import CHECKPOINT_FORMAT, load_checkpoint, previous_checkpoint
+from rpgkit.data import load_tiles_uint8
+from rpgkit.training import CHECKPOINT_FORMAT, load_checkpoint, previous_checkpoint
 from tests.test_example import (BATCH, EXAMPLE, ROOT, STEPS, assert_same_run, small_args,
                                 sprite_sheet)
 
@@ -297,7 +297,7 @@ def test_folder_of_ten_thousand_files(tmp_path):
 def test_checkpoint_after_a_torn_write_leaves_no_temporary(tmp_path, monkeypatch):
     """A write cut short has already set its predecessor aside (checkpoint.prev.pt is then the
     same file as checkpoint.pt); the next write keeps that one and leaves nothing behind."""
-    from fastinr.training import save_checkpoint
+    from rpgkit.training import save_checkpoint
     path = tmp_path / "checkpoint.pt"
     save_checkpoint(path, {"step": torch.tensor(1)})
     save_checkpoint(path, {"step": torch.tensor(2)})

@@ -13,14 +13,14 @@ import pytest
 import torch
 
 import fastinr
-from fastinr import backend, reference
+from fastinr import backends as backend, reference
 from fastinr.activations import ACTIVATIONS
 from fastinr.reference import DecoderParams, DecoderSpec, InputOffset
 
 if os.environ.get("FASTINR_SKIP_EXT", "0") == "1":
     pytest.skip("FASTINR_SKIP_EXT=1: the native extension was deliberately not built",
                 allow_module_level=True)
-from fastinr import native  # noqa: E402  (must import: a missing build fails here, loudly)
+from fastinr.backends import native_backend as native  # noqa: E402  (must import: a missing build fails here, loudly)
 
 # (spec kwargs, shape, batch, norm_stats)
 CONFIGS = [

@@ -2,7 +2,7 @@
 
 Under torch.autocast("cpu", dtype=torch.bfloat16), and for bfloat16 codes and parameters, the C++
 core runs its hidden layers' GEMMs with bf16 operands and float32 accumulation where the CPU has
-AVX512-BF16 (fastinr.native.bf16_matmul()). Error model: torch's own result in the same precision
+AVX512-BF16 (fastinr.backends.native_backend.bf16_matmul()). Error model: torch's own result in the same precision
 (the reference under the same autocast, or in bfloat16) against float64 sets the scale, and ours may
 be at most K_TORCH times that, for the colors, every gradient and the statistics (see
 assert_within_torch_error). Forcing the float32 GEMMs

@@ -15,8 +15,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
-import fastinr.training.tensorboard as tb
-from fastinr.training import load_checkpoint, metric_tag, open_tensorboard
+import rpgkit.training.tensorboard as tb
+from rpgkit.training import load_checkpoint, metric_tag, open_tensorboard
 from tests.test_example import (BATCH, EVENTS, ROOT, STEPS, TIMING,  # noqa: F401
                                 VAL_EVERY_STEPS, example, interrupt_at, read_metrics, run_env,
                                 small_args)

@@ -1,4 +1,4 @@
-"""Tests for fastinr.data: tile sheet cutting, filtering, cache, split and augmentation."""
+"""Tests for rpgkit.data: tile sheet cutting, filtering, cache, split and augmentation."""
 import os
 import re
 
@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import fastinr.data as data
-import fastinr.data.tiles as tiles_mod
-from fastinr.data import (augment_batch, default_tile_sheets, epoch_permutation, load_tiles,
+import rpgkit.data as data
+import rpgkit.data.tiles as tiles_mod
+from rpgkit.data import (augment_batch, default_tile_sheets, epoch_permutation, load_tiles,
                           load_tiles_uint8, split_tiles, stream_indices)
 
 
@@ -383,7 +383,7 @@ def test_real_dcss_sheets(tmp_path):
 def test_linear_references_on_structured_tiles():
     """Tiles made of 3 basis images: PCA-3 reconstructs them up to uint8 rounding; PCA-1 and
     each tile's mean color do worse."""
-    from fastinr.training.references import linear_references
+    from rpgkit.training.references import linear_references
     gen = torch.Generator().manual_seed(0)
     basis = torch.rand(3, 3 * 8 * 8, generator=gen)
     weights = torch.rand(60, 3, generator=gen) / 3

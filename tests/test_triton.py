@@ -17,7 +17,7 @@ from .conftest import DEVICE
 
 triton = pytest.importorskip("triton")
 from fastinr.ops import config as ops_config  # noqa: E402
-from fastinr.ops import decoder as ops_decoder  # noqa: E402
+from fastinr.backends import triton_backend as ops_decoder  # noqa: E402
 
 ACTIVATIONS = ("gelu", "relu", "relu6", "silu", "tanh", "sigmoid", "none")
 RTOL = 1e-5   # max |triton - float64 reference| relative to the reference tensor's max |value|

@@ -23,7 +23,7 @@ triton = pytest.importorskip("triton")
 import triton.language as tl  # noqa: E402
 
 from fastinr.ops import config as ops_config  # noqa: E402
-from fastinr.ops import decoder as ops_decoder  # noqa: E402
+from fastinr.backends import triton_backend as ops_decoder  # noqa: E402
 from fastinr.ops.embed import _pixel_embedding, embedding_tables  # noqa: E402
 from fastinr.ops.launches import LaunchCounter  # noqa: E402
 

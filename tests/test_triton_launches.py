@@ -61,7 +61,7 @@ def test_training_step_launches_within_budget():
 
 def test_launch_counter_sees_every_kernel_and_op():
     """The counter itself: a known sequence gives known counts."""
-    from fastinr.ops import decoder as ops_decoder
+    from fastinr.backends import triton_backend as ops_decoder
     model = ImageManifoldDecoder(6, 3, 16, 1, 1, backend="triton").to(DEVICE).eval()
     codes = torch.randn(2, 6, device=DEVICE)
     with LaunchCounter() as launches, torch.no_grad():

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastinr.data import load_tiles_uint8, split_tiles
-from fastinr.models import ConvEncoder
-from fastinr.training import load_checkpoint, nearest_render_l1_sum, save_checkpoint, sobel_edge_l1_sum
+from rpgkit.data import load_tiles_uint8, split_tiles
+from rpgkit.models import ConvEncoder
+from rpgkit.training import load_checkpoint, nearest_render_l1_sum, save_checkpoint, sobel_edge_l1_sum
 from tests.test_example import (OUTPUTS, assert_same_run, example, interrupt_at,  # noqa: F401
                                 read_metrics, run_env, run_files, small_args)
 

@@ -1,4 +1,4 @@
-"""Triton kernels of the `triton` backend; `fastinr.ops.decoder.decode` is its entry point.
+"""Triton kernels of the `triton` backend; `fastinr.backends.triton_backend.decode` is its entry point.
 
-Import it through fastinr.backend (the one place that imports optional pieces), not directly.
+Import it through fastinr.backends (the one place that imports optional pieces), not directly.
 """

@@ -128,10 +128,10 @@ class LaunchCounter(contextlib.AbstractContextManager):
 
 @contextlib.contextmanager
 def as_on_gpu(dot_dtype, precision: str, sm_count: int = 132):
-    """Within the block, fastinr.ops.decoder.decode accepts CPU tensors and launches with a GPU's
+    """Within the block, fastinr.backends.triton_backend.decode accepts CPU tensors and launches with a GPU's
     configuration (its row tiles; reductions split for `sm_count` SMs; H200: 132). For recording
     launches without running them (LaunchCounter(run_kernels=False)), never for running them."""
-    from fastinr.ops import decoder as ops_decoder
+    from fastinr.backends import triton_backend as ops_decoder
     from fastinr.ops.config import LaunchConfig
     saved = LaunchConfig.__dict__["for_call"], ops_decoder.interpreting
     LaunchConfig.for_call = staticmethod(

@@ -6,7 +6,7 @@ the example's metric (mean |recon - tile| over every value, reconstructions clam
 """
 import torch
 
-from fastinr.training.metrics import psnr_from_mse
+from rpgkit.training.metrics import psnr_from_mse
 
 
 def _scores(recon: torch.Tensor, val: torch.Tensor) -> dict:

@@ -4,9 +4,9 @@ Every backend is a module with the same function as `fastinr.reference.decode`:
 
     decode(codes, params, spec, shape, norm_stats, running) -> (colors, [BlockStats])
 
-    torch   fastinr.torch_backend     anywhere (the reference math, chunked on the CPU)
-    triton  fastinr.ops.decoder       CUDA tensors (CPU only under TRITON_INTERPRET=1)
-    native  fastinr.native            the csrc/ extension (CPU; CUDA when built with nvcc)
+    torch   fastinr.backends.torch_backend    anywhere (the reference math, chunked on the CPU)
+    triton  fastinr.backends.triton_backend   CUDA tensors (CPU only under TRITON_INTERPRET=1)
+    native  fastinr.backends.native_backend   the csrc/ extension (CPU; CUDA when built with nvcc)
 
 "auto" picks triton for CUDA tensors and native for CPU tensors, and falls back to torch with
 one warning when that backend cannot load. FASTINR_BACKEND=torch|triton|native forces a backend
@@ -19,7 +19,7 @@ import warnings
 import torch
 
 BACKENDS = ("torch", "triton", "native")
-_MODULES = {"torch": "fastinr.torch_backend", "triton": "fastinr.ops.decoder", "native": "fastinr.native"}
+_MODULES = {name: f"fastinr.backends.{name}_backend" for name in BACKENDS}
 
 
 class BackendUnavailable(RuntimeError):

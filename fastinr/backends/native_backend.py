@@ -24,7 +24,7 @@ The saved activations of a training step live in blocks the extension reuses fro
 (a fresh mmap, its page faults and munmap cost 15-30% of a step otherwise); `cached_bytes()` says
 how much freed memory it keeps for that, `empty_cache()` returns it to the system.
 
-Importing this module imports the extension; fastinr.backend catches the failure when it is not built.
+Importing this module imports the extension; fastinr.backends catches the failure when it is not built.
 """
 import os
 from typing import Optional, Sequence, Tuple

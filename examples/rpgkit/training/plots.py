@@ -9,7 +9,7 @@ from typing import Dict, Sequence
 
 import torch
 
-from fastinr.training.atomic import atomic_write
+from rpgkit.training.atomic import atomic_write
 
 __all__ = ["plot_losses", "plot_reconstructions", "plot_renders"]
 

@@ -18,7 +18,7 @@ from typing import Dict, List, Sequence
 
 import torch
 
-from fastinr.training.atomic import atomic_write
+from rpgkit.training.atomic import atomic_write
 
 __all__ = ["COLLAPSE_RATIO", "is_collapsed", "nearest_render_l1_sum", "psnr_from_mse",
            "reconstruction_spread", "sobel_edge_l1_sum", "write_csv"]

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastinr.training.atomic import atomic_write
+from rpgkit.training.atomic import atomic_write
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "load_checkpoint", "previous_checkpoint",
            "rng_states", "save_checkpoint", "set_rng_states"]
