@@ -48,12 +48,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastinr import backends
 from fastinr.activations import apply_activation, canonical_activation
-from fastinr.backends import resolve_backend
+from fastinr.contract import (DecoderParams, DecoderSpec, InputOffset, check_codes, check_norm_pixels,
+                              check_shape)
 from fastinr.embedding import embed_coordinates, pixel_coordinates, pos_embedding_size
-from fastinr.modules import _check_shape
-from fastinr.reference import DecoderParams, DecoderSpec, InputOffset, check_norm_pixels, normalize
-from fastinr.running_stats import check_syncable, fold_running_stats
+from fastinr.reference import normalize
+from fastinr.running_stats import decode_norm_stats, fold_decode_stats
 
 CONDITIONINGS = ("concat", "shift", "film")
 NORMS = ("none", "image-bn", "instance", "batch-bn", "layer")
@@ -110,7 +111,7 @@ class INRDecoder(nn.Module):
                              "each pixel; it needs grid_size >= 1")
         self.members = AREA_MEMBERS if self.grid_blend == "area" else 1
         self.running_stats_group = None  # a process group: fastinr.sync_running_stats
-        self.default_shape = None if default_shape is None else _check_shape(default_shape, "default_shape")
+        self.default_shape = None if default_shape is None else check_shape(default_shape, "default_shape")
         if self.global_size < 0:
             raise ValueError(f"grid_size**2 * grid_channels = {self.grid_floats} floats do not fit "
                              f"in code_size={self.code_size}")
@@ -318,21 +319,17 @@ class INRDecoder(nn.Module):
 
         `jitter` (H, W, 2) moves each pixel's query point off its centre (same [-1, 1] units, the
         same offset for every image): sub-pixel training, fused like the pixel grid."""
-        if not isinstance(codes, torch.Tensor) or codes.ndim not in (1, 2) \
-                or codes.shape[-1] != self.code_size:
-            raise ValueError(f"codes must have shape (B, {self.code_size}) or ({self.code_size},), "
-                             f"got {getattr(codes, 'shape', type(codes).__name__)}")
+        check_codes(codes, self.code_size, "code_size", single=True)
         batch_codes = codes.reshape(-1, self.code_size)
         batch = batch_codes.shape[0]
         if coords is None:   # the pixel grid: through the decode contract, fused
             shape = self.default_shape if shape is None else shape
             if shape is None:
                 raise ValueError("shape must be given as (H, W): this decoder has no default_shape")
-            shape = _check_shape(shape, "shape")
+            shape = check_shape(shape, "shape")
             if jitter is not None:
                 jitter = self._check_jitter(jitter, shape, codes)
-            colors = self._fused_forward(batch_codes, shape, resolve_backend(self.backend, codes.device)[1],
-                                         jitter)
+            colors = self._fused_forward(batch_codes, shape, jitter)
             return colors[0] if codes.ndim == 1 else colors
         if jitter is not None:
             raise ValueError("jitter moves the pixel grid's query points; with coords, give the "
@@ -402,18 +399,10 @@ class INRDecoder(nn.Module):
             biases=tuple(tuple(lin.bias for lin in block) for block in self.blocks),
             w_out=self.linear_out.weight, b_out=b_out)
 
-    def _fused_forward(self, codes: torch.Tensor, shape: Tuple[int, int], decode,
+    def _fused_forward(self, codes: torch.Tensor, shape: Tuple[int, int],
                        jitter: Optional[torch.Tensor] = None) -> torch.Tensor:
         norms = list(self.norms) if self.norms is not None and self.norm != "layer" else []   # BatchNorms
-        if not norms:
-            norm_stats = "running"  # unused without BatchNorm
-        elif self.norm == "instance" or self.training:
-            norm_stats = "batch" if self.norm == "batch-bn" else "image"
-            check_norm_pixels(norm_stats, codes.shape[0], shape[0] * shape[1])
-            check_syncable(self, norm_stats)
-        else:
-            norm_stats = "running"
-        running = [(n.running_mean, n.running_var) for n in norms] if norm_stats == "running" else []
+        norm_stats, running = decode_norm_stats(self, norms, "batch" if self.norm == "batch-bn" else "image")
         grid_part, blend = None, None
         if self.grid_in is not None:
             grid, codes = codes.split([self.grid_floats, self.global_size], dim=1)
@@ -430,14 +419,13 @@ class INRDecoder(nn.Module):
             mods = self.modulation(codes).reshape(codes.shape[0], self.modulated_layers, -1, self.hidden)
         if self.code_in is None:
             codes = codes[:, :0]
-        colors, stats = decode(codes, self._fused_params(), self._fused_spec(), shape, norm_stats, running,
-                               mods=mods, input_offset=offset)
+        colors, stats = backends.decode(codes, self._fused_params(), self._fused_spec(), shape, norm_stats,
+                                        running, mods=mods, input_offset=offset, backend=self.backend)
         if blend is not None:
             colors = (colors.reshape(self.members, -1, *colors.shape[1:]) * blend).sum(0)
         if self.output == "wide-sigmoid":   # the kernels' sigmoid, widened by one elementwise op
             colors = colors * 1.002 - 0.001
-        if stats and self.training and norms[0].track_running_stats:
-            fold_running_stats(norms, stats, self.running_stats_group, self.members)
+        fold_decode_stats(self, norms, stats, self.members)
         return colors
 
     def _act(self, x):
@@ -454,16 +442,10 @@ class INRDecoder(nn.Module):
         norm = self.norms[i]
         if self.norm == "layer":
             return norm(h)
-        if self.norm == "instance" or self.training:
-            stats = "image" if self.norm in ("instance", "image-bn") else "batch"
-            check_norm_pixels(stats, h.shape[0], pixels)
-            check_syncable(self, stats)
-            x, block_stats = normalize(h, norm.weight, norm.bias, norm.eps, stats, None)
-            if self.training and norm.track_running_stats:
-                fold_running_stats([norm], [block_stats], self.running_stats_group, self.members)
-            return x
-        x, _ = normalize(h, norm.weight, norm.bias, norm.eps, "running",
-                         (norm.running_mean, norm.running_var))
+        stats, running = decode_norm_stats(self, [norm], "batch" if self.norm == "batch-bn" else "image")
+        check_norm_pixels(stats, h.shape[0], pixels)
+        x, block_stats = normalize(h, norm.weight, norm.bias, norm.eps, stats, running[0] if running else None)
+        fold_decode_stats(self, [norm], [block_stats] if block_stats is not None else [], self.members)
         return x
 
     def _output(self, x):

@@ -10,11 +10,11 @@ from typing import Iterable, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from fastinr import backends
 from fastinr.activations import activation_module, canonical_activation
-from fastinr.backends import resolve_backend
+from fastinr.contract import DecoderParams, DecoderSpec, check_codes, check_shape
 from fastinr.embedding import pos_embedding_size
-from fastinr.reference import DecoderParams, DecoderSpec
-from fastinr.running_stats import check_syncable, fold_running_stats
+from fastinr.running_stats import decode_norm_stats, fold_decode_stats
 
 BATCH_NORM_STATS = ("image", "batch")
 
@@ -85,7 +85,7 @@ class ImageManifoldDecoder(nn.Module):
         self.pos_embedding_freqs = tuple(pos_embedding_freqs)
         self.pos_embedding_size = pos_embedding_size(self.pos_embedding_freqs)
         self.concat_residual = concat_residual
-        self.default_shape = None if default_shape is None else _check_shape(default_shape, "default_shape")
+        self.default_shape = None if default_shape is None else check_shape(default_shape, "default_shape")
         self.batch_norm_stats = batch_norm_stats
         self.backend = backend
         self.running_stats_group = None  # a process group: fastinr.sync_running_stats
@@ -136,59 +136,16 @@ class ImageManifoldDecoder(nn.Module):
             biases=tuple(tuple(lin.bias for lin in block) for block in linears),
             w_out=self.pos_to_color.linear_out.weight, b_out=self.pos_to_color.linear_out.bias)
 
-    def _norm_stats(self) -> str:
-        norms = self._norms()
-        if not norms:
-            return "running"  # unused without BatchNorm
-        uses_batch_stats = self.training or not norms[0].track_running_stats
-        return self.batch_norm_stats if uses_batch_stats else "running"
-
     def forward(self, x: torch.Tensor, shape: Optional[Tuple[int, int]] = None) -> torch.Tensor:
         """Colors (B, out, H, W) for codes x (B, C), or (out, H, W) for one code (C,)."""
-        codes = self._check_codes(x)
+        check_codes(x, self.num_input_channels, "num_input_channels", single=True)
         if shape is None:
             if self.default_shape is None:
                 raise ValueError("shape must be given as (H, W): this decoder has no default_shape")
             shape = self.default_shape
-        shape = _check_shape(shape, "shape")
-        _, decode = resolve_backend(self.backend, codes.device)
-        norm_stats = self._norm_stats()
-        check_syncable(self, norm_stats)
-        running = [(n.running_mean, n.running_var) for n in self._norms()]
-        colors, stats = decode(codes.reshape(-1, self.num_input_channels), self.decoder_params(),
-                               self.spec, shape, norm_stats, running)
         norms = self._norms()
-        if stats and self.training and norms[0].track_running_stats:
-            fold_running_stats(norms, stats, self.running_stats_group)
+        norm_stats, running = decode_norm_stats(self, norms, self.batch_norm_stats)
+        colors, stats = backends.decode(x.reshape(-1, self.num_input_channels), self.decoder_params(),
+                                        self.spec, shape, norm_stats, running, backend=self.backend)
+        fold_decode_stats(self, norms, stats)
         return colors[0] if x.ndim == 1 else colors
-
-    def _check_codes(self, x) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"codes must be a torch.Tensor, got {type(x).__name__}")
-        if x.ndim not in (1, 2):
-            raise ValueError(f"codes must have shape (B, {self.num_input_channels}) or "
-                             f"({self.num_input_channels},), got {tuple(x.shape)}")
-        if x.shape[-1] != self.num_input_channels:
-            raise ValueError(f"codes must have {self.num_input_channels} channels in the last "
-                             f"dimension (num_input_channels), got {tuple(x.shape)}")
-        if not x.is_floating_point():
-            raise TypeError(f"codes must be a floating-point tensor, got {x.dtype}")
-        weight = self.pos_to_color.linear_in.weight
-        if x.device != weight.device:
-            raise ValueError(f"codes are on {x.device} but the decoder's parameters are on "
-                             f"{weight.device}; move one of them (.to(device))")
-        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
-            raise TypeError(f"codes have dtype {x.dtype} but the decoder's parameters have "
-                            f"{weight.dtype}; convert one of them or use torch.autocast")
-        return x
-
-
-def _check_shape(shape, argument: str) -> Tuple[int, int]:
-    try:
-        height, width = (int(s) for s in shape)
-        valid = all(int(s) == s for s in shape)
-    except (TypeError, ValueError):
-        valid = False
-    if not valid or height < 1 or width < 1:
-        raise ValueError(f"{argument} must be (H, W) with two positive ints, got {shape!r}")
-    return height, width

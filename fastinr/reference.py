@@ -1,5 +1,8 @@
 """The decoder math in plain PyTorch, batched over images: the oracle and the `torch` backend.
 
+Math only: the arguments (fastinr.contract) are checked by fastinr.contract.validate before a
+call through fastinr.backends.decode reaches this file.
+
 For B codes (B, C) and an H x W image (P = H*W pixels, embedding emb (P, E)):
 
     h0 = act(code_proj[b] + pos_proj[p])        code_proj = codes @ W_code^T + b_in   (B, hidden)
@@ -29,131 +32,13 @@ Normalization statistics come from `norm_stats`:
     "running" - the running statistics (eval mode)
 """
 import functools
-from dataclasses import dataclass
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 
 from fastinr.activations import apply_activation
-from fastinr.embedding import pos_embedding, pos_embedding_size
-
-NORM_STATS = ("image", "batch", "running")
-MODULATIONS = ("none", "shift", "film")
-
-
-@dataclass(frozen=True)
-class DecoderSpec:
-    """Everything about a decoder that is not a tensor (kernels specialise on it)."""
-    code_size: int
-    out_channels: int
-    hidden: int
-    concat: Tuple[bool, ...]            # per block
-    layers_per_block: int
-    freqs: Tuple[float, ...]
-    batch_norm: bool
-    activation: str
-    activation_out: str
-    eps: float = 1e-5
-    modulation: str = "none"            # "none" | "shift" | "film" (see the module docstring)
-    layer_norm: bool = False            # per pixel over its features (no statistics to keep)
-
-    def __post_init__(self):
-        if self.batch_norm and self.layer_norm:
-            raise ValueError("a DecoderSpec normalizes with BatchNorm or LayerNorm, not both")
-
-    @property
-    def normalized(self) -> bool:
-        """Whether each block starts with a normalization (and has its affine parameters)."""
-        return self.batch_norm or self.layer_norm
-
-    @property
-    def num_blocks(self) -> int:
-        return len(self.concat)
-
-    @property
-    def embedding_size(self) -> int:
-        return pos_embedding_size(self.freqs)
-
-    @property
-    def block_widths(self) -> Tuple[int, ...]:
-        """Input width of each block; concatenating blocks double the width after them."""
-        widths, width = [], self.hidden
-        for concat in self.concat:
-            widths.append(width)
-            width *= 2 if concat else 1
-        return tuple(widths)
-
-    @property
-    def modulated_layers(self) -> int:
-        return 1 + self.num_blocks * self.layers_per_block
-
-    def mods_shape(self, batch: int) -> Tuple[int, int, int, int]:
-        return (batch, self.modulated_layers, 2 if self.modulation == "film" else 1, self.hidden)
-
-    @property
-    def out_width(self) -> int:
-        """Width of the hidden state entering linear_out."""
-        return self.hidden * 2 ** sum(self.concat)
-
-
-class DecoderParams(NamedTuple):
-    """The decoder's tensors, in the seed's layout (nn.Linear weights are (out, in))."""
-    w_in: torch.Tensor                          # (hidden, C + E)
-    b_in: torch.Tensor                          # (hidden,)
-    norm_weight: Tuple[torch.Tensor, ...]       # per block (w_i,), empty without a norm
-    norm_bias: Tuple[torch.Tensor, ...]
-    weights: Tuple[Tuple[torch.Tensor, ...], ...]   # [block][layer] (w_i, w_i)
-    biases: Tuple[Tuple[torch.Tensor, ...], ...]    # [block][layer] (w_i,)
-    w_out: torch.Tensor                         # (out, out_width)
-    b_out: torch.Tensor                         # (out,)
-
-    def flat(self) -> List[torch.Tensor]:
-        """All tensors in one list (for autograd.Function); inverse of `from_flat`."""
-        tensors = [self.w_in, self.b_in, *self.norm_weight, *self.norm_bias]
-        for ws, bs in zip(self.weights, self.biases):
-            tensors += [*ws, *bs]
-        return tensors + [self.w_out, self.b_out]
-
-    @staticmethod
-    def from_flat(spec: DecoderSpec, tensors: Sequence[torch.Tensor]) -> "DecoderParams":
-        it = iter(tensors)
-        take = lambda n: tuple(next(it) for _ in range(n))  # noqa: E731
-        w_in, b_in = take(2)
-        n_norm = spec.num_blocks if spec.normalized else 0
-        norm_weight, norm_bias = take(n_norm), take(n_norm)
-        weights, biases = [], []
-        for _ in range(spec.num_blocks):
-            weights.append(take(spec.layers_per_block))
-            biases.append(take(spec.layers_per_block))
-        w_out, b_out = take(2)
-        return DecoderParams(w_in, b_in, norm_weight, norm_bias, tuple(weights), tuple(biases),
-                             w_out, b_out)
-
-
-class InputOffset(NamedTuple):
-    """basis[y, x] @ cells[b] is added to pixel (x, y) of image b before the input activation."""
-    basis: torch.Tensor    # (H, W, K), fixed per pixel
-    cells: torch.Tensor    # (B, K, hidden), per image
-
-    def dense(self) -> torch.Tensor:
-        """(B, H*W, hidden)."""
-        return self.basis.reshape(-1, self.basis.shape[-1]) @ self.cells
-
-
-class BlockStats(NamedTuple):
-    """Normalization statistics of one block's input, for the running-statistics update."""
-    mean: torch.Tensor      # (B, w) per image, or (w,) per batch
-    var: torch.Tensor       # unbiased, same shape
-    count: int              # values per statistic
-
-
-def check_norm_pixels(norm_stats: str, batch: int, pixels: int) -> None:
-    """BatchNorm in training needs more than one value per channel, as nn.BatchNorm1d does."""
-    count = pixels if norm_stats == "image" else batch * pixels
-    if norm_stats != "running" and count < 2:
-        raise ValueError(
-            f"BatchNorm with {norm_stats} statistics needs more than one value per channel, got "
-            f"{batch} image(s) of {pixels} pixel(s); use a larger shape or eval mode")
+from fastinr.contract import BlockStats, DecoderParams, DecoderSpec, InputOffset
+from fastinr.embedding import pos_embedding
 
 
 def normalize(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
@@ -173,41 +58,6 @@ def normalize(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: fl
                          count)
 
 
-def check_mods(spec: DecoderSpec, batch: int, mods: Optional[torch.Tensor]) -> None:
-    """Clear errors for a `mods` that does not fit spec.modulation."""
-    if spec.modulation not in MODULATIONS:
-        raise ValueError(f"spec.modulation must be one of {MODULATIONS}, got {spec.modulation!r}")
-    if spec.modulation == "none":
-        if mods is not None:
-            raise ValueError("mods were given but spec.modulation is 'none'")
-        return
-    if any(spec.concat):
-        raise ValueError(f"modulation={spec.modulation!r} needs blocks of constant width (no concat)")
-    expected = spec.mods_shape(batch)
-    if not isinstance(mods, torch.Tensor) or tuple(mods.shape) != expected:
-        raise ValueError(f"mods must be a tensor of shape {expected} (B, layers, k, hidden) for "
-                         f"modulation={spec.modulation!r}, got "
-                         f"{tuple(mods.shape) if isinstance(mods, torch.Tensor) else mods!r}")
-
-
-def check_input_offset(spec: DecoderSpec, batch: int, shape, input_offset: Optional[InputOffset]) -> None:
-    """Clear errors for an `input_offset` that does not fit: basis (H, W, K), cells (B, K, hidden)."""
-    if input_offset is None:
-        return
-    if not isinstance(input_offset, InputOffset):
-        raise TypeError(f"input_offset must be an InputOffset(basis, cells), got {type(input_offset).__name__}")
-    basis, cells = input_offset
-    if basis.ndim != 3 or tuple(basis.shape[:2]) != (int(shape[0]), int(shape[1])) or basis.shape[2] < 1:
-        raise ValueError(f"input_offset.basis must have shape ({shape[0]}, {shape[1]}, K) (H, W, K) with "
-                         f"K >= 1, got {tuple(basis.shape)}")
-    if tuple(cells.shape) != (batch, basis.shape[2], spec.hidden):
-        raise ValueError(f"input_offset.cells must have shape {(batch, basis.shape[2], spec.hidden)} "
-                         f"(B, K, hidden), got {tuple(cells.shape)}")
-    if basis.requires_grad:
-        raise ValueError("input_offset.basis is a constant of the pixel grid; detach it (no gradient "
-                         "flows to it)")
-
-
 def modulate(z: torch.Tensor, spec: DecoderSpec, mods: Optional[torch.Tensor], layer: int) -> torch.Tensor:
     """Pre-activation z (B, P, hidden) modulated per image (identity without modulation)."""
     if mods is None:
@@ -225,13 +75,10 @@ def decode(codes: torch.Tensor, params: DecoderParams, spec: DecoderSpec, shape:
 
     `running` holds (running_mean, running_var) per block, used when norm_stats == "running";
     `mods` the per-image modulation when spec.modulation is not "none"; `input_offset`, if
-    given, is added to the input layer's pre-activation (see InputOffset).
+    given, is added to the input layer's pre-activation (see InputOffset). The arguments are
+    those fastinr.contract.validate accepts.
     """
     batch, height, width = codes.shape[0], shape[0], shape[1]
-    if spec.batch_norm and spec.num_blocks:
-        check_norm_pixels(norm_stats, batch, height * width)
-    check_mods(spec, batch, mods)
-    check_input_offset(spec, batch, shape, input_offset)
     emb = pos_embedding(height, width, spec.freqs, device=codes.device, dtype=params.w_in.dtype)
     w_code, w_pos = params.w_in[:, :spec.code_size], params.w_in[:, spec.code_size:]
     code_proj = torch.addmm(params.b_in, codes, w_code.t())                # (B, hidden)

@@ -1,9 +1,12 @@
 """The decoders' BatchNorm running statistics, updated as the seed's per-image loop left them,
 in one process or across the processes of DistributedDataParallel.
 
-In training, the fused decode returns each block's statistics (`BlockStats`: per image, or over
-the batch). `fold_running_stats(norms, stats, ...)` folds them into the BatchNorms' buffers,
-once per image in batch order for per-image statistics.
+A decoder's BatchNorm plumbing is two calls around its decode: `decode_norm_stats(decoder,
+norms, mode)` picks the statistics from its state (`mode`, "image" or "batch", in training or
+without running statistics; the running ones in eval) and the `running` argument; after the
+decode, `fold_decode_stats(decoder, norms, stats)` folds the returned statistics (`BlockStats`:
+per image, or over the batch) into the BatchNorms' buffers (`fold_running_stats`), once per
+image in batch order for per-image statistics.
 
 Under DDP every process sees only its share of the global batch. After
 `sync_running_stats(model)`, each decoder gathers the per-image statistics of all processes
@@ -19,10 +22,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from fastinr.reference import BlockStats
+from fastinr.contract import BlockStats
 from fastinr.reference import update_running_stats as update_buffers
 
-__all__ = ["check_syncable", "fold_running_stats", "local_running_stats", "sync_running_stats"]
+__all__ = ["check_syncable", "decode_norm_stats", "fold_decode_stats", "fold_running_stats",
+           "local_running_stats", "sync_running_stats"]
 
 _ATTRIBUTE = "running_stats_group"  # set on a decoder by sync_running_stats
 
@@ -61,6 +65,26 @@ def check_syncable(decoder: nn.Module, norm_stats: str) -> None:
         raise ValueError(
             "BatchNorm with statistics over the batch cannot run across processes (each would "
             "normalize its own share); use per-image statistics, or train in one process")
+
+
+def decode_norm_stats(decoder: nn.Module, norms: Sequence[nn.BatchNorm1d], mode: str):
+    """(norm_stats, running) for a decode of `decoder`, whose BatchNorms are `norms` (none: no
+    BatchNorm): `mode` ("image" or "batch") in training or when the norms keep no running
+    statistics, else "running" with their (running_mean, running_var)."""
+    if not norms:
+        return "running", []   # unused without BatchNorm
+    if decoder.training or not norms[0].track_running_stats:
+        check_syncable(decoder, mode)
+        return mode, []
+    return "running", [(norm.running_mean, norm.running_var) for norm in norms]
+
+
+def fold_decode_stats(decoder: nn.Module, norms: Sequence[nn.BatchNorm1d], stats: Sequence[BlockStats],
+                      members: int = 1) -> None:
+    """After a decode in training: its statistics into the running buffers of `norms` (gathered
+    across processes when the decoder is synced; see fold_running_stats for `members`)."""
+    if stats and decoder.training and norms[0].track_running_stats:
+        fold_running_stats(norms, stats, getattr(decoder, _ATTRIBUTE, None), members)
 
 
 def fold_running_stats(norms: Sequence[nn.BatchNorm1d], stats: Sequence[BlockStats],

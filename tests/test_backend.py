@@ -39,6 +39,9 @@ def test_environment_forces_a_backend(monkeypatch):
 
 
 def test_forced_backend_that_cannot_run_raises(monkeypatch):
+    # Triton reads TRITON_INTERPRET when a kernel is decorated: import the kernels as every other
+    # test does before taking the interpreter away, or later tests get kernels without it.
+    backend._load("triton")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(backend.BackendUnavailable, match=r"'triton' was requested but cannot run.*CUDA"):
         fastinr.resolve_backend("triton", "cpu")

@@ -299,8 +299,10 @@ def test_bad_arguments(kwargs, match):
 
 def test_bad_forward_inputs():
     model = INRDecoder(5)
-    with pytest.raises(ValueError, match=r"codes must have shape \(B, 5\)"):
+    with pytest.raises(ValueError, match=r"codes must have 5 channels \(code_size\), got \(2, 4\)"):
         model(torch.randn(2, 4), (3, 3))
+    with pytest.raises(ValueError, match=r"codes must have shape \(B, 5\) or \(5,\)"):
+        model(torch.randn(2, 3, 5), (3, 3))
     with pytest.raises(ValueError, match=r"shape must be given"):
         model(torch.randn(2, 5))
     with pytest.raises(ValueError, match=r"coords must have shape \(P, 2\) or \(2, P, 2\)"):

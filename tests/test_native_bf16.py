@@ -17,7 +17,7 @@ import torch
 
 import fastinr
 from fastinr import reference
-from fastinr.reference import DecoderParams, InputOffset
+from fastinr.contract import DecoderParams, InputOffset
 from tests.test_native import make_params, make_spec, native
 
 K_TORCH = 2.0   # ours against float64 <= K_TORCH x torch's own bf16 error against float64

@@ -4,13 +4,14 @@ Without a GPU the kernels run under TRITON_INTERPRET=1 (set by conftest.py), so 
 small; the row tile is shrunk to 16 there so that small images still span several tiles. The
 reference runs in float64 on the same parameters; the triton backend computes in float32.
 """
+import functools
 import math
 
 import pytest
 import torch
 
-from fastinr import ImageManifoldDecoder
-from fastinr.reference import DecoderParams, DecoderSpec
+from fastinr import ImageManifoldDecoder, backends
+from fastinr.contract import DecoderParams, DecoderSpec
 from fastinr.reference import decode as reference_decode
 
 from .conftest import DEVICE
@@ -201,7 +202,7 @@ def test_modulation_needs_mods_of_the_right_shape():
     params = make_params(spec)
     codes = torch.randn(2, spec.code_size, device=DEVICE)
     with pytest.raises(ValueError, match=r"mods must be a tensor of shape \(2, 2, 2, 8\)"):
-        ops_decoder.decode(codes, params, spec, (3, 3), mods=torch.zeros(2, 1, 2, 8, device=DEVICE))
+        backends.decode(codes, params, spec, (3, 3), mods=torch.zeros(2, 1, 2, 8, device=DEVICE), backend="triton")
 
 
 def test_gpu_row_tiles_on_ragged_images(monkeypatch):
@@ -278,23 +279,27 @@ def test_non_cuda_tensors_without_interpreter_raise(monkeypatch):
 
 
 def test_bad_inputs_raise_clear_errors():
+    """The contract's checks (through fastinr.backends.decode) and the backend's own."""
     spec = make_spec(hidden=8, blocks=1, layers=1)
     params = make_params(spec)
     codes = torch.randn(2, 5, device=DEVICE)
-    with pytest.raises(ValueError, match=r"codes must be a tensor of shape \(B, 5\)"):
-        ops_decoder.decode(codes[:, :4], params, spec, (2, 2))
+    decode = functools.partial(backends.decode, backend="triton")
+    with pytest.raises(ValueError, match=r"codes must have 5 channels \(spec.code_size\), got \(2, 4\)"):
+        decode(codes[:, :4], params, spec, (2, 2))
     with pytest.raises(TypeError, match="float32 parameters.*w_in"):
         ops_decoder.decode(codes, params._replace(w_in=params.w_in.double()), spec, (2, 2))
+    with pytest.raises(TypeError, match="float32 parameters.*w_in"):
+        decode(codes.double(), params.map(torch.Tensor.double), spec, (2, 2))
     with pytest.raises(TypeError, match="codes have dtype torch.float64"):
-        ops_decoder.decode(codes.double(), params, spec, (2, 2))
+        decode(codes.double(), params, spec, (2, 2))
     with pytest.raises(ValueError, match="shape must be"):
-        ops_decoder.decode(codes, params, spec, (0, 2))
+        decode(codes, params, spec, (0, 2))
     with pytest.raises(ValueError, match="norm_stats must be one of"):
-        ops_decoder.decode(codes, params, spec, (2, 2), "images")
+        decode(codes, params, spec, (2, 2), "images")
     with pytest.raises(ValueError, match="running_mean, running_var"):
-        ops_decoder.decode(codes, params, spec, (2, 2), "running", [])
+        decode(codes, params, spec, (2, 2), "running", [])
     with pytest.raises(ValueError, match="more than one value per channel"):
-        ops_decoder.decode(codes, params, spec, (1, 1), "image")
+        decode(codes, params, spec, (1, 1), "image")
 
 
 @pytest.mark.parametrize("dtype", [

@@ -37,7 +37,7 @@ def _dot_configs():
 
 
 def _render_specs():
-    from fastinr.reference import DecoderSpec
+    from fastinr.contract import DecoderSpec
 
     def spec(hidden, concat, layers, freqs, act="gelu", out=3):
         return DecoderSpec(102, out, hidden, concat, layers, (7.0, 17.0, 3.0, 11.0)[:freqs], True,

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from fastinr.embedding import pos_embedding, pos_embedding_size
-from fastinr.reference import InputOffset
+from fastinr.contract import InputOffset
 
 from .conftest import DEVICE
 from .test_triton import make_params, make_running, make_spec

@@ -1,25 +1,45 @@
-"""The one place that imports optional pieces (Triton, the compiled extension) and picks a backend.
+"""The backends of the decode contract, and the one place that imports optional pieces (Triton,
+the compiled extension) and picks a backend.
 
-Every backend is a module with the same function as `fastinr.reference.decode`:
+    decode(codes, params, spec, shape, norm_stats="image", running=(), mods=None,
+           input_offset=None, backend="auto") -> (colors (B, out, H, W), [BlockStats])
 
-    decode(codes, params, spec, shape, norm_stats, running) -> (colors, [BlockStats])
+checks its arguments once (fastinr.contract.validate), picks a backend (`resolve_backend`) and
+runs it. Every backend is a module with two functions:
+
+    decode(codes, params, spec, (H, W), norm_stats, running, mods, input_offset)
+        the contract's computation, for arguments that passed validate
+    supports(device, spec, needs_grad) -> None, or the reason it cannot run such a call
 
     torch   fastinr.backends.torch_backend    anywhere (the reference math, chunked on the CPU)
     triton  fastinr.backends.triton_backend   CUDA tensors (CPU only under TRITON_INTERPRET=1)
-    native  fastinr.backends.native_backend   the csrc/ extension (CPU; CUDA when built with nvcc)
+    native  fastinr.backends.native_backend   the csrc/ extension (CPU; CUDA renders when built with nvcc)
+
+A new backend is one file here and one line in _REGISTRY (or `register_backend` from outside the
+package); it inherits the validation and checks only what its own memory safety needs (e.g. the
+dtypes its kernels read).
 
 "auto" picks triton for CUDA tensors and native for CPU tensors, and falls back to torch with
-one warning when that backend cannot load. FASTINR_BACKEND=torch|triton|native forces a backend
-for every module left at "auto"; a forced backend that cannot load raises.
+one warning when that backend cannot load or run the call. FASTINR_BACKEND=torch|triton|native
+forces a backend for every call left at "auto"; a forced backend that cannot run raises.
 """
 import importlib
 import os
 import warnings
+from typing import Optional
 
 import torch
 
-BACKENDS = ("torch", "triton", "native")
-_MODULES = {name: f"fastinr.backends.{name}_backend" for name in BACKENDS}
+from fastinr.contract import needs_grad as _needs_grad
+from fastinr.contract import validate
+
+# name -> the backend's module (imported on first use) or an object with decode and supports.
+_REGISTRY = {
+    "torch": "fastinr.backends.torch_backend",
+    "triton": "fastinr.backends.triton_backend",
+    "native": "fastinr.backends.native_backend",
+}
+BACKENDS = tuple(_REGISTRY)
 
 
 class BackendUnavailable(RuntimeError):
@@ -29,45 +49,39 @@ class BackendUnavailable(RuntimeError):
 _LOADED = {}  # name -> (module or None, reason); a plain dict, which torch.compile traces
 
 
+def register_backend(name: str, backend) -> None:
+    """Make `backend` (a module name, or an object with `decode` and `supports`) selectable as
+    `name`; calls through `decode` validate its arguments before it sees them."""
+    _REGISTRY[name] = backend
+    _LOADED.pop(name, None)
+
+
 def _load(name: str):
     """The backend's module, or the reason it cannot load (never raises)."""
     if name not in _LOADED:
+        backend = _REGISTRY[name]
         try:
-            if name == "triton":
-                import triton  # noqa: F401
-            _LOADED[name] = importlib.import_module(_MODULES[name]), None
+            _LOADED[name] = (importlib.import_module(backend) if isinstance(backend, str) else backend), None
         except Exception as err:  # an ImportError, or an extension built against another torch
             _LOADED[name] = None, f"{type(err).__name__}: {err}"
     return _LOADED[name]
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def _device_problem(name: str, device: torch.device):
-    """Why backend `name` cannot run on `device`, or None."""
-    if name == "triton" and device.type != "cuda" and not _interpreting():
-        return f"it needs CUDA tensors (or TRITON_INTERPRET=1 on the CPU), got {device.type}"
-    if name == "native":
-        module, _ = _load(name)
-        if module is not None and not module.supports(device):
-            return f"the extension was built without {device.type} support"
-    return None
-
-
 def available_backends(device="cpu"):
-    """Names of the backends that load and run on `device`."""
+    """Names of the backends that load and run the whole contract (forward and backward) on
+    `device`."""
     device = torch.device(device)
-    return [name for name in BACKENDS
-            if _load(name)[0] is not None and _device_problem(name, device) is None]
+    return [name for name in _REGISTRY
+            if _load(name)[0] is not None and _load(name)[0].supports(device, None, True) is None]
 
 
 _warned = set()
 
 
-def resolve_backend(requested: str = "auto", device="cpu"):
-    """(name, decode function) of the backend to use for tensors on `device`."""
+def resolve_backend(requested: str = "auto", device="cpu", spec=None, needs_grad: bool = True):
+    """(name, decode function) of the backend to use for tensors on `device`: one that loads and
+    supports `spec` (None: any spec) and a backward when `needs_grad`. The function expects
+    validated arguments; `decode` below validates and resolves in one call."""
     device = torch.device(device)
     forced = requested != "auto"
     if not forced:
@@ -75,25 +89,36 @@ def resolve_backend(requested: str = "auto", device="cpu"):
         if env and env != "auto":
             requested, forced = env, True
     if forced:
-        if requested not in BACKENDS:
-            raise ValueError(f"backend must be 'auto' or one of {', '.join(BACKENDS)}; "
+        if requested not in _REGISTRY:
+            raise ValueError(f"backend must be 'auto' or one of {', '.join(_REGISTRY)}; "
                              f"got {requested!r} (argument or FASTINR_BACKEND)")
         module, reason = _load(requested)
-        reason = _device_problem(requested, device) or reason  # the device is the likelier fix
+        reason = reason or module.supports(device, spec, needs_grad)
         if reason:
             raise BackendUnavailable(f"backend {requested!r} was requested but cannot run: {reason}")
         return requested, module.decode
 
     preferred = "triton" if device.type == "cuda" else "native"
     module, reason = _load(preferred)
-    reason = reason or _device_problem(preferred, device)
+    reason = reason or module.supports(device, spec, needs_grad)
     if reason is None:
         return preferred, module.decode
-    if (preferred, device.type) not in _warned:
-        _warned.add((preferred, device.type))
+    if (preferred, device.type, reason) not in _warned:
+        _warned.add((preferred, device.type, reason))
         warnings.warn(f"fastinr: backend {preferred!r} is unavailable on {device.type} ({reason}); "
                       f"using the 'torch' reference backend", RuntimeWarning, stacklevel=3)
     return "torch", _load("torch")[0].decode
+
+
+def decode(codes, params, spec, shape, norm_stats: str = "image", running=(), mods=None,
+           input_offset=None, backend: Optional[str] = "auto"):
+    """Colors (B, out, H, W) for codes (B, C) and the BlockStats of each BatchNorm block (in
+    training), by the backend `backend` ("auto", or a name in BACKENDS): the arguments are
+    validated once (fastinr.contract.validate), then handed to the backend."""
+    shape = validate(codes, params, spec, shape, norm_stats, running, mods, input_offset)
+    grad = _needs_grad(codes, params, mods, input_offset)
+    _, run = resolve_backend(backend, codes.device, spec, grad)
+    return run(codes, params, spec, shape, norm_stats, running, mods, input_offset)
 
 
 def native_bf16_matmul(device="cpu") -> bool:

@@ -1,6 +1,6 @@
 """The `native` backend: the csrc/ extension (fastinr._C), fused forward and backward on the CPU.
 
-Same contract as `fastinr.reference.decode`:
+Same contract as `fastinr.reference.decode` (arguments checked by fastinr.contract.validate):
 
     decode(codes (B, C), params, spec, shape, norm_stats, running, mods=None, input_offset=None)
         -> (colors (B, out, H, W), [BlockStats])
@@ -32,12 +32,22 @@ from typing import Optional, Sequence, Tuple
 import torch
 
 from fastinr import _C, reference
-from fastinr.reference import BlockStats, DecoderParams, DecoderSpec, NORM_STATS
+from fastinr.contract import BlockStats, DecoderParams, DecoderSpec, InputOffset
 
 
-def supports(device) -> bool:
-    """True where `decode` runs with its full contract (forward and backward): the CPU."""
-    return torch.device(device).type == "cpu"
+def supports(device, spec: Optional[DecoderSpec] = None, needs_grad: bool = True) -> Optional[str]:
+    """None where `decode` runs such a call: every call on the CPU; on CUDA (built with nvcc) a
+    render without gradients, modulation or LayerNorm (decode also refuses an input offset there,
+    and BatchNorm from batch statistics). Otherwise the reason."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return None
+    if device.type != "cuda" or not renders_on_cuda():
+        return f"the extension was built without {device.type} support"
+    if needs_grad or (spec is not None and (spec.modulation != "none" or spec.layer_norm)):
+        return ("on cuda it only renders, without gradients, modulation or LayerNorm; use the triton "
+                "or torch backend")
+    return None
 
 
 def renders_on_cuda() -> bool:
@@ -124,27 +134,18 @@ class _NativeDecode(torch.autograd.Function):
 
 def decode(codes: torch.Tensor, params: DecoderParams, spec: DecoderSpec, shape: Tuple[int, int],
            norm_stats: str = "image", running: Sequence[Tuple[torch.Tensor, torch.Tensor]] = (),
-           mods: Optional[torch.Tensor] = None, input_offset: Optional[reference.InputOffset] = None):
-    """Colors (B, out, H, W) and the BlockStats of each normalized block (see fastinr.reference)."""
-    if norm_stats not in NORM_STATS:
-        raise ValueError(f"norm_stats must be one of {NORM_STATS}, got {norm_stats!r}")
-    if not isinstance(codes, torch.Tensor) or codes.ndim != 2:
-        raise ValueError(f"codes must be a tensor of shape (B, {spec.code_size}), got "
-                         f"{getattr(codes, 'shape', type(codes).__name__)}")
-    if codes.shape[1] != spec.code_size:
-        raise ValueError(f"codes must have {spec.code_size} channels (spec.code_size), got "
-                         f"{tuple(codes.shape)}")
+           mods: Optional[torch.Tensor] = None, input_offset: Optional[InputOffset] = None):
+    """Colors (B, out, H, W) and the BlockStats of each normalized block (see fastinr.reference),
+    for arguments that passed fastinr.contract.validate; the extension checks what it reads."""
     reduced = reduced_precision(codes)
-    if reduced == torch.float16 or (reduced is not None and not supports(codes.device)):
+    if reduced == torch.float16 or (reduced is not None and codes.device.type != "cpu"):
         # no float16 GEMMs in the core, and the CUDA render is float32 / float64
         return reference.decode(codes, params, spec, shape, norm_stats, running, mods, input_offset)
-    reference.check_mods(spec, codes.shape[0], mods)
-    reference.check_input_offset(spec, codes.shape[0], shape, input_offset)
     config = _config(spec, shape, norm_stats)
     tensors = params.flat()
     if reduced == torch.bfloat16:
         return _decode_bf16(codes, tensors, spec, config, running, mods, input_offset)
-    if not supports(codes.device):
+    if codes.device.type != "cpu":
         if mods is not None or input_offset is not None or spec.layer_norm:
             raise ValueError("the native backend renders on CUDA without modulation, input_offset or "
                              "LayerNorm only; use the triton or torch backend for these decoders on the GPU")
@@ -162,7 +163,7 @@ def _decode_bf16(codes, tensors, spec, config, running, mods, input_offset):
                                 f"torch.autocast every tensor must share the codes' dtype")
     as_float = lambda t: None if t is None else t.float()   # differentiable; no copy for float32
     if input_offset is not None:
-        input_offset = reference.InputOffset(as_float(input_offset.basis), as_float(input_offset.cells))
+        input_offset = InputOffset(as_float(input_offset.basis), as_float(input_offset.cells))
     running = [(as_float(mean), as_float(var)) for mean, var in running]
     config = dict(config, bf16_matmul=bf16_matmul())
     colors, stats = _decode_cpu(codes.float(), [t.float() for t in tensors], spec, config, running,

@@ -9,7 +9,8 @@ over the whole batch need the whole batch, and GPUs gain nothing, so those run u
 """
 import torch
 
-from fastinr.reference import BlockStats, InputOffset, check_input_offset, decode as reference_decode
+from fastinr.contract import BlockStats, InputOffset
+from fastinr.reference import decode as reference_decode
 
 CHUNK_BYTES = 16 * 2 ** 20
 
@@ -19,11 +20,15 @@ def images_per_chunk(spec, pixels: int, itemsize: int) -> int:
     return max(1, CHUNK_BYTES // (pixels * widest * itemsize))
 
 
+def supports(device, spec=None, needs_grad=True):
+    """The reference math runs every call on every device."""
+    return None
+
+
 def decode(codes, params, spec, shape, norm_stats="image", running=(), mods=None, input_offset=None):
     chunk = images_per_chunk(spec, shape[0] * shape[1], params.w_in.element_size())
     if codes.device.type != "cpu" or norm_stats == "batch" or codes.shape[0] <= chunk:
         return reference_decode(codes, params, spec, shape, norm_stats, running, mods, input_offset)
-    check_input_offset(spec, codes.shape[0], shape, input_offset)
 
     def parts(tensor):   # per-image tensors split like the codes (None stays None)
         return torch.split(tensor, chunk) if tensor is not None else [None] * -(-codes.shape[0] // chunk)

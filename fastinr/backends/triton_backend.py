@@ -1,4 +1,5 @@
-"""The `triton` backend: `decode` with exactly the contract of fastinr.reference.decode.
+"""The `triton` backend: `decode` with exactly the contract of fastinr.reference.decode, for
+arguments that passed fastinr.contract.validate (fastinr.backends.decode checks them).
 
 Two paths:
   render  (no grad needed, BatchNorm folded from running statistics or absent, and at most
@@ -13,11 +14,11 @@ Two paths:
           kernel modulates per image, activates and adds the residual (modulate.py). LayerNorm
           is torch's fused kernel on the block input (per-row statistics, one extra pass).
 """
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 
-from fastinr.activations import canonical_activation
+from fastinr.contract import BlockStats, DecoderParams, DecoderSpec
 from fastinr.ops.activation import activation_code
 from fastinr.ops.config import LaunchConfig, interpreting
 from fastinr.ops.embed import embed_linear
@@ -25,41 +26,26 @@ from fastinr.ops.linear import RES_ADD, RES_CONCAT, RES_NONE, fused_linear
 from fastinr.ops.modulate import modulate_act
 from fastinr.ops.norm import norm_stats
 from fastinr.ops.render import MAX_OUT_CHANNELS, render_forward
-from fastinr.reference import (NORM_STATS, BlockStats, DecoderParams, DecoderSpec, check_input_offset,
-                               check_mods, check_norm_pixels)
 
 
-def _check_inputs(codes, params: DecoderParams, spec: DecoderSpec, shape, norm_stats, running):
-    if not isinstance(codes, torch.Tensor) or codes.ndim != 2 or codes.shape[1] != spec.code_size:
-        got = tuple(codes.shape) if isinstance(codes, torch.Tensor) else type(codes).__name__
-        raise ValueError(f"codes must be a tensor of shape (B, {spec.code_size}), got {got}")
-    if codes.shape[0] < 1:
-        raise ValueError("codes must hold at least one code (B >= 1)")
-    if codes.device.type != "cuda" and not interpreting():
-        raise RuntimeError(f"the triton backend needs CUDA tensors (or TRITON_INTERPRET=1 on the "
-                           f"CPU), got codes on {codes.device}")
-    if not codes.is_floating_point():
-        raise TypeError(f"codes must be a floating-point tensor, got {codes.dtype}")
-    for name, tensor in zip(("w_in", "b_in", "w_out", "b_out"),
-                            (params.w_in, params.b_in, params.w_out, params.b_out)):
+def supports(device, spec=None, needs_grad=True) -> Optional[str]:
+    """None where the kernels run: CUDA tensors, or the CPU under TRITON_INTERPRET=1 (tests)."""
+    device = torch.device(device)
+    if device.type != "cuda" and not interpreting():
+        return f"it needs CUDA tensors (or TRITON_INTERPRET=1 on the CPU), got {device.type}"
+    return None
+
+
+def _check_memory_safety(codes, params: DecoderParams, spec: DecoderSpec):
+    """What the kernels need beyond the contract: tensors they can address, float32 parameters."""
+    reason = supports(codes.device)
+    if reason:
+        raise RuntimeError(f"the triton backend cannot run here: {reason}")
+    for k, tensor in enumerate(params.flat()):
         if tensor.dtype != torch.float32:
             raise TypeError(f"the triton backend needs float32 parameters (use torch.autocast for "
-                            f"bf16/fp16); params.{name} has dtype {tensor.dtype}")
-        if tensor.device != codes.device:
-            raise ValueError(f"params.{name} is on {tensor.device} but codes are on {codes.device}")
-    if codes.dtype != torch.float32 and not torch.is_autocast_enabled(codes.device.type):
-        raise TypeError(f"codes have dtype {codes.dtype} but the parameters are float32; convert "
-                        f"them or use torch.autocast")
-    if (not isinstance(shape, (tuple, list)) or len(shape) != 2
-            or not all(isinstance(s, int) and s >= 1 for s in shape)):
-        raise ValueError(f"shape must be (H, W) with two positive ints, got {shape!r}")
-    if norm_stats not in NORM_STATS:
-        raise ValueError(f"norm_stats must be one of {NORM_STATS}, got {norm_stats!r}")
-    if spec.batch_norm and norm_stats == "running" and len(running) != spec.num_blocks:
-        raise ValueError(f"norm_stats='running' needs (running_mean, running_var) for each of the "
-                         f"{spec.num_blocks} blocks, got {len(running)}")
-    canonical_activation(spec.activation, "spec.activation")
-    canonical_activation(spec.activation_out, "spec.activation_out")
+                            f"bf16/fp16); params.{DecoderParams.names(spec).flat()[k]} has dtype "
+                            f"{tensor.dtype}")
 
 
 def _needs_grad(codes, params: DecoderParams) -> bool:
@@ -70,15 +56,10 @@ def _needs_grad(codes, params: DecoderParams) -> bool:
 def decode(codes: torch.Tensor, params: DecoderParams, spec: DecoderSpec, shape: Tuple[int, int],
            norm_stats: str = "image",
            running: Sequence[Tuple[torch.Tensor, torch.Tensor]] = (), mods=None, input_offset=None):
-    """Colors (B, out, H, W) for codes (B, C), and the BlockStats of each normalized block."""
-    shape = tuple(shape) if isinstance(shape, (tuple, list, torch.Size)) else shape
-    _check_inputs(codes, params, spec, shape, norm_stats, running)
-    check_mods(spec, codes.shape[0], mods)
-    check_input_offset(spec, codes.shape[0], shape, input_offset)
-    batch, (height, width) = codes.shape[0], shape
+    """Colors (B, out, H, W) for codes (B, C), and the BlockStats of each normalized block; shape
+    is (H, W) as validate returns it."""
+    _check_memory_safety(codes, params, spec)
     normalized = spec.batch_norm and spec.num_blocks > 0
-    if normalized:
-        check_norm_pixels(norm_stats, batch, height * width)
     config = LaunchConfig.for_call(codes.device)
     # The one-pass render has no input offset or modulation (yet): such decoders render with the
     # train kernels.
