@@ -118,6 +118,18 @@ class ImageManifoldDecoder(nn.Module):
         args.append(f"backend={self.backend!r}")
         return ", ".join(args)
 
+    def macs_per_pixel(self, shape: Optional[Tuple[int, int]] = None) -> int:
+        """Multiply-adds per output pixel, counted as the seed computes them: every pixel takes
+        code ⊕ embedding through linear_in, so nothing is per image and `shape` changes nothing."""
+        return sum(m.in_features * m.out_features for m in self.modules() if isinstance(m, nn.Linear))
+
+    @torch.no_grad()
+    def init_output_bias(self, value: float) -> "ImageManifoldDecoder":
+        """Fill the output layer's bias (before activation_out) with `value`, e.g. 0.5 to start a
+        linear output at mid grey; returns the decoder."""
+        self.pos_to_color.linear_out.bias.fill_(value)
+        return self
+
     def _blocks(self):
         return list(self.pos_to_color.resblocks)
 

@@ -174,3 +174,26 @@ def test_parameter_count_matches_seed():
     ours = fastinr.ImageManifoldDecoder(102, default_shape=(32, 32))
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in seed.parameters())
     assert "pos_embedding_freqs=(7, 17)" in repr(ours) and "GELU" in repr(ours)
+
+
+def test_macs_per_pixel_counts_every_linear_at_every_pixel():
+    """code ⊕ embedding (10 values for 2 frequencies) into hidden 12, two blocks of two layers
+    whose concatenated residuals double the width after each block, then 3 outputs."""
+    code, hidden, emb = 102, 12, 10
+    decoder = fastinr.ImageManifoldDecoder(code, 3, num_hidden=hidden, num_blocks=2,
+                                           num_layers_per_block=2, concat_residual=True)
+    expected = ((code + emb) * hidden + 2 * hidden ** 2 + 2 * (2 * hidden) ** 2
+                + 4 * hidden * 3)
+    assert decoder.macs_per_pixel() == expected
+    assert decoder.macs_per_pixel((7, 13)) == expected   # nothing per image to spread
+
+
+def test_init_output_bias_starts_a_linear_output_there():
+    decoder = fastinr.ImageManifoldDecoder(6, 3, num_hidden=8, activation_out="none",
+                                           batch_norm=False, backend="torch")
+    assert decoder.init_output_bias(0.5) is decoder
+    bias = decoder.pos_to_color.linear_out.bias
+    assert bias.is_leaf and bias.requires_grad and torch.equal(bias, torch.full((3,), 0.5))
+    with torch.no_grad():
+        decoder.pos_to_color.linear_out.weight.zero_()
+    assert torch.equal(decoder(torch.randn(2, 6), (5, 4)), torch.full((2, 3, 5, 4), 0.5))
