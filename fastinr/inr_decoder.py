@@ -163,14 +163,29 @@ class INRDecoder(nn.Module):
                 f"grid={self.grid_size}x{self.grid_size}x{self.grid_channels}, "
                 f"grid_blend={self.grid_blend!r}")
 
-    def macs_per_pixel(self) -> int:
-        """Multiply-adds per query point (per-image work, e.g. modulation, is left out); the
-        area blend's 4 members count 4 times."""
+    def macs_per_pixel(self, shape: Optional[Tuple[int, int]] = None) -> float:
+        """Multiply-adds per query point; the area blend's 4 members count 4 times. The per-image
+        work (the code projection, the modulation) is left out, or with `shape` (H, W) spread
+        over the H*W pixels of one image. Normalization, activations and grid sampling are not
+        counted."""
         h = self.hidden
         layers = sum(len(block) for block in self.blocks)
         macs = self.embed_in.in_features * h + layers * h * h + h * self.out_channels
         macs += self.grid_in.in_features * h if self.grid_in is not None else 0
-        return macs * self.members
+        macs *= self.members
+        if shape is None:
+            return macs
+        height, width = check_shape(shape, "shape")
+        per_image = sum(m.in_features * m.out_features
+                        for m in (self.code_in, self.modulation) if m is not None)
+        return macs + per_image / (height * width)
+
+    @torch.no_grad()
+    def init_output_bias(self, value: float) -> "INRDecoder":
+        """Fill linear_out's bias with `value` (the output "linear" adds its 0.5 on top); returns
+        the decoder."""
+        self.linear_out.bias.fill_(value)
+        return self
 
     def embed(self, xy: torch.Tensor) -> torch.Tensor:
         if self.embedding == "gaussian":

@@ -264,6 +264,27 @@ def test_area_blend_costs_four_evaluations():
     assert area.macs_per_pixel() == 4 * bilinear.macs_per_pixel()
 
 
+@pytest.mark.parametrize("conditioning", ["concat", "film"])
+def test_macs_per_pixel_spreads_the_per_image_work_over_the_shape(conditioning):
+    """Per query point: embedding, 2x2 hidden layers, output (and the grid's projection); per
+    image: the code's projection (concat) or the 5 layers' scales and shifts (film)."""
+    code, hidden, grid = 2 * 2 * 3 + 10, 16, 2 * 2 * 3
+    model = INRDecoder(code, hidden=hidden, conditioning=conditioning, grid_size=2, grid_channels=3)
+    per_point = 10 * hidden + 4 * hidden ** 2 + hidden * 3 + (3 + 2) * hidden
+    per_image = (code - grid) * (hidden if conditioning == "concat" else 5 * 2 * hidden)
+    assert model.macs_per_pixel() == per_point
+    assert model.macs_per_pixel((4, 8)) == pytest.approx(per_point + per_image / 32, rel=1e-15)
+
+
+def test_init_output_bias_is_added_before_the_output():
+    model = INRDecoder(8, hidden=16, output="linear", backend="torch")
+    assert model.init_output_bias(0.25) is model
+    assert model.linear_out.bias.is_leaf and torch.equal(model.linear_out.bias, torch.full((3,), 0.25))
+    with torch.no_grad():
+        model.linear_out.weight.zero_()
+    torch.testing.assert_close(model(torch.randn(2, 8), (3, 5)), torch.full((2, 3, 3, 5), 0.75))
+
+
 def test_query_points_equal_the_pixel_grid():
     model = INRDecoder(8, hidden=16, embedding="log", num_freqs=4)
     codes = torch.randn(2, 8)
