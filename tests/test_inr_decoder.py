@@ -346,3 +346,35 @@ def test_conv_decoder_baseline():
     assert codes.grad.abs().sum() > 0
     with pytest.raises(ValueError, match=r"codes must have shape \(B, 102\)"):
         model(torch.randn(102))
+
+
+@pytest.mark.parametrize("size, channels", [(32, 64), (8, 5)])
+def test_conv_decoder_macs_per_pixel_counts_what_a_forward_runs(size, channels):
+    """The closed count against the multiply-adds of every Linear and Conv2d seen in a forward."""
+    from fastinr.conv_decoder import ConvDecoder
+    model = ConvDecoder(102, channels=channels, size=size)
+    seen = []
+
+    def count(module, inputs, output):
+        if isinstance(module, torch.nn.Linear):
+            seen.append(module.in_features * module.out_features * output.shape[0])
+        else:
+            kh, kw = module.kernel_size
+            seen.append(output.numel() * module.in_channels * kh * kw)
+
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            module.register_forward_hook(count)
+    model(torch.randn(1, 102))
+    assert model.macs_per_pixel() == model.macs_per_pixel((size, size)) == sum(seen) / size ** 2
+    with pytest.raises(ValueError, match=f"decodes only {size}x{size}"):
+        model.macs_per_pixel((size, 2 * size))
+
+
+def test_conv_decoder_init_output_bias():
+    from fastinr.conv_decoder import ConvDecoder
+    model = ConvDecoder(10, channels=4, size=8)
+    assert model.init_output_bias(-0.5) is model and torch.equal(model.to_colors.bias, torch.full((3,), -0.5))
+    with torch.no_grad():
+        model.to_colors.weight.zero_()
+    assert torch.equal(model(torch.randn(2, 10)), torch.zeros(2, 3, 8, 8))
