@@ -12,7 +12,6 @@ it). Rounds alternate the presets, so a change of machine load hits all alike;
 the median over rounds is printed.
 """
 import argparse
-import importlib.util
 import json
 import statistics
 import subprocess
@@ -24,39 +23,37 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "examples"))   # the example's kit, rpgkit
+sys.path.insert(0, str(ROOT / "examples"))   # the example's command line and its kit, rpgkit
+
+import rpg_autoencoder  # noqa: E402
+from rpgkit.config import decoder_backend  # noqa: E402
+from rpgkit.models import build_autoencoder  # noqa: E402
+from rpgkit.training import make_optimizer, subpixel_jitter, train_step  # noqa: E402
+
 WARMUP_STEPS = 3
-
-
-def load_example():
-    spec = importlib.util.spec_from_file_location("rpg_autoencoder", ROOT / "examples" / "rpg_autoencoder.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def measure(variant: str, hidden: int, batch, steps: int) -> dict:
     """Median training images/s of one preset (name, then any further flags) in this process."""
     preset, *flags = variant.split()
-    example = load_example()
-    _, cfg, device, dist, _ = example.configure(
+    _, cfg, device, dist, _ = rpg_autoencoder.configure(
         ["--preset", preset, "--hidden", str(hidden), "--device", "cpu", "--output", "/nonexistent/never-written",
          *flags])
     dist.close()
     torch.manual_seed(0)
-    model = example.build_model(cfg)
-    optimizer = example.make_optimizer(model, 1e-3, device)
+    model = build_autoencoder(cfg)
+    optimizer = make_optimizer(model, 1e-3, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     batch = batch or cfg["batch_size"]
     images = torch.rand(batch, 3, 32, 32)
     rates = []
     for step in range(WARMUP_STEPS + steps):
         start = time.perf_counter()
-        jitter = example.subpixel_jitter(step, cfg, device) if cfg["subpixel"] else None
-        example.train_step(model, optimizer, scheduler, images, jitter)
+        jitter = subpixel_jitter(step, cfg, device) if cfg["subpixel"] else None
+        train_step(model, optimizer, scheduler, images, jitter)
         if step >= WARMUP_STEPS:
             rates.append(batch / (time.perf_counter() - start))
-    return {"name": f"{variant}, batch {batch} ({example.decoder_backend(cfg, device)})",
+    return {"name": f"{variant}, batch {batch} ({decoder_backend(cfg, device)})",
             "rate": statistics.median(rates)}
 
 

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import torch
 
-import rpg_autoencoder as example   # its folder is on sys.path when run as a script
 from ablation import _cell
+from rpgkit.config import saved_config
 from rpgkit.data import load_tiles_uint8, split_tiles
+from rpgkit.models import build_autoencoder
 from rpgkit.training import load_checkpoint, nearest_render_l1_sum, plot_renders
 
 CHUNK = 50
@@ -29,9 +30,9 @@ CHUNK = 50
 def load_model(folder: Path):
     """The run's model (eval mode, CPU) and its config, from its checkpoint."""
     checkpoint = load_checkpoint(folder / "checkpoint.pt")
-    cfg = {**example.DECODER_DEFAULTS, **checkpoint["config"]}
+    cfg = saved_config(checkpoint)
     cfg["encoder_weights"] = "none"   # the checkpoint holds the weights; nothing to download
-    model = example.build_model(cfg)
+    model = build_autoencoder(cfg)
     model.load_state_dict(checkpoint["model"])
     return model.eval(), cfg
 

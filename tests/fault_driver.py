@@ -9,7 +9,6 @@ PHASE says where the N-th occurrence (counted in this process) gets the signal:
 SIGNAL is KILL (no cleanup at all, like an OOM kill or a power cut) or TERM (a clean stop).
 Used by tests/test_faults.py; the example itself carries no test hooks.
 """
-import importlib.util
 import io
 import os
 import signal
@@ -18,18 +17,18 @@ from pathlib import Path
 
 import torch
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "rpg_autoencoder.py"
-sys.path.insert(0, str(EXAMPLE.parent))   # the example's kit, rpgkit, lives beside it
+# The example's command line and its kit, rpgkit, live in examples/.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
+import rpg_autoencoder  # noqa: E402
 import rpgkit.training.checkpoint as checkpoint_module  # noqa: E402
+import rpgkit.training.evaluation as evaluation_module  # noqa: E402
+import rpgkit.training.loop as loop_module  # noqa: E402
 
 
 def main() -> int:
     phase, n, signal_name = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     args = sys.argv[sys.argv.index("--") + 1:]
-    spec = importlib.util.spec_from_file_location("rpg_autoencoder_under_fault", EXAMPLE)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
     sig = getattr(signal, f"SIG{signal_name}")
     count = [0]
 
@@ -41,7 +40,7 @@ def main() -> int:
         os.kill(os.getpid(), sig)
 
     if phase == "step":
-        real_step = example.train_step
+        real_step = loop_module.train_step
 
         def step(*a, check=None, **k):
             def checked(loss):
@@ -50,16 +49,16 @@ def main() -> int:
                 if due():
                     send()
             return real_step(*a, check=checked, **k)
-        example.train_step = step
+        loop_module.train_step = step
     elif phase == "validation":
-        real_edges = example.sobel_edge_l1_sum  # called once per chunk inside evaluate()
+        real_edges = evaluation_module.sobel_edge_l1_sum  # once per chunk inside evaluate()
 
         def edges(*a, **k):
             result = real_edges(*a, **k)
             if due():
                 send()
             return result
-        example.sobel_edge_l1_sum = edges
+        evaluation_module.sobel_edge_l1_sum = edges
     elif phase == "checkpoint":
         class TorchSavingHalf:
             """torch, as the checkpoint module sees it, whose N-th save is cut by the signal."""
@@ -82,7 +81,7 @@ def main() -> int:
         checkpoint_module.torch = TorchSavingHalf()
     else:
         raise SystemExit(f"unknown PHASE {phase!r}: step, validation or checkpoint")
-    return example.main(args)
+    return rpg_autoencoder.main(args)
 
 
 if __name__ == "__main__":

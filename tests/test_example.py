@@ -4,7 +4,6 @@ Runs are tiny (a small decoder, batch 16, a few hundred images) and in-process, 
 two-process DistributedDataParallel run, which goes through torchrun (gloo on the CPU).
 """
 import csv
-import importlib.util
 import json
 import os
 import signal
@@ -18,8 +17,10 @@ import pytest
 import torch
 
 import rpgkit.data.tiles as tiles_mod
+import rpgkit.training.loop as training_loop
 from rpgkit.models import ConvEncoder, ResNet18Encoder, build_encoder
-from rpgkit.training import load_checkpoint, save_checkpoint
+from rpgkit.training import (EXIT_INTERRUPTED, collapse_message, load_checkpoint, make_scheduler,
+                             save_checkpoint)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "rpg_autoencoder.py"
@@ -32,10 +33,9 @@ STEPS, BATCH, VAL_EVERY_STEPS = 20, 16, 6
 
 @pytest.fixture(scope="module")
 def example():
-    spec = importlib.util.spec_from_file_location("rpg_autoencoder_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The example's command line (examples/ is on sys.path: tests/conftest.py)."""
+    import rpg_autoencoder
+    return rpg_autoencoder
 
 
 def sprite_sheet(path, n, seed, cols=16):
@@ -143,8 +143,9 @@ def assert_same_run(a: Path, b: Path):
     assert (ja["val_l1"], ja["val_psnr"]) == (jb["val_l1"], jb["val_psnr"])
 
 
-def interrupt_at(example, monkeypatch, call, action):
-    real = example.train_step
+def interrupt_at(monkeypatch, call, action):
+    """Run `action` inside the `call`-th training step of the run's loop."""
+    real = training_loop.train_step
     calls = []
 
     def step(*args, **kwargs):
@@ -153,13 +154,13 @@ def interrupt_at(example, monkeypatch, call, action):
             action()
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(example, "train_step", step)
+    monkeypatch.setattr(training_loop, "train_step", step)
 
 
 def test_ctrl_c_checkpoints_and_resume_matches(example, run_env, straight_run, monkeypatch):
     output = run_env["root"] / "ctrl_c"
-    interrupt_at(example, monkeypatch, 8, lambda: signal.raise_signal(signal.SIGINT))
-    assert example.main(small_args(run_env, output)) == example.EXIT_INTERRUPTED
+    interrupt_at(monkeypatch, 8, lambda: signal.raise_signal(signal.SIGINT))
+    assert example.main(small_args(run_env, output)) == EXIT_INTERRUPTED
     assert load_checkpoint(output / "checkpoint.pt")["step"] == 8  # the step in flight finishes
     assert json.loads((output / "summary.json").read_text())["status"] == "interrupted"
     monkeypatch.undo()
@@ -174,7 +175,7 @@ def test_killed_run_loses_at_most_one_interval(example, run_env, straight_run, m
     def kill():
         raise KeyboardInterrupt  # no clean stop: what a hard kill leaves behind
 
-    interrupt_at(example, monkeypatch, 11, kill)
+    interrupt_at(monkeypatch, 11, kill)
     with pytest.raises(KeyboardInterrupt):
         example.main(args)
     assert load_checkpoint(output / "checkpoint.pt")["step"] == 8  # last interval checkpoint
@@ -194,7 +195,7 @@ def test_resume_refuses_changed_settings(example, straight_run, capsys):
 
 def test_collapse_is_reported(example, run_env, monkeypatch):
     """A decoder whose reconstructions ignore the input is flagged, naming cause and flag."""
-    build = example.build_model
+    build = training_loop.build_autoencoder
 
     def code_blind(cfg):
         model = build(cfg)
@@ -203,7 +204,7 @@ def test_collapse_is_reported(example, run_env, monkeypatch):
         model.encoder.linear.bias.requires_grad_(False)
         return model
 
-    monkeypatch.setattr(example, "build_model", code_blind)
+    monkeypatch.setattr(training_loop, "build_autoencoder", code_blind)
     output = run_env["root"] / "collapsed"
     args = small_args(run_env, output, **{"--max-inputs": str(4 * BATCH),
                                           "--val-every": str(2 * BATCH)})
@@ -213,7 +214,7 @@ def test_collapse_is_reported(example, run_env, monkeypatch):
     assert summary["val_tiles_spread"] > 0.05
     assert "sigmoid" in summary["collapse_message"]
     assert "--activation-out none" in summary["collapse_message"]
-    linear = example.collapse_message({"activation_out": "none", "batch_norm": "image"}, 1e-5, 0.2)
+    linear = collapse_message({"activation_out": "none", "batch_norm": "image"}, 1e-5, 0.2)
     assert "ignores its code" in linear and "--batch-norm none" in linear
 
 
@@ -338,14 +339,14 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     assert torch.equal(load_checkpoint(tmp_path / "ckpt.prev.pt")["a"], torch.arange(3))
 
 
-def test_warmup_then_cosine_and_exact_resume(example):
+def test_warmup_then_cosine_and_exact_resume():
     """--warmup: the learning rate rises linearly, then follows the cosine; a scheduler restored
     from its state_dict continues on the same curve. Without warm-up it is the plain cosine."""
     def optimizer():
         return torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-2)
 
     opt = optimizer()
-    scheduler = example.make_scheduler(opt, total_steps=20, warmup_steps=4)
+    scheduler = make_scheduler(opt, total_steps=20, warmup_steps=4)
     lrs = []
     for _ in range(20):
         lrs.append(opt.param_groups[0]["lr"])
@@ -356,8 +357,8 @@ def test_warmup_then_cosine_and_exact_resume(example):
     assert lrs[-1] < 1e-4
 
     opt2 = optimizer()
-    resumed = example.make_scheduler(opt2, total_steps=20, warmup_steps=4)
-    state = example.make_scheduler(optimizer(), total_steps=20, warmup_steps=4)
+    resumed = make_scheduler(opt2, total_steps=20, warmup_steps=4)
+    state = make_scheduler(optimizer(), total_steps=20, warmup_steps=4)
     for _ in range(7):
         state.optimizer.step(), state.step()
     resumed.load_state_dict(state.state_dict())
@@ -367,5 +368,5 @@ def test_warmup_then_cosine_and_exact_resume(example):
         opt2.step(), resumed.step()
     assert later == pytest.approx(lrs[7:])
 
-    plain = example.make_scheduler(optimizer(), total_steps=20, warmup_steps=0)
+    plain = make_scheduler(optimizer(), total_steps=20, warmup_steps=0)
     assert isinstance(plain, torch.optim.lr_scheduler.CosineAnnealingLR)

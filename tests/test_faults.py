@@ -123,15 +123,13 @@ def test_sigkill_mid_checkpoint_keeps_both_checkpoints_readable(env):
 # ----------------------------------------------------------------------------- divergence
 
 
-def test_diverging_run_stops_and_keeps_the_last_finite_checkpoint(env, tmp_path):
+def test_diverging_run_stops_and_keeps_the_last_finite_checkpoint(env, tmp_path, monkeypatch):
     """A weight turned NaN at a random step: the run stops there with exit code 3, says what went
     non-finite, writes strict JSON and keeps the checkpoint of the last finite step."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("rpg_autoencoder_diverging", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    import rpg_autoencoder
+    import rpgkit.training.loop as training_loop
     poison_at = random.randint(CHECKPOINT_EVERY_STEPS + 1, STEPS)
-    real, calls = module.train_step, []
+    real, calls = training_loop.train_step, []
 
     def step(model, *args, **kwargs):
         calls.append(1)
@@ -140,14 +138,11 @@ def test_diverging_run_stops_and_keeps_the_last_finite_checkpoint(env, tmp_path)
                 next(model.parameters())[0].fill_(float("nan"))
         return real(model, *args, **kwargs)
 
-    module.train_step = step
+    monkeypatch.setattr(training_loop, "train_step", step)
+    monkeypatch.setenv("FASTINR_CACHE_DIR", str(env["cache"]))
     output = tmp_path / "diverged"
-    os.environ["FASTINR_CACHE_DIR"] = str(env["cache"])
-    try:
-        code = module.main(run_args(env, output))
-    finally:
-        os.environ.pop("FASTINR_CACHE_DIR")
-    assert code == module.EXIT_DIVERGED == 3
+    code = rpg_autoencoder.main(run_args(env, output))
+    assert code == training_loop.EXIT_DIVERGED == 3
     summary = strict_json(output / "summary.json")
     assert summary["status"] == "diverged"
     assert f"at step {poison_at}" in summary["divergence"] and "nan" in summary["divergence"]
@@ -175,14 +170,12 @@ def test_huge_learning_rate_diverges_with_strict_json(diverged):
 
 def test_campaign_tools_list_diverged_runs_apart(env, straight, diverged, tmp_path):
     """ablation.py's table and compare_runs.py keep a diverged run out of the means and name it."""
-    import importlib.util
     import shutil
+
+    import ablation
     root = tmp_path / "campaign"
     shutil.copytree(straight, root / "good" / "seed0")
     shutil.copytree(diverged[0], root / "bad" / "seed0")
-    spec = importlib.util.spec_from_file_location("ablation_faults", ROOT / "examples" / "ablation.py")
-    ablation = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ablation)
     assert ablation.is_done(root / "bad" / "seed0")  # not rerun: it would diverge again
     table = ablation.aggregate(root, ["good", "bad"])
     rows = [line for line in table.splitlines() if line.startswith("| ")]

@@ -242,20 +242,17 @@ def test_float16_and_mixed_dtypes(bf16_gemms):
 def test_example_precision_flag():
     """--precision: auto resolves to bf16 exactly where the native bf16 GEMMs run; bf16 runs the
     training step's forward (not the loss) and evaluation under bf16 autocast."""
-    import importlib.util
-    import pathlib
-    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "rpg_autoencoder.py"
-    spec = importlib.util.spec_from_file_location("rpg_autoencoder_precision", path)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    import rpg_autoencoder   # examples/ is on sys.path (tests/conftest.py)
+    from rpgkit.config import precision_of
+    from rpgkit.training import evaluate, train_step
     cpu = torch.device("cpu")
     cfg = dict(decoder="seed", backend="native", precision="auto")
-    assert example.precision_of(cfg, cpu) == ("bf16" if native.bf16_matmul() else "fp32")
-    assert example.precision_of(dict(cfg, backend="torch"), cpu) == "fp32"
-    assert example.precision_of(dict(cfg, precision="bf16"), cpu) == "bf16"
-    assert example.precision_of({"decoder": "seed", "backend": "native"}, cpu) == "fp32"   # older runs
+    assert precision_of(cfg, cpu) == ("bf16" if native.bf16_matmul() else "fp32")
+    assert precision_of(dict(cfg, backend="torch"), cpu) == "fp32"
+    assert precision_of(dict(cfg, precision="bf16"), cpu) == "bf16"
+    assert precision_of({"decoder": "seed", "backend": "native"}, cpu) == "fp32"   # older runs
     with pytest.raises(SystemExit):
-        example.build_parser().parse_args(["--precision", "fp16"])
+        rpg_autoencoder.build_parser().parse_args(["--precision", "fp16"])
 
     class Recorder(torch.nn.Module):
         def __init__(self):
@@ -271,8 +268,8 @@ def test_example_precision_flag():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     images = torch.rand(2, 3, 4, 4)
-    loss = example.train_step(model, optimizer, scheduler, images, precision="bf16")
-    example.train_step(model, optimizer, scheduler, images, precision="fp32")
+    loss = train_step(model, optimizer, scheduler, images, precision="bf16")
+    train_step(model, optimizer, scheduler, images, precision="fp32")
     assert model.seen == [torch.bfloat16, False] and loss.dtype == torch.float32
-    example.evaluate(model, (images * 255).to(torch.uint8), precision="bf16")
+    evaluate(model, (images * 255).to(torch.uint8), precision="bf16")
     assert model.seen[-1] == torch.bfloat16

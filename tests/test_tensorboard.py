@@ -4,7 +4,6 @@ Tiny in-process runs on generated tiles (the helpers of tests/test_example.py): 
 a Ctrl-C'd and resumed one, one killed between a validation and its checkpoint, --no-tensorboard,
 a missing tensorboard package, and the campaign layouts (ablation, compare_runs --logdir).
 """
-import importlib.util
 import shutil
 import signal
 import sys
@@ -16,8 +15,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
 import rpgkit.training.tensorboard as tb
-from rpgkit.training import load_checkpoint, metric_tag, open_tensorboard
-from tests.test_example import (BATCH, EVENTS, ROOT, STEPS, TIMING,  # noqa: F401
+from rpgkit.training import EXIT_INTERRUPTED, Training, load_checkpoint, metric_tag, open_tensorboard
+from tests.test_example import (BATCH, EVENTS, STEPS, TIMING,  # noqa: F401
                                 VAL_EVERY_STEPS, example, interrupt_at, read_metrics, run_env,
                                 small_args)
 
@@ -82,8 +81,8 @@ def test_no_tensorboard_writes_no_events_and_trains_the_same(example, run_env, t
 
 def test_ctrl_c_and_resume_continue_one_curve(example, run_env, monkeypatch):
     output = run_env["root"] / "ctrl_c"
-    interrupt_at(example, monkeypatch, 8, lambda: signal.raise_signal(signal.SIGINT))
-    assert example.main(small_args(run_env, output, **TINY)) == example.EXIT_INTERRUPTED
+    interrupt_at(monkeypatch, 8, lambda: signal.raise_signal(signal.SIGINT))
+    assert example.main(small_args(run_env, output, **TINY)) == EXIT_INTERRUPTED
     monkeypatch.undo()
     assert read_events(output).Images("reconstructions")[-1].step == VAL_EVERY_STEPS * BATCH
     assert example.main(["--output", str(output), "--resume", "--quiet"]) == 0
@@ -97,7 +96,7 @@ def test_kill_between_validation_and_checkpoint_drops_the_orphaned_steps(example
     """Killed after the second validation was logged, before its checkpoint: the resumed run
     (from the first) logs the second again, and TensorBoard shows only the new one."""
     output = run_env["root"] / "killed"
-    write_checkpoint, calls = example.Training.write_checkpoint, []
+    write_checkpoint, calls = Training.write_checkpoint, []
 
     def killed_on_second(self):
         calls.append(self.step)
@@ -105,7 +104,7 @@ def test_kill_between_validation_and_checkpoint_drops_the_orphaned_steps(example
             raise KeyboardInterrupt  # what a hard kill leaves behind
         write_checkpoint(self)
 
-    monkeypatch.setattr(example.Training, "write_checkpoint", killed_on_second)
+    monkeypatch.setattr(Training, "write_checkpoint", killed_on_second)
     with pytest.raises(KeyboardInterrupt):
         example.main(small_args(run_env, output, **TINY))
     monkeypatch.undo()
@@ -136,9 +135,7 @@ def test_missing_tensorboard_is_said_once_and_the_run_goes_on(example, run_env, 
 
 
 def test_ablation_folder_is_a_log_dir_with_a_run_per_variant_and_seed(tensorboard_run, tmp_path):
-    spec = importlib.util.spec_from_file_location("ablation_tb", ROOT / "examples" / "ablation.py")
-    ablation = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ablation)
+    import ablation   # examples/ is on sys.path (tests/conftest.py)
     for name, seed in (("baseline", 0), ("baseline", 1), ("sharp", 0)):
         shutil.copytree(tensorboard_run, ablation.run_dir(tmp_path, name, seed))
     runs = EventMultiplexer().AddRunsFromDirectory(str(tmp_path)).Reload().Runs()
@@ -151,11 +148,7 @@ def test_compare_runs_gathers_a_log_dir(example, run_env, tensorboard_run, tmp_p
     shutil.copytree(tensorboard_run, no_events)
     for event_file in no_events.glob(EVENTS):
         event_file.unlink()
-    monkeypatch.syspath_prepend(str(ROOT / "examples"))
-    spec = importlib.util.spec_from_file_location("compare_tb",
-                                                  ROOT / "examples" / "compare_runs.py")
-    compare = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(compare)
+    import compare_runs as compare   # examples/ is on sys.path (tests/conftest.py)
     logdir = tmp_path / "logdir"
     argv = ["--output", str(tmp_path / "curves.png"), "--logdir", str(logdir),
             f"a={tensorboard_run}", f"a={no_events}", f"b={tensorboard_run}"]

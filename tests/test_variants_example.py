@@ -1,6 +1,5 @@
 """The example with the sharper-decoder variants (--decoder inr / conv, presets) and the
 ablation script's planning and aggregation, on tiny runs over generated tile sheets."""
-import importlib.util
 import json
 import shutil
 import signal
@@ -11,9 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from rpgkit.config import DECODER_DEFAULTS, decoder_backend
 from rpgkit.data import load_tiles_uint8, split_tiles
-from rpgkit.models import ConvEncoder
-from rpgkit.training import load_checkpoint, nearest_render_l1_sum, save_checkpoint, sobel_edge_l1_sum
+from rpgkit.models import ConvEncoder, build_autoencoder
+from rpgkit.training import (EXIT_INTERRUPTED, evaluate, load_checkpoint, nearest_render_l1_sum,
+                             save_checkpoint, sobel_edge_l1_sum, subpixel_jitter)
 from tests.test_example import (OUTPUTS, assert_same_run, example, interrupt_at,  # noqa: F401
                                 read_metrics, run_env, run_files, small_args)
 
@@ -31,11 +32,9 @@ def tiny(env, output, **extra):
 
 @pytest.fixture(scope="module")
 def ablation():
-    spec = importlib.util.spec_from_file_location("ablation_example", ROOT / "examples" /
-                                                  "ablation.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The ablation script (examples/ is on sys.path: tests/conftest.py)."""
+    import ablation
+    return ablation
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +102,8 @@ def test_sharp_with_a_linear_grid_head_runs_fused(example, run_env, blend):
 
 def test_inr_resume_matches(example, run_env, inr_run, monkeypatch):
     output = run_env["root"] / "inr_ctrl_c"
-    interrupt_at(example, monkeypatch, 6, lambda: signal.raise_signal(signal.SIGINT))
-    assert example.main(tiny(run_env, output, **INR)) == example.EXIT_INTERRUPTED
+    interrupt_at(monkeypatch, 6, lambda: signal.raise_signal(signal.SIGINT))
+    assert example.main(tiny(run_env, output, **INR)) == EXIT_INTERRUPTED
     monkeypatch.undo()
     assert example.main(["--output", str(output), "--resume", "--quiet"]) == 0
     assert_same_run(inr_run, output)
@@ -127,15 +126,15 @@ def test_seed_preset_records_batch_norm_train_and_eval(example, run_env):
     # Both numbers are the final weights measured on the validation tiles: in eval mode (running
     # statistics) and in training mode (each image's own statistics).
     saved = load_checkpoint(output / "checkpoint.pt")["model"]
-    model = example.build_model(summary["config"])
+    model = build_autoencoder(summary["config"])
     model.load_state_dict(saved)
     _, val = split_tiles(load_tiles_uint8([run_env["sheet"]]))
-    assert example.evaluate(model, val)["val_l1"] == pytest.approx(summary["val_l1"], rel=1e-6)
-    assert example.evaluate(model, val, train_mode=True)["val_l1"] == \
+    assert evaluate(model, val)["val_l1"] == pytest.approx(summary["val_l1"], rel=1e-6)
+    assert evaluate(model, val, train_mode=True)["val_l1"] == \
         pytest.approx(summary["val_l1_bn_train_mode"], rel=1e-6)
     # Measuring in training mode leaves the running statistics as they were.
     tiles = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
-    example.evaluate(model, tiles, train_mode=True)
+    evaluate(model, tiles, train_mode=True)
     for key, value in model.state_dict().items():
         assert torch.equal(value, saved[key]), key
 
@@ -157,7 +156,7 @@ def test_preset_is_overridden_by_explicit_flags(example):
     assert (cfg["grid_size"], cfg["grid_channels"], cfg["grid_head"], cfg["blocks"], cfg["layers_per_block"],
             cfg["subpixel"]) == (4, 6, "linear", 2, 1, True)
     assert cfg["grid_size"] ** 2 * cfg["grid_channels"] + 6 == cfg["code_size"] == 102
-    assert example.decoder_backend(cfg, torch.device("cpu")) in ("native", "torch")  # fused
+    assert decoder_backend(cfg, torch.device("cpu")) in ("native", "torch")  # fused
     for decoder in ("seed", "conv"):   # another decoder takes the preset's recipe, not its INR settings
         _, cfg, *_ = example.configure(["--preset", "sharp", "--decoder", decoder,
                                         "--output", "/nonexistent/never-written", "--device", "cpu"])
@@ -182,20 +181,20 @@ def test_bad_variant_flags(example, argv, message, capsys):
 def test_subpixel_training_is_fused_and_can_be_turned_off(example):
     _, cfg, *_ = example.configure(["--preset", "sharp", "--backend", "native",
                                     "--output", "/nonexistent/never-written", "--device", "cpu"])
-    assert cfg["subpixel"] and example.decoder_backend(cfg, torch.device("cpu")) == "native"
+    assert cfg["subpixel"] and decoder_backend(cfg, torch.device("cpu")) == "native"
     _, cfg, *_ = example.configure(["--preset", "sharp", "--no-subpixel",
                                     "--output", "/nonexistent/never-written", "--device", "cpu"])
     assert not cfg["subpixel"]
 
 
-def test_subpixel_points_stay_in_their_pixel(example):
+def test_subpixel_points_stay_in_their_pixel():
     cfg = {"seed": 3, "batch_size": 4}
-    jitter = example.subpixel_jitter(7, cfg, torch.device("cpu"))
+    jitter = subpixel_jitter(7, cfg, torch.device("cpu"))
     assert jitter.shape == (32, 32, 2)
     offset = jitter * (31 / 2)          # in pixels
     assert offset.abs().max() <= 0.5 and offset.abs().max() > 0.4 and offset.std() > 0.2
-    assert torch.equal(jitter, example.subpixel_jitter(7, cfg, torch.device("cpu")))  # resumable
-    assert not torch.equal(jitter, example.subpixel_jitter(8, cfg, torch.device("cpu")))
+    assert torch.equal(jitter, subpixel_jitter(7, cfg, torch.device("cpu")))  # resumable
+    assert not torch.equal(jitter, subpixel_jitter(8, cfg, torch.device("cpu")))
 
 
 def test_grid_encoder_layout():
@@ -285,7 +284,7 @@ def test_resume_of_a_checkpoint_from_before_the_variants(example, run_env):
     assert example.main(args) == 0
     state = load_checkpoint(output / "checkpoint.pt")
     assert not any(key.startswith("encoder.grid_head") for key in state["model"])
-    for key in example.DECODER_DEFAULTS:
+    for key in DECODER_DEFAULTS:
         state["config"].pop(key)
     state["step"] = 1  # one step left to train
     save_checkpoint(output / "checkpoint.pt", state)

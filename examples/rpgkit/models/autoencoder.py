@@ -1,6 +1,7 @@
 """Encoder + decoder: image (B, C, H, W) -> code (B, code_size) -> image at any shape.
 
-The submodule names (`encoder`, `decoder`) follow the seed's `EncoderDecoder`. The decoder is an
+`build_autoencoder(cfg)` makes the example's model from a run's config (rpgkit.config). The
+submodule names (`encoder`, `decoder`) follow the seed's `EncoderDecoder`. The decoder is an
 implicit one (ImageManifoldDecoder, INRDecoder: any shape, and INRDecoder also query points) or
 the fixed-resolution ConvDecoder baseline, whose other shapes are bilinear resamples.
 """
@@ -12,6 +13,9 @@ from torch import nn
 
 from fastinr.conv_decoder import ConvDecoder
 from fastinr.inr_decoder import INRDecoder
+from rpgkit.config import SHAPE
+from rpgkit.models.decoders import build_decoder
+from rpgkit.models.encoders import build_encoder
 
 
 class EncoderDecoder(nn.Module):
@@ -45,3 +49,12 @@ class EncoderDecoder(nn.Module):
         if jitter is not None:
             return self.decoder(codes, tuple(jitter.shape[:2]) if shape is None else shape, jitter=jitter)
         return self.decoder(codes, shape)
+
+
+def build_autoencoder(cfg: dict) -> EncoderDecoder:
+    """The example's encoder and decoder for SHAPE images; with an INRDecoder's local latent grid
+    and the "pool" grid head, the encoder makes the grid part of the code from its features."""
+    pooled_grid = cfg["decoder"] == "inr" and cfg["grid_head"] == "pool"
+    grid = (cfg["grid_size"], cfg["grid_channels"]) if pooled_grid else (0, 0)
+    encoder = build_encoder(cfg["encoder"], SHAPE, cfg["code_size"], cfg["encoder_weights"], *grid)
+    return EncoderDecoder(encoder, build_decoder(cfg))

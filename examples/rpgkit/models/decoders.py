@@ -1,53 +1,42 @@
-"""The example's decoders by name, and their cost in multiply-adds per output pixel.
+"""The example's decoders by name, built from a run's config (rpgkit.config).
 
 * "seed": fastinr.ImageManifoldDecoder, the seed's decoder (fused backends).
 * "inr":  fastinr.INRDecoder, the sharper-decoder variants (fused backends, every variant).
 * "conv": fastinr.ConvDecoder, a transposed-convolution baseline with the same code size.
+
+Each has `macs_per_pixel(shape)`, its cost in multiply-adds per output pixel.
 """
-import torch
 from torch import nn
 
 from fastinr.conv_decoder import ConvDecoder
 from fastinr.inr_decoder import INRDecoder
 from fastinr.modules import ImageManifoldDecoder
+from rpgkit.config import SHAPE
 
 DECODERS = ("seed", "inr", "conv")
 
 
-def decoder_macs_per_pixel(decoder: nn.Module, shape=(32, 32)) -> float:
-    """Multiply-adds of one image's decode at `shape`, divided by its pixels.
-
-    Per-image work (code projections, modulation, the conv decoder's low-resolution stages) is
-    included, spread over the pixels; normalization, activations and grid sampling are not counted.
-    """
-    pixels = shape[0] * shape[1]
-    if isinstance(decoder, ImageManifoldDecoder):
-        # The seed concatenates the code to every pixel's embedding: its first layer is per pixel.
-        return float(sum(m.in_features * m.out_features for m in decoder.modules()
-                         if isinstance(m, nn.Linear)))
-    if isinstance(decoder, INRDecoder):
-        per_image = sum(m.in_features * m.out_features
-                        for m in (decoder.code_in, decoder.modulation) if m is not None)
-        return decoder.macs_per_pixel() + per_image / pixels
-    if isinstance(decoder, ConvDecoder):
-        macs = []
-
-        def count(module, inputs, output):
-            if isinstance(module, nn.Linear):
-                macs.append(module.in_features * module.out_features * output.shape[0])
-            else:
-                kh, kw = module.kernel_size
-                macs.append(output.numel() * module.in_channels // module.groups * kh * kw)
-
-        hooks = [m.register_forward_hook(count) for m in decoder.modules()
-                 if isinstance(m, (nn.Linear, nn.Conv2d))]
-        try:
-            with torch.no_grad():
-                out = decoder(torch.zeros(1, decoder.code_size,
-                                          device=decoder.project.weight.device))
-        finally:
-            for hook in hooks:
-                hook.remove()
-        return sum(macs) / (out.shape[-2] * out.shape[-1])
-    raise TypeError(f"decoder: no cost model for {type(decoder).__name__}")
-
+def build_decoder(cfg: dict) -> nn.Module:
+    """The decoder of `cfg["decoder"]` for SHAPE images, with the run's settings."""
+    if cfg["decoder"] == "inr":
+        return INRDecoder(
+            cfg["code_size"], SHAPE[0], hidden=cfg["hidden"], num_blocks=cfg["blocks"],
+            layers_per_block=cfg["layers_per_block"], activation=cfg["activation"],
+            conditioning=cfg["conditioning"], norm=cfg["norm"], output=cfg["inr_output"],
+            embedding=cfg["embedding"], freqs=cfg["freqs"], num_freqs=cfg["num_freqs"],
+            max_freq=cfg["max_freq"], train_size=SHAPE[1], sigma=cfg["sigma"],
+            grid_size=cfg["grid_size"], grid_channels=cfg["grid_channels"],
+            grid_blend=cfg["grid_blend"], default_shape=SHAPE[1:], seed=cfg["seed"],
+            backend=cfg["backend"])
+    if cfg["decoder"] == "conv":
+        return ConvDecoder(cfg["code_size"], SHAPE[0], channels=cfg["conv_channels"], size=SHAPE[1])
+    decoder = ImageManifoldDecoder(
+        cfg["code_size"], SHAPE[0], num_hidden=cfg["hidden"], num_blocks=cfg["blocks"],
+        num_layers_per_block=cfg["layers_per_block"], pos_embedding_freqs=cfg["freqs"],
+        batch_norm=cfg["batch_norm"] != "none", default_shape=SHAPE[1:],
+        activation=cfg["activation"], activation_out=cfg["activation_out"],
+        batch_norm_stats="batch" if cfg["batch_norm"] == "batch" else "image",
+        backend=cfg["backend"])
+    if cfg["activation_out"] == "none":
+        decoder.init_output_bias(0.5)  # mid grey, the middle of the [0, 1] target range
+    return decoder
