@@ -46,17 +46,14 @@ import argparse
 import csv
 import itertools
 import json
-import statistics
 import subprocess
 import sys
 from pathlib import Path
 
+from rpgkit.results import mean_spread, mean_spread_cell
+from rpgkit.training import EXIT_DIVERGED, plot_curves
+
 EXAMPLE = Path(__file__).resolve().parent / "rpg_autoencoder.py"
-EXIT_DIVERGED = 3  # rpg_autoencoder.py's exit code for a run stopped by a non-finite loss
-try:  # the aggregation's references read tiles with fastinr
-    import fastinr  # noqa: F401
-except ImportError:  # running from a source checkout without `pip install -e .`, as the example does
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 INR_INSTANCE = ["--decoder", "inr", "--norm", "instance", "--inr-output", "linear"]
 GRID = ["--grid-size", "4", "--grid-channels", "6"]
 LADDER = [
@@ -149,20 +146,6 @@ def diverged_runs(root: Path, names):
     return found
 
 
-def mean_spread(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def _cell(values, digits):
-    mean, spread = mean_spread(values)
-    if mean is None:
-        return "-"
-    return f"{mean:.{digits}f} ± {spread:.{digits}f}"
-
-
 def best_variant(root: Path, names):
     """The name among `names` with the lowest mean validation L1 (None if none finished)."""
     scored = []
@@ -207,11 +190,11 @@ def aggregate(root: Path, names, common=()) -> str:
         summaries = [s for _, s, _ in runs]
         macs = summaries[0].get("decoder_macs_per_pixel")
         lines.append(
-            f"| {name} | {len(runs)} | {_cell([s['val_l1'] for s in summaries], 4)} | "
-            f"{_cell([s['val_psnr'] for s in summaries], 2)} | "
-            f"{_cell([s.get('val_edge_l1') for s in summaries], 4)} | "
+            f"| {name} | {len(runs)} | {mean_spread_cell([s['val_l1'] for s in summaries], 4)} | "
+            f"{mean_spread_cell([s['val_psnr'] for s in summaries], 2)} | "
+            f"{mean_spread_cell([s.get('val_edge_l1') for s in summaries], 4)} | "
             f"{'-' if macs is None else f'{macs:,.0f}'} | "
-            f"{_cell([s.get('images_per_second') for s in summaries], 1)} |")
+            f"{mean_spread_cell([s.get('images_per_second') for s in summaries], 1)} |")
         curves[name] = [[(int(r["images"]), float(r["val_l1"])) for r in rows if r["val_l1"]]
                         for _, _, rows in runs]
     budgets = sorted({s["images"] for n in names for _, s, _ in variant_runs(root, n)})
@@ -222,10 +205,10 @@ def aggregate(root: Path, names, common=()) -> str:
         runs = variant_runs(root, name)
         bn_train = [s.get("val_l1_bn_train_mode") for _, s, _ in runs]
         if runs and all(v is not None for v in bn_train):
-            bn_eval = _cell([s["val_l1"] for _, s, _ in runs], 4)
+            bn_eval = mean_spread_cell([s["val_l1"] for _, s, _ in runs], 4)
             text += [f"{name} (per-image BatchNorm), validation L1 on the same final weights: "
                      f"eval mode (running statistics) {bn_eval}, training mode (each image's "
-                     f"own statistics) {_cell(bn_train, 4)}.", ""]
+                     f"own statistics) {mean_spread_cell(bn_train, 4)}.", ""]
     diverged = diverged_runs(root, names)
     if diverged:
         text += ["Diverged runs (not in the table above): "
@@ -245,31 +228,6 @@ def aggregate(root: Path, names, common=()) -> str:
         side_by_side(variant_runs(root, best)[0][0] / "reconstructions.png", best,
                      seed_runs[0][0] / "reconstructions.png", "seed", root / "best_vs_seed.png")
     return table
-
-
-def plot_curves(curves, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for i, (name, runs) in enumerate(curves.items()):
-        # Mean over the seeds at the validation points they share.
-        points = {}
-        for run in runs:
-            for images, value in run:
-                points.setdefault(images, []).append(value)
-        xs = sorted(x for x in points if len(points[x]) == len(runs))
-        # Past the 10 colours of the default cycle, dashed lines keep the variants apart.
-        ax.plot(xs, [statistics.fmean(points[x]) for x in xs], marker="o" if len(xs) < 30 else None,
-                linestyle="-" if i < 10 else "--", label=f"{name} ({len(runs)} seeds)")
-    ax.set_xlabel("training images")
-    ax.set_ylabel("validation L1 (eval mode)")
-    ax.set_yscale("log")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def side_by_side(left: Path, left_name: str, right: Path, right_name: str, path: Path) -> None:

@@ -20,7 +20,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from ablation import _cell, plot_curves  # also puts a source checkout's fastinr on the path
+from rpgkit.results import mean_spread_cell
+from rpgkit.training import plot_curves
 from rpgkit.training.tensorboard import EVENT_FILE_GLOB, open_tensorboard
 
 
@@ -89,9 +90,9 @@ def main(argv=None) -> int:
     for label, runs in variants.items():
         summaries = [s for s, _ in runs]
         batches = sorted({s["config"]["batch_size"] for s in summaries})
-        print(f"| {label} | {len(runs)} | {_cell([s['val_l1'] for s in summaries], 4)} | "
-              f"{_cell([s['val_psnr'] for s in summaries], 2)} | "
-              f"{_cell([s.get('val_edge_l1') for s in summaries], 4)} | "
+        print(f"| {label} | {len(runs)} | {mean_spread_cell([s['val_l1'] for s in summaries], 4)} | "
+              f"{mean_spread_cell([s['val_psnr'] for s in summaries], 2)} | "
+              f"{mean_spread_cell([s.get('val_edge_l1') for s in summaries], 4)} | "
               f"{', '.join(map(str, batches))} | {summaries[0]['images']:,} |")
     if diverged:
         print("\ndiverged (not in the table):\n" + "\n".join(f"- {line}" for line in diverged))

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from ablation import _cell
 from rpgkit.config import saved_config
 from rpgkit.data import load_tiles_uint8, split_tiles
 from rpgkit.models import build_autoencoder
+from rpgkit.results import mean_spread_cell
 from rpgkit.training import load_checkpoint, nearest_render_l1_sum, plot_renders
 
 CHUNK = 50
@@ -88,8 +88,8 @@ def main(argv=None) -> int:
     print(f"\n| variant | seeds | val L1 at the pixel centres | {args.scale}x render L1 vs nearest |")
     print("|---|---|---|---|")
     for label, values in scores.items():
-        print(f"| {label} | {len(values)} | {_cell([c for c, _ in values], 4)} | "
-              f"{_cell([r for _, r in values], 4)} |")
+        print(f"| {label} | {len(values)} | {mean_spread_cell([c for c, _ in values], 4)} | "
+              f"{mean_spread_cell([r for _, r in values], 4)} |")
     val = next(iter(val_sets.values()))[:args.pictures].float().div(255.0)
     nearest = val.repeat_interleave(args.scale, -2).repeat_interleave(args.scale, -1)
     plot_renders(nearest, renders, Path(args.output))

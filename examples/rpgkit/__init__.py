@@ -5,6 +5,7 @@
     rpgkit.models     encoders, decoders by name, the encoder + decoder autoencoder
     rpgkit.training   the training step, validation, the run's loop; checkpoints, metrics,
                       plots, TensorBoard, DDP setup, clean stops
+    rpgkit.results    several runs side by side: mean ± standard deviation over seeds
 
 examples/rpg_autoencoder.py, ablation.py, compare_runs.py and render_check.py import it from
 their own folder (a script's folder is on sys.path); tests and benchmarks put examples/ on the path.

@@ -12,7 +12,7 @@ from rpgkit.training.loop import EXIT_DIVERGED, EXIT_INTERRUPTED, Training, run_
 from rpgkit.training.metrics import (COLLAPSE_RATIO, is_collapsed, nearest_render_l1_sum,
                                       psnr_from_mse, reconstruction_spread, sobel_edge_l1_sum,
                                       write_csv)
-from rpgkit.training.plots import plot_losses, plot_reconstructions, plot_renders
+from rpgkit.training.plots import plot_curves, plot_losses, plot_reconstructions, plot_renders
 from rpgkit.training.step import (batch_for_step, make_optimizer, make_scheduler, set_seeds,
                                   subpixel_jitter, train_step)
 from rpgkit.training.tensorboard import TensorBoardLog, metric_tag, open_tensorboard
@@ -22,7 +22,7 @@ __all__ = ["CHECKPOINT_FORMAT", "COLLAPSE_RATIO", "CheckpointError", "Distribute
            "atomic_write", "batch_for_step", "collapse_message", "evaluate", "init_distributed",
            "is_collapsed", "json_safe", "load_checkpoint", "make_optimizer", "make_scheduler",
            "metric_tag", "nearest_render_l1_sum", "nonfinite_report", "open_tensorboard",
-           "plot_losses", "plot_reconstructions", "plot_renders",
+           "plot_curves", "plot_losses", "plot_reconstructions", "plot_renders",
            "previous_checkpoint", "psnr_from_mse", "reconstruction_spread", "remove_temporaries",
            "rng_states", "run_training", "sample_pictures", "save_checkpoint", "save_pictures",
            "set_rng_states", "set_seeds", "sobel_edge_l1_sum", "subpixel_jitter", "train_step",

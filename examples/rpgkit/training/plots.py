@@ -4,14 +4,17 @@
 * `plot_reconstructions`: one row per image: original | reconstruction | the decoder's render at
   `scale` times the resolution | a nearest-neighbour upscale of the original by the same factor.
 * `plot_renders`: one row per image: the nearest-neighbour upscale | each model's render.
+* `plot_curves`: validation L1 against training images of several variants, each the mean over
+  its runs (seeds).
 """
-from typing import Dict, Sequence
+import statistics
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 
 from rpgkit.training.atomic import atomic_write
 
-__all__ = ["plot_losses", "plot_reconstructions", "plot_renders"]
+__all__ = ["plot_curves", "plot_losses", "plot_reconstructions", "plot_renders"]
 
 
 def _pyplot():
@@ -81,3 +84,27 @@ def plot_renders(nearest: torch.Tensor, renders: Dict[str, torch.Tensor], path) 
     if len(nearest) == 0 or any(r.shape != nearest.shape for r in renders.values()):
         raise ValueError(f"every render must have the targets' shape {tuple(nearest.shape)} (N > 0)")
     _image_grid([("tile, nearest", nearest), *renders.items()], path, 2.4)
+
+
+def plot_curves(curves: Dict[str, List[List[Tuple[int, float]]]], path) -> None:
+    """curves: variant -> its runs, each a list of (training images, validation L1)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, (name, runs) in enumerate(curves.items()):
+        # Mean over the seeds at the validation points they share.
+        points = {}
+        for run in runs:
+            for images, value in run:
+                points.setdefault(images, []).append(value)
+        xs = sorted(x for x in points if len(points[x]) == len(runs))
+        # Past the 10 colours of the default cycle, dashed lines keep the variants apart.
+        ax.plot(xs, [statistics.fmean(points[x]) for x in xs], marker="o" if len(xs) < 30 else None,
+                linestyle="-" if i < 10 else "--", label=f"{name} ({len(runs)} seeds)")
+    ax.set_xlabel("training images")
+    ax.set_ylabel("validation L1 (eval mode)")
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
