@@ -36,6 +36,8 @@ EXIT_DIVERGED = 3  # a non-finite loss, gradient or validation metric stopped th
 
 
 def run_training(parser, cfg, device, dist, checkpoint, tqdm) -> int:
+    """Train the run `cfg` describes (continuing `checkpoint` if one is given) until it finishes,
+    is stopped or diverges; the process's exit code. `parser.error` reports bad data or settings."""
     training = Training(parser, cfg, device, dist, checkpoint, tqdm)
     training.loop()
     training.finish()
