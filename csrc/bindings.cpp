@@ -24,6 +24,7 @@ namespace {
 
 using torch::Tensor;
 
+// The activation names; the one place that maps them to the core's codes.
 Act parse_act(const std::string& name, const char* argument) {
   static const std::vector<std::pair<std::string, Act>> names = {
       {"gelu", Act::gelu}, {"relu", Act::relu}, {"relu6", Act::relu6}, {"silu", Act::silu},
@@ -48,88 +49,141 @@ NormStats parse_norm_stats(const std::string& name) {
   TORCH_CHECK_VALUE(false, "norm_stats must be 'image', 'batch' or 'running'; got '", name, "'");
 }
 
-// The Python-side description of the decoder, and the parameters in DecoderParams.flat() order.
-struct Arguments {
+// One decoder's DecoderSpec, checked once (Python keeps one plan per spec): the config every call of
+// that decoder starts from, and the name and shape of each tensor of DecoderParams.flat().
+class DecoderPlan {
+ public:
+  struct Param {
+    std::string name;
+    std::vector<int64_t> shape;
+  };
+
+  DecoderPlan(int64_t code_size, int64_t out_channels, int64_t hidden, std::vector<bool> concat,
+              int64_t layers_per_block, std::vector<double> freqs, bool batch_norm, const std::string& activation,
+              const std::string& activation_out, double eps, const std::string& modulation, bool layer_norm) {
+    TORCH_CHECK_VALUE(code_size >= 0, "code_size must be >= 0, got ", code_size);
+    TORCH_CHECK_VALUE(out_channels >= 1, "out_channels must be >= 1, got ", out_channels);
+    TORCH_CHECK_VALUE(hidden >= 1, "hidden must be >= 1, got ", hidden);
+    TORCH_CHECK_VALUE(layers_per_block >= 0, "layers_per_block must be >= 0, got ", layers_per_block);
+    TORCH_CHECK_VALUE(eps > 0, "eps must be > 0, got ", eps);
+    TORCH_CHECK_VALUE(!(batch_norm && layer_norm), "batch_norm and layer_norm exclude each other");
+    cfg_.code_size = code_size;
+    cfg_.out_channels = out_channels;
+    cfg_.hidden = hidden;
+    cfg_.concat = std::move(concat);
+    cfg_.layers = layers_per_block;
+    cfg_.freqs = std::move(freqs);
+    cfg_.batch_norm = batch_norm;
+    cfg_.layer_norm = layer_norm;
+    cfg_.act = parse_act(activation, "activation");
+    cfg_.act_out = parse_act(activation_out, "activation_out");
+    cfg_.eps = eps;
+    cfg_.modulation = parse_modulation(modulation);
+    if (cfg_.modulated())
+      for (bool c : cfg_.concat)
+        TORCH_CHECK_VALUE(!c, "modulation '", modulation, "' needs blocks of constant width (no concat)");
+    FlatParams<char> names;
+    for_each_flat(cfg_, names, [&](char&, const ParamSlot& s) {
+      std::string name = std::string("params.") + s.field;
+      if (s.block >= 0) name += "[" + std::to_string(s.block) + "]";
+      if (s.layer >= 0) name += "[" + std::to_string(s.layer) + "]";
+      params_.push_back({name, s.cols ? std::vector<int64_t>{s.rows, s.cols} : std::vector<int64_t>{s.rows}});
+    });
+  }
+
+  // The config of one call: the spec's, with the call's sizes and options.
+  DecoderConfig config(int64_t batch, int64_t height, int64_t width, NormStats norm_stats, int64_t offset_rank,
+                       bool bf16_matmul) const {
+    DecoderConfig cfg = cfg_;
+    cfg.batch = batch;
+    cfg.height = height;
+    cfg.width = width;
+    cfg.norm_stats = norm_stats;
+    cfg.offset_rank = offset_rank;
+    cfg.bf16_matmul = bf16_matmul;
+    return cfg;
+  }
+
+  const std::vector<Param>& params() const { return params_; }
+
+  // The saved tensors of forward(save=True), in order: (width, statistic) each; a row tensor
+  // (B*H*W, width) in the codes' dtype, or a statistic (groups, width) in float64, groups = B with
+  // per-image statistics, else 1.
+  std::vector<std::pair<int64_t, bool>> saved_layout(const std::string& norm_stats) const {
+    std::vector<std::pair<int64_t, bool>> layout;
+    DecoderSaved<float> slots;
+    for_each_saved(config(0, 0, 0, parse_norm_stats(norm_stats), 0, false), slots,
+                   [&](auto&, int64_t width, bool statistic) { layout.emplace_back(width, statistic); });
+    return layout;
+  }
+
+  // Widths of the (groups, width) statistics forward returns per block (none without batch statistics).
+  std::vector<int64_t> stats_widths(const std::string& norm_stats) const {
+    const DecoderConfig cfg = config(0, 0, 0, parse_norm_stats(norm_stats), 0, false);
+    std::vector<int64_t> widths;
+    if (cfg.batch_stats())
+      for (int64_t i = 0; i < cfg.num_blocks(); ++i) widths.push_back(cfg.block_width(i));
+    return widths;
+  }
+
+ private:
+  DecoderConfig cfg_;
+  std::vector<Param> params_;
+};
+
+// One call's config and its tensors, checked and contiguous; params in DecoderParams.flat() order.
+struct Call {
   DecoderConfig cfg;
   Tensor codes, mods, offset_basis, offset_cells;   // undefined when not given
   std::vector<Tensor> params, running;  // running: mean_0, var_0, mean_1, var_1, ...
 };
 
-void check_tensor(const Tensor& t, const std::string& name, const Tensor& like, std::vector<int64_t> shape) {
+void check_tensor(const Tensor& t, const std::string& name, const Tensor& like, c10::IntArrayRef shape) {
   TORCH_CHECK_VALUE(t.device() == like.device(), name, " is on ", t.device(), " but codes are on ", like.device());
   TORCH_CHECK_TYPE(t.scalar_type() == like.scalar_type(), name, " has dtype ", t.scalar_type(),
                    " but codes have ", like.scalar_type());
-  TORCH_CHECK_VALUE(t.sizes() == c10::IntArrayRef(shape), name, " must have shape ", c10::IntArrayRef(shape),
-                    ", got ", t.sizes());
+  TORCH_CHECK_VALUE(t.sizes() == shape, name, " must have shape ", shape, ", got ", t.sizes());
 }
 
-Arguments parse(const Tensor& codes, std::vector<Tensor> params, std::vector<Tensor> running, int64_t height,
-                int64_t width, std::vector<double> freqs, std::vector<bool> concat, int64_t layers,
-                bool batch_norm, bool layer_norm, const std::string& activation, const std::string& activation_out,
-                double eps, const std::string& norm_stats, const std::string& modulation,
-                const std::optional<Tensor>& mods, const std::optional<Tensor>& offset_basis,
-                const std::optional<Tensor>& offset_cells, bool bf16_matmul) {
-  Arguments args;
-  DecoderConfig& cfg = args.cfg;
+// The checks memory safety needs, on the call's tensors (the spec was checked by the plan).
+Call prepare(const DecoderPlan& plan, const Tensor& codes, const std::vector<Tensor>& params,
+             const std::vector<Tensor>& running, const std::optional<Tensor>& mods,
+             const std::optional<Tensor>& offset_basis, const std::optional<Tensor>& offset_cells, int64_t height,
+             int64_t width, const std::string& norm_stats, bool bf16_matmul) {
   TORCH_CHECK_VALUE(codes.dim() == 2, "codes must have shape (B, C), got ", codes.sizes());
   TORCH_CHECK_TYPE(codes.scalar_type() == torch::kFloat32 || codes.scalar_type() == torch::kFloat64,
                    "codes must be float32 or float64, got ", codes.scalar_type());
   TORCH_CHECK_VALUE(codes.size(0) >= 1, "codes must have B >= 1, got ", codes.sizes());
   TORCH_CHECK_VALUE(height >= 1 && width >= 1, "shape must be (H, W) with two positive ints, got (", height,
                     ", ", width, ")");
-  TORCH_CHECK_VALUE(layers >= 0, "layers_per_block must be >= 0, got ", layers);
-  TORCH_CHECK_VALUE(eps > 0, "eps must be > 0, got ", eps);
   if (bf16_matmul) {
     TORCH_CHECK_VALUE(bf16_gemm_supported(), "bf16_matmul=True needs a CPU with AVX512-BF16 and this one has none "
                       "(fastinr.native.bf16_matmul_supported() says so before a call)");
     TORCH_CHECK_TYPE(codes.scalar_type() == torch::kFloat32, "bf16_matmul=True takes float32 tensors (bf16 is "
                      "the GEMMs' operand precision), got codes of ", codes.scalar_type());
   }
-  cfg.bf16_matmul = bf16_matmul;
-  cfg.batch = codes.size(0);
-  cfg.code_size = codes.size(1);
-  cfg.height = height;
-  cfg.width = width;
-  cfg.freqs = std::move(freqs);
-  cfg.concat = std::move(concat);
-  cfg.layers = layers;
-  TORCH_CHECK_VALUE(!(batch_norm && layer_norm), "batch_norm and layer_norm exclude each other");
-  cfg.batch_norm = batch_norm;
-  cfg.layer_norm = layer_norm;
-  cfg.act = parse_act(activation, "activation");
-  cfg.act_out = parse_act(activation_out, "activation_out");
-  cfg.eps = eps;
-  cfg.norm_stats = parse_norm_stats(norm_stats);
-  cfg.modulation = parse_modulation(modulation);
-  const int64_t nb = cfg.num_blocks(), n_norm = cfg.normalized() ? nb : 0;
-  const size_t expected = 2 + 2 * n_norm + 2 * nb * layers + 2;
-  TORCH_CHECK_VALUE(params.size() == expected, "params must hold ", expected,
-                    " tensors (DecoderParams.flat() for this spec), got ", params.size());
-  TORCH_CHECK_VALUE(params[1].dim() == 1 && params[1].size(0) >= 1, "params.b_in must have shape (hidden,), got ",
-                    params[1].sizes());
-  cfg.hidden = params[1].size(0);
-  TORCH_CHECK_VALUE(params.back().dim() == 1 && params.back().size(0) >= 1,
-                    "params.b_out must have shape (out_channels,), got ", params.back().sizes());
-  cfg.out_channels = params.back().size(0);
-  TORCH_CHECK_VALUE(cfg.rows() < (int64_t(1) << 40), "too many pixels: ", cfg.rows());
-  size_t k = 0;
-  auto take = [&](const std::string& name, std::vector<int64_t> shape) {
-    check_tensor(params[k], "params." + name, codes, shape);
-    args.params.push_back(params[k++].contiguous());
-  };
-  take("w_in", {cfg.hidden, cfg.code_size + cfg.emb_size()});
-  take("b_in", {cfg.hidden});
-  for (int64_t i = 0; i < n_norm; ++i) take("norm_weight[" + std::to_string(i) + "]", {cfg.block_width(i)});
-  for (int64_t i = 0; i < n_norm; ++i) take("norm_bias[" + std::to_string(i) + "]", {cfg.block_width(i)});
-  for (int64_t i = 0; i < nb; ++i) {
-    const int64_t w = cfg.block_width(i);
-    for (int64_t l = 0; l < layers; ++l)
-      take("weights[" + std::to_string(i) + "][" + std::to_string(l) + "]", {w, w});
-    for (int64_t l = 0; l < layers; ++l) take("biases[" + std::to_string(i) + "][" + std::to_string(l) + "]", {w});
+  TORCH_CHECK_VALUE(offset_basis.has_value() == offset_cells.has_value(),
+                    "offset_basis and offset_cells come together (the input offset basis[p] cells[b])");
+  int64_t offset_rank = 0;
+  if (offset_basis.has_value()) {
+    TORCH_CHECK_VALUE(offset_basis->dim() == 3 && offset_basis->size(2) >= 1,
+                      "offset_basis must have shape (H, W, K) with K >= 1, got ", offset_basis->sizes());
+    offset_rank = offset_basis->size(2);
   }
-  take("w_out", {cfg.out_channels, cfg.out_width()});
-  take("b_out", {cfg.out_channels});
-  if (batch_norm && cfg.norm_stats == NormStats::running) {
+  Call call;
+  DecoderConfig& cfg = call.cfg;
+  cfg = plan.config(codes.size(0), height, width, parse_norm_stats(norm_stats), offset_rank, bf16_matmul);
+  TORCH_CHECK_VALUE(codes.size(1) == cfg.code_size, "codes must have ", cfg.code_size,
+                    " channels (the spec's code_size), got ", codes.sizes());
+  TORCH_CHECK_VALUE(cfg.rows() < (int64_t(1) << 40), "too many pixels: ", cfg.rows());
+  TORCH_CHECK_VALUE(params.size() == plan.params().size(), "params must hold ", plan.params().size(),
+                    " tensors (DecoderParams.flat() for this spec), got ", params.size());
+  for (size_t k = 0; k < params.size(); ++k) {
+    check_tensor(params[k], plan.params()[k].name, codes, plan.params()[k].shape);
+    call.params.push_back(params[k].contiguous());
+  }
+  const int64_t nb = cfg.num_blocks();
+  if (cfg.batch_norm && cfg.norm_stats == NormStats::running) {
     TORCH_CHECK_VALUE(running.size() == static_cast<size_t>(2 * nb), "running must hold (mean, var) for each of the ",
                       nb, " blocks with norm_stats='running', got ", running.size(), " tensors");
     for (int64_t i = 0; i < nb; ++i)
@@ -137,63 +191,46 @@ Arguments parse(const Tensor& codes, std::vector<Tensor> params, std::vector<Ten
         const Tensor& t = running[2 * i + m];
         check_tensor(t, std::string("running[") + std::to_string(i) + "]." + (m ? "var" : "mean"), codes,
                      {cfg.block_width(i)});
-        args.running.push_back(t.contiguous());
+        call.running.push_back(t.contiguous());
       }
   }
-  if (batch_norm && cfg.norm_stats != NormStats::running && nb > 0) {
+  if (cfg.batch_stats() && nb > 0) {
     const int64_t count = cfg.norm_stats == NormStats::image ? cfg.pixels() : cfg.rows();
     TORCH_CHECK_VALUE(count >= 2, "BatchNorm with ", norm_stats, " statistics needs more than one value per channel, got ",
                       cfg.batch, " image(s) of ", cfg.pixels(), " pixel(s); use a larger shape or eval mode");
   }
   if (cfg.modulated()) {
-    for (bool c : cfg.concat) TORCH_CHECK_VALUE(!c, "modulation '", modulation, "' needs blocks of constant width (no concat)");
-    TORCH_CHECK_VALUE(mods.has_value(), "mods must be given with modulation '", modulation, "'");
-    check_tensor(*mods, "mods", codes,
-                 {cfg.batch, cfg.modulated_layers(), cfg.mod_width() / cfg.hidden, cfg.hidden});
-    args.mods = mods->contiguous();
+    TORCH_CHECK_VALUE(mods.has_value(), "mods must be given with a modulated spec");
+    check_tensor(*mods, "mods", codes, {cfg.batch, cfg.modulated_layers(), cfg.mod_width() / cfg.hidden, cfg.hidden});
+    call.mods = mods->contiguous();
   } else {
     TORCH_CHECK_VALUE(!mods.has_value(), "mods were given but modulation is 'none'");
   }
-  TORCH_CHECK_VALUE(offset_basis.has_value() == offset_cells.has_value(),
-                    "offset_basis and offset_cells come together (the input offset basis[p] cells[b])");
-  if (offset_basis.has_value()) {
-    TORCH_CHECK_VALUE(offset_basis->dim() == 3 && offset_basis->size(2) >= 1,
-                      "offset_basis must have shape (H, W, K) with K >= 1, got ", offset_basis->sizes());
-    cfg.offset_rank = offset_basis->size(2);
-    check_tensor(*offset_basis, "offset_basis", codes, {height, width, cfg.offset_rank});
-    check_tensor(*offset_cells, "offset_cells", codes, {cfg.batch, cfg.offset_rank, cfg.hidden});
-    args.offset_basis = offset_basis->contiguous();
-    args.offset_cells = offset_cells->contiguous();
+  if (offset_rank) {
+    check_tensor(*offset_basis, "offset_basis", codes, {height, width, offset_rank});
+    check_tensor(*offset_cells, "offset_cells", codes, {cfg.batch, offset_rank, cfg.hidden});
+    call.offset_basis = offset_basis->contiguous();
+    call.offset_cells = offset_cells->contiguous();
   }
-  args.codes = codes.contiguous();
-  return args;
+  call.codes = codes.contiguous();
+  return call;
 }
 
+// The call's tensors as the core's named pointers.
 template <typename T>
-DecoderWeights<T> weights_of(const Arguments& args) {
-  const DecoderConfig& cfg = args.cfg;
+DecoderWeights<T> weights_of(const Call& call) {
   DecoderWeights<T> w;
-  auto ptr = [](const Tensor& t) { return t.data_ptr<T>(); };
-  size_t k = 0;
-  w.w_in = ptr(args.params[k++]);
-  w.b_in = ptr(args.params[k++]);
-  const int64_t nb = cfg.num_blocks(), n_norm = cfg.normalized() ? nb : 0;
-  for (int64_t i = 0; i < n_norm; ++i) w.norm_weight.push_back(ptr(args.params[k++]));
-  for (int64_t i = 0; i < n_norm; ++i) w.norm_bias.push_back(ptr(args.params[k++]));
-  for (int64_t i = 0; i < nb; ++i) {
-    for (int64_t l = 0; l < cfg.layers; ++l) w.weight.push_back(ptr(args.params[k++]));
-    for (int64_t l = 0; l < cfg.layers; ++l) w.bias.push_back(ptr(args.params[k++]));
+  for_each_flat(call.cfg, w, [&](const T*& member, const ParamSlot& s) {
+    member = call.params[s.index].data_ptr<T>();
+  });
+  if (call.cfg.modulated()) w.mods = call.mods.data_ptr<T>();
+  if (call.cfg.offset_rank) {
+    w.offset_basis = call.offset_basis.data_ptr<T>();
+    w.offset_cells = call.offset_cells.data_ptr<T>();
   }
-  w.w_out = ptr(args.params[k++]);
-  w.b_out = ptr(args.params[k++]);
-  if (cfg.modulated()) w.mods = ptr(args.mods);
-  if (cfg.offset_rank) {
-    w.offset_basis = ptr(args.offset_basis);
-    w.offset_cells = ptr(args.offset_cells);
-  }
-  for (size_t i = 0; i < args.running.size(); i += 2) {
-    w.running_mean.push_back(ptr(args.running[i]));
-    w.running_var.push_back(ptr(args.running[i + 1]));
+  for (size_t i = 0; i < call.running.size(); i += 2) {
+    w.running_mean.push_back(call.running[i].data_ptr<T>());
+    w.running_var.push_back(call.running[i + 1].data_ptr<T>());
   }
   return w;
 }
@@ -207,58 +244,57 @@ Tensor cached_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
   return torch::from_blob(block, sizes, [bytes](void* p) { give_back_block(p, bytes); }, options);
 }
 
-// Saved tensors, in this order: z_in, hidden[0..nb], z[i*L+l], z_out, mean[i], rstd[i]; their memory is
-// reused from step to step (block_cache.h).
+// The saved tensors (for_each_saved's order); their memory is reused from step to step (block_cache.h).
 std::vector<Tensor> allocate_saved(const DecoderConfig& cfg, const Tensor& like) {
-  const int64_t n = cfg.rows(), nb = cfg.num_blocks();
   std::vector<Tensor> saved;
-  saved.push_back(cached_empty({n, cfg.hidden}, like.options()));
-  for (int64_t i = 0; i <= nb; ++i) saved.push_back(cached_empty({n, cfg.block_width(i)}, like.options()));
-  for (int64_t i = 0; i < nb; ++i)
-    for (int64_t l = 0; l < cfg.layers; ++l) saved.push_back(cached_empty({n, cfg.block_width(i)}, like.options()));
-  saved.push_back(cached_empty({n, cfg.out_channels}, like.options()));
-  if (cfg.batch_stats())
-    for (int m = 0; m < 2; ++m)
-      for (int64_t i = 0; i < nb; ++i)
-        saved.push_back(cached_empty({cfg.groups(), cfg.block_width(i)}, like.options().dtype(torch::kFloat64)));
+  DecoderSaved<float> slots;
+  for_each_saved(cfg, slots, [&](auto&, int64_t width, bool statistic) {
+    saved.push_back(statistic ? cached_empty({cfg.groups(), width}, like.options().dtype(torch::kFloat64))
+                              : cached_empty({cfg.rows(), width}, like.options()));
+  });
   return saved;
 }
 
 template <typename T>
-DecoderSaved<T> saved_view(const DecoderConfig& cfg, const std::vector<Tensor>& saved) {
-  const int64_t nb = cfg.num_blocks();
-  const size_t expected = 1 + (nb + 1) + nb * cfg.layers + 1 + (cfg.batch_stats() ? 2 * nb : 0);
-  TORCH_CHECK_VALUE(saved.size() == expected, "saved must hold the ", expected,
-                    " tensors returned by forward(save=True), got ", saved.size());
+DecoderSaved<T> saved_view(const DecoderConfig& cfg, const std::vector<Tensor>& saved, const Tensor& like) {
   DecoderSaved<T> s;
   size_t k = 0;
-  s.z_in = saved[k++].data_ptr<T>();
-  for (int64_t i = 0; i <= nb; ++i) s.hidden.push_back(saved[k++].data_ptr<T>());
-  for (int64_t i = 0; i < nb * cfg.layers; ++i) s.z.push_back(saved[k++].data_ptr<T>());
-  s.z_out = saved[k++].data_ptr<T>();
-  if (cfg.batch_stats()) {
-    for (int64_t i = 0; i < nb; ++i) s.mean.push_back(saved[k++].data_ptr<double>());
-    for (int64_t i = 0; i < nb; ++i) s.rstd.push_back(saved[k++].data_ptr<double>());
-  }
+  for_each_saved(cfg, s, [&](auto& member, int64_t width, bool statistic) {
+    using Element = std::remove_pointer_t<std::remove_reference_t<decltype(member)>>;
+    TORCH_CHECK_VALUE(k < saved.size(), "saved holds ", saved.size(),
+                      " tensors, fewer than forward(save=True) returns");
+    const Tensor& t = saved[k++];
+    const c10::ScalarType dtype = statistic ? torch::kFloat64 : like.scalar_type();
+    const std::vector<int64_t> shape = {statistic ? cfg.groups() : cfg.rows(), width};
+    TORCH_CHECK_VALUE(t.device() == like.device() && t.scalar_type() == dtype && t.sizes() == c10::IntArrayRef(shape) &&
+                          t.is_contiguous(),
+                      "saved[", k - 1, "] must be a contiguous ", dtype, " tensor of shape ", c10::IntArrayRef(shape),
+                      " on ", like.device(), " as forward(save=True) returned it, got ", t.scalar_type(), " ",
+                      t.sizes(), " on ", t.device());
+    member = t.data_ptr<Element>();
+  });
+  TORCH_CHECK_VALUE(k == saved.size(), "saved must hold the ", k, " tensors returned by forward(save=True), got ",
+                    saved.size());
   return s;
 }
 
 #ifdef FASTINR_WITH_CUDA
 // The eval render on CUDA: code_proj and the transposed weights are prepared with torch ops here.
-void render_on_cuda(const Arguments& args, Tensor& colors) {
-  const DecoderConfig& cfg = args.cfg;
+void render_on_cuda(const Call& call, Tensor& colors) {
+  const DecoderConfig& cfg = call.cfg;
   const int64_t nb = cfg.num_blocks(), L = cfg.layers;
   TORCH_CHECK_VALUE(nb <= kRenderMaxBlocks && nb * L <= kRenderMaxLayers &&
                         static_cast<int64_t>(cfg.freqs.size()) <= kRenderMaxFreqs,
                     "the CUDA render supports up to ", kRenderMaxBlocks, " blocks, ", kRenderMaxLayers,
                     " linear layers in all and ", kRenderMaxFreqs, " frequencies");
-  c10::cuda::CUDAGuard guard(args.codes.device());
-  const Tensor& w_in = args.params[0];
+  c10::cuda::CUDAGuard guard(call.codes.device());
+  FlatParams<Tensor> p;
+  for_each_flat(cfg, p, [&](Tensor& member, const ParamSlot& s) { member = call.params[s.index]; });
   std::vector<Tensor> keep;  // owns the prepared tensors until the stream is done with them
   auto hold = [&](Tensor t) { keep.push_back(t.contiguous()); return keep.back(); };
-  Tensor code_proj = hold(torch::addmm(args.params[1], args.codes, w_in.narrow(1, 0, cfg.code_size).t()));
-  Tensor w_pos_t = hold(w_in.narrow(1, cfg.code_size, cfg.emb_size()).t());
-  AT_DISPATCH_FLOATING_TYPES(args.codes.scalar_type(), "fastinr_render_cuda", [&] {
+  Tensor code_proj = hold(torch::addmm(p.b_in, call.codes, p.w_in.narrow(1, 0, cfg.code_size).t()));
+  Tensor w_pos_t = hold(p.w_in.narrow(1, cfg.code_size, cfg.emb_size()).t());
+  AT_DISPATCH_FLOATING_TYPES(call.codes.scalar_type(), "fastinr_render_cuda", [&] {
     RenderArgs<scalar_t> r{};
     r.batch = cfg.batch;
     r.height = cfg.height;
@@ -277,20 +313,18 @@ void render_on_cuda(const Arguments& args, Tensor& colors) {
     r.eps = cfg.eps;
     r.code_proj = code_proj.data_ptr<scalar_t>();
     r.w_pos_t = w_pos_t.data_ptr<scalar_t>();
-    size_t k = 2;
-    const int64_t n_norm = cfg.batch_norm ? nb : 0;
-    for (int64_t i = 0; i < n_norm; ++i) r.norm_weight[i] = args.params[k++].data_ptr<scalar_t>();
-    for (int64_t i = 0; i < n_norm; ++i) r.norm_bias[i] = args.params[k++].data_ptr<scalar_t>();
-    for (int64_t i = 0; i < n_norm; ++i) {
-      r.running_mean[i] = args.running[2 * i].data_ptr<scalar_t>();
-      r.running_var[i] = args.running[2 * i + 1].data_ptr<scalar_t>();
+    for (size_t i = 0; i < p.norm_weight.size(); ++i) {
+      r.norm_weight[i] = p.norm_weight[i].data_ptr<scalar_t>();
+      r.norm_bias[i] = p.norm_bias[i].data_ptr<scalar_t>();
+      r.running_mean[i] = call.running[2 * i].data_ptr<scalar_t>();
+      r.running_var[i] = call.running[2 * i + 1].data_ptr<scalar_t>();
     }
-    for (int64_t i = 0; i < nb; ++i) {
-      for (int64_t l = 0; l < L; ++l) r.weight_t[i * L + l] = hold(args.params[k++].t()).data_ptr<scalar_t>();
-      for (int64_t l = 0; l < L; ++l) r.bias[i * L + l] = args.params[k++].data_ptr<scalar_t>();
+    for (int64_t j = 0; j < nb * L; ++j) {
+      r.weight_t[j] = hold(p.weight[j].t()).data_ptr<scalar_t>();
+      r.bias[j] = p.bias[j].data_ptr<scalar_t>();
     }
-    r.w_out_t = hold(args.params[k++].t()).data_ptr<scalar_t>();
-    r.b_out = args.params[k++].data_ptr<scalar_t>();
+    r.w_out_t = hold(p.w_out.t()).data_ptr<scalar_t>();
+    r.b_out = p.b_out.data_ptr<scalar_t>();
     r.colors = colors.data_ptr<scalar_t>();
     const cudaError_t err = render_cuda<scalar_t>(r, c10::cuda::getCurrentCUDAStream().stream());
     TORCH_CHECK(err == cudaSuccess, "fastinr CUDA render failed: ", cudaGetErrorString(err));
@@ -299,24 +333,23 @@ void render_on_cuda(const Arguments& args, Tensor& colors) {
 }
 #endif
 
+// colors (B, out, H, W), the per-block statistics means and vars ((groups, w_i) each, with batch
+// statistics) and, with save, the saved tensors backward takes (DecoderPlan.saved_layout).
 std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>> forward(
-    const Tensor& codes, std::vector<Tensor> params, std::vector<Tensor> running, int64_t height, int64_t width,
-    std::vector<double> freqs, std::vector<bool> concat, int64_t layers, bool batch_norm,
-    const std::string& activation, const std::string& activation_out, double eps, const std::string& norm_stats,
-    bool save, const std::string& modulation, const std::optional<Tensor>& mods,
-    const std::optional<Tensor>& offset_basis, const std::optional<Tensor>& offset_cells, bool layer_norm,
-    bool bf16_matmul) {
-  Arguments args = parse(codes, std::move(params), std::move(running), height, width, std::move(freqs),
-                         std::move(concat), layers, batch_norm, layer_norm, activation, activation_out, eps,
-                         norm_stats, modulation, mods, offset_basis, offset_cells, bf16_matmul);
-  const DecoderConfig& cfg = args.cfg;
+    const DecoderPlan& plan, const Tensor& codes, const std::vector<Tensor>& params,
+    const std::vector<Tensor>& running, const std::optional<Tensor>& mods, const std::optional<Tensor>& offset_basis,
+    const std::optional<Tensor>& offset_cells, int64_t height, int64_t width, const std::string& norm_stats,
+    bool save, bool bf16_matmul) {
+  const Call call =
+      prepare(plan, codes, params, running, mods, offset_basis, offset_cells, height, width, norm_stats, bf16_matmul);
+  const DecoderConfig& cfg = call.cfg;
 #ifdef FASTINR_WITH_CUDA
   if (codes.is_cuda()) {
     TORCH_CHECK_VALUE(!save && !cfg.batch_stats() && !cfg.modulated() && !cfg.offset_rank && !cfg.layer_norm,
                       "the CUDA path of the native backend only renders (no gradients, BatchNorm with running "
                       "statistics or none, no LayerNorm, no modulation, no input offset)");
     Tensor colors = torch::empty({cfg.batch, cfg.out_channels, height, width}, codes.options());
-    render_on_cuda(args, colors);
+    render_on_cuda(call, colors);
     return {colors, {}, {}, {}};
   }
 #endif
@@ -324,71 +357,58 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>
                     codes.device());
   Tensor colors = torch::empty({cfg.batch, cfg.out_channels, height, width}, codes.options());
   std::vector<Tensor> means, vars, saved;
-  if (cfg.batch_stats()) {
-    for (int64_t i = 0; i < cfg.num_blocks(); ++i) {
-      std::vector<int64_t> shape = {cfg.groups(), cfg.block_width(i)};
-      means.push_back(torch::empty(shape, codes.options()));
-      vars.push_back(torch::empty(shape, codes.options()));
-    }
+  for (int64_t width : plan.stats_widths(norm_stats)) {
+    means.push_back(torch::empty({cfg.groups(), width}, codes.options()));
+    vars.push_back(torch::empty({cfg.groups(), width}, codes.options()));
   }
   if (save) saved = allocate_saved(cfg, codes);
   AT_DISPATCH_FLOATING_TYPES(codes.scalar_type(), "fastinr_forward", [&] {
-    DecoderWeights<scalar_t> w = weights_of<scalar_t>(args);
+    DecoderWeights<scalar_t> w = weights_of<scalar_t>(call);
     DecoderStats<scalar_t> stats;
     for (size_t i = 0; i < means.size(); ++i) {
       stats.mean.push_back(means[i].data_ptr<scalar_t>());
       stats.var.push_back(vars[i].data_ptr<scalar_t>());
     }
     DecoderSaved<scalar_t> s;
-    if (save) s = saved_view<scalar_t>(cfg, saved);
+    if (save) s = saved_view<scalar_t>(cfg, saved, codes);
     pybind11::gil_scoped_release no_gil;
-    decoder_forward_cpu<scalar_t>(cfg, args.codes.data_ptr<scalar_t>(), w, colors.data_ptr<scalar_t>(), stats,
+    decoder_forward_cpu<scalar_t>(cfg, call.codes.data_ptr<scalar_t>(), w, colors.data_ptr<scalar_t>(), stats,
                                   save ? &s : nullptr);
   });
   return {colors, means, vars, saved};
 }
 
-std::vector<Tensor> backward(const Tensor& grad_colors, const Tensor& codes, std::vector<Tensor> params,
-                             std::vector<Tensor> running, const std::vector<Tensor>& saved, int64_t height,
-                             int64_t width, std::vector<double> freqs, std::vector<bool> concat, int64_t layers,
-                             bool batch_norm, const std::string& activation, const std::string& activation_out,
-                             double eps, const std::string& norm_stats, const std::string& modulation,
-                             const std::optional<Tensor>& mods, const std::optional<Tensor>& offset_basis,
-                             const std::optional<Tensor>& offset_cells, bool layer_norm, bool bf16_matmul) {
-  Arguments args = parse(codes, std::move(params), std::move(running), height, width, std::move(freqs),
-                         std::move(concat), layers, batch_norm, layer_norm, activation, activation_out, eps,
-                         norm_stats, modulation, mods, offset_basis, offset_cells, bf16_matmul);
-  const DecoderConfig& cfg = args.cfg;
+// The gradients of every params tensor (DecoderParams.flat() order), then of codes, then of mods (when
+// modulated) and of offset_cells (with an input offset).
+std::vector<Tensor> backward(const DecoderPlan& plan, const Tensor& grad_colors, const Tensor& codes,
+                             const std::vector<Tensor>& params, const std::vector<Tensor>& running,
+                             const std::vector<Tensor>& saved, const std::optional<Tensor>& mods,
+                             const std::optional<Tensor>& offset_basis, const std::optional<Tensor>& offset_cells,
+                             int64_t height, int64_t width, const std::string& norm_stats, bool bf16_matmul) {
+  const Call call =
+      prepare(plan, codes, params, running, mods, offset_basis, offset_cells, height, width, norm_stats, bf16_matmul);
+  const DecoderConfig& cfg = call.cfg;
   TORCH_CHECK_VALUE(codes.device().is_cpu(), "backward runs on the CPU only, got codes on ", codes.device());
   check_tensor(grad_colors, "grad_colors", codes, {cfg.batch, cfg.out_channels, height, width});
-  Tensor grad = grad_colors.contiguous();
+  const Tensor grad = grad_colors.contiguous();
   std::vector<Tensor> grads;
-  grads.push_back(torch::empty_like(args.codes));
-  for (const Tensor& p : args.params) grads.push_back(torch::empty_like(p));
-  if (cfg.modulated()) grads.push_back(torch::empty_like(args.mods));
-  if (cfg.offset_rank) grads.push_back(torch::empty_like(args.offset_cells));
+  for (const Tensor& p : call.params) grads.push_back(torch::empty_like(p));
+  grads.push_back(torch::empty_like(call.codes));
+  if (cfg.modulated()) grads.push_back(torch::empty_like(call.mods));
+  if (cfg.offset_rank) grads.push_back(torch::empty_like(call.offset_cells));
   AT_DISPATCH_FLOATING_TYPES(codes.scalar_type(), "fastinr_backward", [&] {
-    DecoderWeights<scalar_t> w = weights_of<scalar_t>(args);
-    DecoderSaved<scalar_t> s = saved_view<scalar_t>(cfg, saved);
+    const DecoderWeights<scalar_t> w = weights_of<scalar_t>(call);
+    const DecoderSaved<scalar_t> s = saved_view<scalar_t>(cfg, saved, codes);
     DecoderGrads<scalar_t> g;
-    size_t k = 0;
-    auto ptr = [&]() { return grads[k++].data_ptr<scalar_t>(); };
-    g.codes = ptr();
-    g.w_in = ptr();
-    g.b_in = ptr();
-    const int64_t nb = cfg.num_blocks(), n_norm = cfg.normalized() ? nb : 0;
-    for (int64_t i = 0; i < n_norm; ++i) g.norm_weight.push_back(ptr());
-    for (int64_t i = 0; i < n_norm; ++i) g.norm_bias.push_back(ptr());
-    for (int64_t i = 0; i < nb; ++i) {
-      for (int64_t l = 0; l < cfg.layers; ++l) g.weight.push_back(ptr());
-      for (int64_t l = 0; l < cfg.layers; ++l) g.bias.push_back(ptr());
-    }
-    g.w_out = ptr();
-    g.b_out = ptr();
-    if (cfg.modulated()) g.mods = ptr();
-    if (cfg.offset_rank) g.offset_cells = ptr();
+    for_each_flat(cfg, g, [&](scalar_t*& member, const ParamSlot& slot) {
+      member = grads[slot.index].data_ptr<scalar_t>();
+    });
+    size_t k = call.params.size();
+    g.codes = grads[k++].data_ptr<scalar_t>();
+    if (cfg.modulated()) g.mods = grads[k++].data_ptr<scalar_t>();
+    if (cfg.offset_rank) g.offset_cells = grads[k++].data_ptr<scalar_t>();
     pybind11::gil_scoped_release no_gil;
-    decoder_backward_cpu<scalar_t>(cfg, grad.data_ptr<scalar_t>(), args.codes.data_ptr<scalar_t>(), w, s, g);
+    decoder_backward_cpu<scalar_t>(cfg, grad.data_ptr<scalar_t>(), call.codes.data_ptr<scalar_t>(), w, s, g);
   });
   return grads;
 }
@@ -427,20 +447,32 @@ bool built_with_cuda() {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fastinr native decoder: fused CPU forward/backward (and a CUDA render when built with nvcc)";
-  m.def("forward", &fastinr::forward, "colors, stats means, stats vars, saved tensors", py::arg("codes"),
-        py::arg("params"), py::arg("running"), py::arg("height"), py::arg("width"), py::arg("freqs"),
-        py::arg("concat"), py::arg("layers"), py::arg("batch_norm"), py::arg("activation"),
-        py::arg("activation_out"), py::arg("eps"), py::arg("norm_stats"), py::arg("save"),
-        py::arg("modulation") = "none", py::arg("mods") = py::none(), py::arg("offset_basis") = py::none(),
-        py::arg("offset_cells") = py::none(), py::arg("layer_norm") = false, py::arg("bf16_matmul") = false);
-  m.def("backward", &fastinr::backward,
-        "gradients of codes, of every params tensor, of mods (when modulated) and of offset_cells (when given)",
-        py::arg("grad_colors"), py::arg("codes"), py::arg("params"), py::arg("running"), py::arg("saved"),
-        py::arg("height"), py::arg("width"), py::arg("freqs"), py::arg("concat"), py::arg("layers"),
-        py::arg("batch_norm"), py::arg("activation"), py::arg("activation_out"), py::arg("eps"),
-        py::arg("norm_stats"), py::arg("modulation") = "none", py::arg("mods") = py::none(),
-        py::arg("offset_basis") = py::none(), py::arg("offset_cells") = py::none(), py::arg("layer_norm") = false,
+  py::class_<fastinr::DecoderPlan>(m, "DecoderPlan",
+                                   "a DecoderSpec checked once: what every forward and backward of the decoder shares")
+      .def(py::init<int64_t, int64_t, int64_t, std::vector<bool>, int64_t, std::vector<double>, bool,
+                    const std::string&, const std::string&, double, const std::string&, bool>(),
+           py::arg("code_size"), py::arg("out_channels"), py::arg("hidden"), py::arg("concat"),
+           py::arg("layers_per_block"), py::arg("freqs"), py::arg("batch_norm"), py::arg("activation"),
+           py::arg("activation_out"), py::arg("eps") = 1e-5, py::arg("modulation") = "none",
+           py::arg("layer_norm") = false)
+      .def_property_readonly("num_params", [](const fastinr::DecoderPlan& p) { return p.params().size(); },
+                             "the length of DecoderParams.flat()")
+      .def("saved_layout", &fastinr::DecoderPlan::saved_layout,
+           "(width, statistic) of each saved tensor: (B*H*W, width) rows in the codes' dtype, or "
+           "(groups, width) float64 statistics (groups = B with per-image statistics, else 1)",
+           py::arg("norm_stats"))
+      .def("stats_widths", &fastinr::DecoderPlan::stats_widths,
+           "widths of the (groups, width) block statistics forward returns", py::arg("norm_stats"));
+  m.def("forward", &fastinr::forward, "colors, stats means, stats vars, saved tensors", py::arg("plan"),
+        py::arg("codes"), py::arg("params"), py::arg("running"), py::arg("mods"), py::arg("offset_basis"),
+        py::arg("offset_cells"), py::arg("height"), py::arg("width"), py::arg("norm_stats"), py::arg("save"),
         py::arg("bf16_matmul") = false);
+  m.def("backward", &fastinr::backward,
+        "gradients of every params tensor (flat order), of codes, of mods (when modulated) and of offset_cells "
+        "(when given)",
+        py::arg("plan"), py::arg("grad_colors"), py::arg("codes"), py::arg("params"), py::arg("running"),
+        py::arg("saved"), py::arg("mods"), py::arg("offset_basis"), py::arg("offset_cells"), py::arg("height"),
+        py::arg("width"), py::arg("norm_stats"), py::arg("bf16_matmul") = false);
   m.def("built_with_cuda", &fastinr::built_with_cuda);
   m.def("elementwise_isa", &fastinr::elementwise_isa, "float activation kernels in use: avx512, avx2 or generic");
   m.def("elementwise_isas", &fastinr::elementwise_isas, "float activation kernel sets this CPU runs, fastest first");

@@ -25,8 +25,9 @@ namespace fastinr {
 enum class NormStats { image, batch, running };
 enum class Modulation { none, shift, film };
 
+// The decoder (what a DecoderSpec holds, fixed per decoder) and the sizes and options of one call.
 struct DecoderConfig {
-  int64_t batch = 0, height = 0, width = 0, code_size = 0, hidden = 0, out_channels = 0;
+  int64_t code_size = 0, hidden = 0, out_channels = 0;
   int64_t layers = 0;                 // per block
   std::vector<double> freqs;
   std::vector<bool> concat;           // per block
@@ -34,8 +35,10 @@ struct DecoderConfig {
   bool layer_norm = false;            // per row over its features, instead of BatchNorm
   Act act = Act::gelu, act_out = Act::sigmoid;
   double eps = 1e-5;
-  NormStats norm_stats = NormStats::image;
   Modulation modulation = Modulation::none;
+  // per call
+  int64_t batch = 0, height = 0, width = 0;
+  NormStats norm_stats = NormStats::image;
   int64_t offset_rank = 0;            // K of the input offset, 0: none
   // The hidden layers' GEMMs (forward, input and weight gradients) with bf16 operands and float32
   // accumulation (float only; set only where bf16_gemm_supported()). Everything else stays float32.
@@ -55,15 +58,56 @@ struct DecoderConfig {
   int64_t mod_width() const { return (modulation == Modulation::film ? 2 : 1) * hidden; }  // k * hidden
 };
 
-// Tensors in the seed's layout: nn.Linear weights are (out, in) row-major; weight[i*L + l].
+// DecoderParams.flat(), the Python side's one list of parameter tensors, by name. The seed's layout:
+// nn.Linear weights are (out, in) row-major; weight[i*L + l] is layer l of block i.
+template <typename P>
+struct FlatParams {
+  P w_in{};                                 // (hidden, C + E)
+  P b_in{};                                 // (hidden,)
+  std::vector<P> norm_weight, norm_bias;    // per block (w_i,), empty without a norm
+  std::vector<P> weight, bias;              // [i*L + l] (w_i, w_i), (w_i,)
+  P w_out{};                                // (out, out_width)
+  P b_out{};                                // (out,)
+};
+
+// Tensor `index` of the flat list: its field as DecoderParams names it (with its block and layer,
+// -1 where the field has none) and its shape ((rows,) when cols == 0).
+struct ParamSlot {
+  int64_t index;
+  const char* field;
+  int64_t block, layer;
+  int64_t rows, cols;
+};
+
+// The one definition of the flat order in C++: calls visit(member, slot) for every member of `named`
+// in DecoderParams.flat() order (w_in, b_in, norm weights, norm biases, then per block its layers'
+// weights and biases, w_out, b_out), after sizing its vectors for `cfg`.
+template <typename P, typename Visit>
+void for_each_flat(const DecoderConfig& cfg, FlatParams<P>& named, Visit&& visit) {
+  const int64_t nb = cfg.num_blocks(), L = cfg.layers, n_norm = cfg.normalized() ? nb : 0;
+  named.norm_weight.resize(n_norm);
+  named.norm_bias.resize(n_norm);
+  named.weight.resize(nb * L);
+  named.bias.resize(nb * L);
+  int64_t k = 0;
+  visit(named.w_in, ParamSlot{k++, "w_in", -1, -1, cfg.hidden, cfg.code_size + cfg.emb_size()});
+  visit(named.b_in, ParamSlot{k++, "b_in", -1, -1, cfg.hidden, 0});
+  for (int64_t i = 0; i < n_norm; ++i)
+    visit(named.norm_weight[i], ParamSlot{k++, "norm_weight", i, -1, cfg.block_width(i), 0});
+  for (int64_t i = 0; i < n_norm; ++i)
+    visit(named.norm_bias[i], ParamSlot{k++, "norm_bias", i, -1, cfg.block_width(i), 0});
+  for (int64_t i = 0; i < nb; ++i) {
+    const int64_t w = cfg.block_width(i);
+    for (int64_t l = 0; l < L; ++l) visit(named.weight[i * L + l], ParamSlot{k++, "weights", i, l, w, w});
+    for (int64_t l = 0; l < L; ++l) visit(named.bias[i * L + l], ParamSlot{k++, "biases", i, l, w, 0});
+  }
+  visit(named.w_out, ParamSlot{k++, "w_out", -1, -1, cfg.out_channels, cfg.out_width()});
+  visit(named.b_out, ParamSlot{k++, "b_out", -1, -1, cfg.out_channels, 0});
+}
+
 template <typename T>
-struct DecoderWeights {
-  const T* w_in = nullptr;                  // (hidden, C + E)
-  const T* b_in = nullptr;
-  std::vector<const T*> norm_weight, norm_bias, running_mean, running_var;  // per block (w_i,)
-  std::vector<const T*> weight, bias;
-  const T* w_out = nullptr;                 // (out, out_width)
-  const T* b_out = nullptr;
+struct DecoderWeights : FlatParams<const T*> {
+  std::vector<const T*> running_mean, running_var;  // per block (w_i,) with running statistics
   const T* mods = nullptr;                  // (B, M, k, hidden) with modulation
   const T* offset_basis = nullptr;          // (P, K) with an input offset
   const T* offset_cells = nullptr;          // (B, K, hidden) with an input offset
@@ -79,20 +123,35 @@ struct DecoderSaved {
   std::vector<double*> mean, rstd;   // per block (groups, w_i), only with batch statistics
 };
 
+// The saved tensors in the one order the caller keeps them: visit(member, width, statistic) for
+// each member of `saved` (after sizing its vectors for `cfg`); a row tensor (N, width) of T, or
+// with statistic == true a (groups, width) tensor of double.
+template <typename T, typename Visit>
+void for_each_saved(const DecoderConfig& cfg, DecoderSaved<T>& saved, Visit&& visit) {
+  const int64_t nb = cfg.num_blocks(), L = cfg.layers, n_stats = cfg.batch_stats() ? nb : 0;
+  saved.hidden.resize(nb + 1);
+  saved.z.resize(nb * L);
+  saved.mean.resize(n_stats);
+  saved.rstd.resize(n_stats);
+  visit(saved.z_in, cfg.hidden, false);
+  for (int64_t i = 0; i <= nb; ++i) visit(saved.hidden[i], cfg.block_width(i), false);
+  for (int64_t i = 0; i < nb; ++i)
+    for (int64_t l = 0; l < L; ++l) visit(saved.z[i * L + l], cfg.block_width(i), false);
+  visit(saved.z_out, cfg.out_channels, false);
+  for (int64_t i = 0; i < n_stats; ++i) visit(saved.mean[i], cfg.block_width(i), true);
+  for (int64_t i = 0; i < n_stats; ++i) visit(saved.rstd[i], cfg.block_width(i), true);
+}
+
 // Per block (groups, w_i) statistics of the block input, variance unbiased; with batch statistics.
 template <typename T>
 struct DecoderStats {
   std::vector<T*> mean, var;
 };
 
+// Every gradient: the parameters' in the members of FlatParams, and those of the inputs.
 template <typename T>
-struct DecoderGrads {
+struct DecoderGrads : FlatParams<T*> {
   T* codes = nullptr;
-  T* w_in = nullptr;
-  T* b_in = nullptr;
-  std::vector<T*> norm_weight, norm_bias, weight, bias;
-  T* w_out = nullptr;
-  T* b_out = nullptr;
   T* mods = nullptr;                 // (B, M, k, hidden) with modulation
   T* offset_cells = nullptr;         // (B, K, hidden) with an input offset
 };

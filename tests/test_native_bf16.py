@@ -17,6 +17,7 @@ import torch
 
 import fastinr
 from fastinr import reference
+from fastinr.backends import native_ops
 from fastinr.contract import DecoderParams, InputOffset
 from tests.test_native import make_params, make_spec, native
 
@@ -234,9 +235,9 @@ def test_float16_and_mixed_dtypes(bf16_gemms):
         native.decode(codes.bfloat16(), params32, spec, (4, 5))
     if bf16_gemms:
         params64, _ = make_params(spec, torch.float64, requires_grad=False)
-        config = native._config(spec, (4, 5), "image")
         with pytest.raises(TypeError, match="bf16_matmul=True takes float32 tensors"):
-            native._C.forward(codes.double(), params64.flat(), [], save=False, bf16_matmul=True, **config)
+            native._C.forward(native_ops.plan(spec), codes.double(), params64.flat(), [], None, None, None,
+                              height=4, width=5, norm_stats="image", save=False, bf16_matmul=True)
 
 
 def test_example_precision_flag():

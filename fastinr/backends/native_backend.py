@@ -20,6 +20,10 @@ the bf16 matmul to float32). Where the CPU lacks the instructions, or after set_
 (or FASTINR_NATIVE_BF16=0 in the environment), the same call runs the float32 GEMMs instead.
 float16 (tensors or autocast) is handed to the reference.
 
+The extension runs as two torch.library custom ops (fastinr.backends.native_ops), so
+torch.compile(model, fullgraph=True) traces a decoder through them as single nodes; the spec is
+checked once per decoder (a cached C++ DecoderPlan), each call checks only its tensors.
+
 The saved activations of a training step live in blocks the extension reuses from step to step
 (a fresh mmap, its page faults and munmap cost 15-30% of a step otherwise); `cached_bytes()` says
 how much freed memory it keeps for that, `empty_cache()` returns it to the system.
@@ -32,7 +36,12 @@ from typing import Optional, Sequence, Tuple
 import torch
 
 from fastinr import _C, reference
+from fastinr.backends import native_ops
 from fastinr.contract import BlockStats, DecoderParams, DecoderSpec, InputOffset
+
+# Asked once: torch.compile cannot trace a call into the extension.
+_BUILT_WITH_CUDA = bool(_C.built_with_cuda())
+_BF16_GEMMS = bool(_C.bf16_gemm_supported())
 
 
 def supports(device, spec: Optional[DecoderSpec] = None, needs_grad: bool = True) -> Optional[str]:
@@ -53,7 +62,7 @@ def supports(device, spec: Optional[DecoderSpec] = None, needs_grad: bool = True
 def renders_on_cuda() -> bool:
     """True when the extension was built with nvcc: `decode` then also renders CUDA tensors in eval
     mode (no gradients; BatchNorm from running statistics or none)."""
-    return _C.built_with_cuda()
+    return _BUILT_WITH_CUDA
 
 
 def cached_bytes() -> int:
@@ -71,7 +80,7 @@ _bf16_matmul_enabled = os.environ.get("FASTINR_NATIVE_BF16", "1") != "0"
 
 def bf16_matmul_supported() -> bool:
     """True where the CPU runs the core's bf16 GEMM kernel (AVX512-BF16), checked at run time."""
-    return bool(_C.bf16_gemm_supported())
+    return _BF16_GEMMS
 
 
 def set_bf16_matmul(enabled: bool) -> None:
@@ -94,44 +103,6 @@ def reduced_precision(codes: torch.Tensor) -> Optional[torch.dtype]:
     return codes.dtype if codes.dtype in (torch.bfloat16, torch.float16) else None
 
 
-def _config(spec: DecoderSpec, shape: Tuple[int, int], norm_stats: str) -> dict:
-    return dict(height=int(shape[0]), width=int(shape[1]), freqs=[float(f) for f in spec.freqs],
-                concat=[bool(c) for c in spec.concat], layers=int(spec.layers_per_block),
-                batch_norm=bool(spec.batch_norm), layer_norm=bool(spec.layer_norm), activation=spec.activation,
-                activation_out=spec.activation_out, eps=float(spec.eps), norm_stats=norm_stats,
-                modulation=spec.modulation)
-
-
-class _NativeDecode(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, config, running, stats_out, save, codes, mods, basis, cells, *params):
-        colors, means, variances, saved = _C.forward(codes, list(params), running, save=save, mods=mods,
-                                                     offset_basis=basis, offset_cells=cells, **config)
-        stats_out.extend(zip(means, variances))
-        if save:
-            ctx.config, ctx.running = config, running
-            ctx.modulated, ctx.offset = mods is not None, cells is not None
-            extra = [t for t in (mods, basis, cells) if t is not None]
-            ctx.save_for_backward(codes, *extra, *params, *saved)
-            ctx.num_params = len(params)
-        return colors
-
-    @staticmethod
-    def backward(ctx, grad_colors):
-        tensors = list(ctx.saved_tensors)
-        codes = tensors.pop(0)
-        mods = tensors.pop(0) if ctx.modulated else None
-        basis, cells = (tensors.pop(0), tensors.pop(0)) if ctx.offset else (None, None)
-        params, saved = tensors[:ctx.num_params], tensors[ctx.num_params:]
-        grads = _C.backward(grad_colors, codes, params, ctx.running, saved, mods=mods, offset_basis=basis,
-                            offset_cells=cells, **ctx.config)
-        grad_cells = grads.pop() if ctx.offset else None
-        grad_mods = grads.pop() if ctx.modulated else None
-        grads = [grads[0], grad_mods, None, grad_cells, *grads[1:]]
-        return (None, None, None, None, *(g if need else None
-                                          for g, need in zip(grads, ctx.needs_input_grad[4:])))
-
-
 def decode(codes: torch.Tensor, params: DecoderParams, spec: DecoderSpec, shape: Tuple[int, int],
            norm_stats: str = "image", running: Sequence[Tuple[torch.Tensor, torch.Tensor]] = (),
            mods: Optional[torch.Tensor] = None, input_offset: Optional[InputOffset] = None):
@@ -141,19 +112,18 @@ def decode(codes: torch.Tensor, params: DecoderParams, spec: DecoderSpec, shape:
     if reduced == torch.float16 or (reduced is not None and codes.device.type != "cpu"):
         # no float16 GEMMs in the core, and the CUDA render is float32 / float64
         return reference.decode(codes, params, spec, shape, norm_stats, running, mods, input_offset)
-    config = _config(spec, shape, norm_stats)
     tensors = params.flat()
     if reduced == torch.bfloat16:
-        return _decode_bf16(codes, tensors, spec, config, running, mods, input_offset)
+        return _decode_bf16(codes, tensors, spec, shape, norm_stats, running, mods, input_offset)
     if codes.device.type != "cpu":
         if mods is not None or input_offset is not None or spec.layer_norm:
             raise ValueError("the native backend renders on CUDA without modulation, input_offset or "
                              "LayerNorm only; use the triton or torch backend for these decoders on the GPU")
-        return _render(codes, params, spec, config, running), []
-    return _decode_cpu(codes, tensors, spec, config, running, mods, input_offset)
+        return _render(codes, tensors, spec, shape, norm_stats, running), []
+    return _decode_cpu(codes, tensors, spec, shape, norm_stats, running, mods, input_offset)
 
 
-def _decode_bf16(codes, tensors, spec, config, running, mods, input_offset):
+def _decode_bf16(codes, tensors, spec, shape, norm_stats, running, mods, input_offset):
     """A bfloat16 call (autocast or bf16 tensors): float32 tensors into the core with bf16 GEMMs
     (where the CPU has them), colors back in the parameters' dtype."""
     if not torch.is_autocast_enabled(codes.device.type):
@@ -165,45 +135,52 @@ def _decode_bf16(codes, tensors, spec, config, running, mods, input_offset):
     if input_offset is not None:
         input_offset = InputOffset(as_float(input_offset.basis), as_float(input_offset.cells))
     running = [(as_float(mean), as_float(var)) for mean, var in running]
-    config = dict(config, bf16_matmul=bf16_matmul())
-    colors, stats = _decode_cpu(codes.float(), [t.float() for t in tensors], spec, config, running,
-                                as_float(mods), input_offset)
+    colors, stats = _decode_cpu(codes.float(), [t.float() for t in tensors], spec, shape, norm_stats, running,
+                                as_float(mods), input_offset, bf16_matmul())
     dtype = tensors[-1].dtype
     return colors.to(dtype), [BlockStats(s.mean.to(dtype), s.var.to(dtype), s.count) for s in stats]
 
 
-def _decode_cpu(codes, tensors, spec, config, running, mods, input_offset):
-    """The fused CPU forward (and backward through _NativeDecode) for checked arguments."""
-    norm_stats = config["norm_stats"]
+def _decode_cpu(codes, tensors, spec, shape, norm_stats, running, mods, input_offset, bf16=False):
+    """The fused CPU forward (and backward through the ops' autograd) for checked arguments."""
     flat_running = []
     if spec.batch_norm and norm_stats == "running":
         if len(running) != spec.num_blocks:
             raise ValueError(f"running must hold (mean, var) for each of the {spec.num_blocks} "
                              f"blocks with norm_stats='running', got {len(running)}")
         flat_running = [t.detach() for pair in running for t in pair]
-    stats_out = []
-    # Only keep activations for a backward that can happen (needs_input_grad ignores no_grad).
     basis, cells = input_offset if input_offset is not None else (None, None)
+    # Only keep activations for a backward that can happen (needs_input_grad ignores no_grad).
     inputs = [t for t in (codes, mods, cells, *tensors) if t is not None]
     save = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
-    colors = _NativeDecode.apply(config, flat_running, stats_out, save, codes, mods, basis, cells, *tensors)
-    pixels = config["height"] * config["width"]
+    colors, means, variances, _ = _native_forward(codes, tensors, flat_running, mods, basis, cells, spec,
+                                                  shape, norm_stats, save, bf16)
+    pixels = int(shape[0]) * int(shape[1])
     count = pixels if norm_stats == "image" else codes.shape[0] * pixels
     # per image (B, w), per batch (w,)
     stats = [BlockStats(mean, var, count) if norm_stats == "image" else BlockStats(mean[0], var[0], count)
-             for mean, var in stats_out]
+             for mean, var in zip(means, variances)]
     return colors, stats
 
 
-def _render(codes, params, spec, config, running):
+def _render(codes, tensors, spec, shape, norm_stats, running):
     """The one-pass CUDA eval render, for the cases it covers; a clear error otherwise."""
-    eval_mode = not spec.batch_norm or config["norm_stats"] == "running"
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (codes, *params.flat()))
+    eval_mode = not spec.batch_norm or norm_stats == "running"
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (codes, *tensors))
     if codes.device.type != "cuda" or not renders_on_cuda() or not eval_mode or needs_grad:
         raise ValueError(
             f"the native backend runs on the CPU; on {codes.device} it only renders in eval mode "
             f"without gradients when built with nvcc (built with CUDA: {renders_on_cuda()}, "
-            f"norm_stats={config['norm_stats']!r}, gradients needed: {needs_grad})")
+            f"norm_stats={norm_stats!r}, gradients needed: {needs_grad})")
     flat_running = [t for pair in running for t in pair] if spec.batch_norm else []
     with torch.no_grad():
-        return _C.forward(codes, params.flat(), flat_running, save=False, mods=None, **config)[0]
+        return _native_forward(codes, tensors, flat_running, None, None, None, spec, shape, norm_stats, False,
+                               False)[0]
+
+
+def _native_forward(codes, tensors, running, mods, basis, cells, spec, shape, norm_stats, save, bf16):
+    """colors, means, vars, saved of fastinr::native_forward (native_ops)."""
+    return torch.ops.fastinr.native_forward(codes, tensors, running, mods, basis, cells,
+                                            **native_ops.spec_fields(spec), height=int(shape[0]),
+                                            width=int(shape[1]), norm_stats=norm_stats, save=save,
+                                            bf16_matmul=bf16)
