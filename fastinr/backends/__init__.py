@@ -46,7 +46,7 @@ class BackendUnavailable(RuntimeError):
     pass
 
 
-_LOADED = {}  # name -> (module or None, reason); a plain dict, which torch.compile traces
+_LOADED = {}  # name -> (module or None, reason)
 
 
 def register_backend(name: str, backend) -> None:
@@ -82,7 +82,14 @@ def resolve_backend(requested: str = "auto", device="cpu", spec=None, needs_grad
     """(name, decode function) of the backend to use for tensors on `device`: one that loads and
     supports `spec` (None: any spec) and a backward when `needs_grad`. The function expects
     validated arguments; `decode` below validates and resolves in one call."""
-    device = torch.device(device)
+    name = _resolve(requested, torch.device(device), spec, bool(needs_grad))
+    return name, _load(name)[0].decode
+
+
+# torch.compile calls this as it traces and keeps the answer (which also loads the backend before
+# the trace reads _LOADED): it cannot trace importlib.
+@torch.compiler.assume_constant_result
+def _resolve(requested: str, device: torch.device, spec, needs_grad: bool) -> str:
     forced = requested != "auto"
     if not forced:
         env = os.environ.get("FASTINR_BACKEND", "").strip().lower()
@@ -96,18 +103,18 @@ def resolve_backend(requested: str = "auto", device="cpu", spec=None, needs_grad
         reason = reason or module.supports(device, spec, needs_grad)
         if reason:
             raise BackendUnavailable(f"backend {requested!r} was requested but cannot run: {reason}")
-        return requested, module.decode
+        return requested
 
     preferred = "triton" if device.type == "cuda" else "native"
     module, reason = _load(preferred)
     reason = reason or module.supports(device, spec, needs_grad)
     if reason is None:
-        return preferred, module.decode
+        return preferred
     if (preferred, device.type, reason) not in _warned:
         _warned.add((preferred, device.type, reason))
         warnings.warn(f"fastinr: backend {preferred!r} is unavailable on {device.type} ({reason}); "
-                      f"using the 'torch' reference backend", RuntimeWarning, stacklevel=3)
-    return "torch", _load("torch")[0].decode
+                      f"using the 'torch' reference backend", RuntimeWarning, stacklevel=4)
+    return "torch"
 
 
 def decode(codes, params, spec, shape, norm_stats: str = "image", running=(), mods=None,

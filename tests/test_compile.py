@@ -1,0 +1,174 @@
+"""torch.compile(model, fullgraph=True) through the native backend's custom ops.
+
+The example's autoencoder (rpgkit's conv encoder) with the seed decoder and with an INRDecoder
+(grid, FiLM, per-image BatchNorm, Gaussian features: its whole lowering to the contract) compiles
+without a graph break on the CPU, with one fastinr::native_forward node per decode; it trains a
+few SGD steps and matches eager: the reconstructions, every gradient, the parameters and the
+BatchNorm running buffers after the steps, and (seed) the eval-mode render.
+
+Error model: the compiled float32 run may differ from the eager native float32 run by at most
+K = 8 times the larger distance of the eager float32 runs (native, and the torch backend) from the
+float64 torch backend's run of the same model (the oracle), per tensor (max abs). SGD keeps a
+gradient's rounding error proportional in the next step's parameters (Adam's first steps would
+turn the sign of near-zero gradients into whole learning-rate steps).
+
+opcheck tests the ops' registration: schema, fake kernels (static and dynamic batch), autograd.
+"""
+import copy
+import dataclasses
+import os
+
+import pytest
+import torch
+
+import fastinr
+from fastinr.inr_decoder import INRDecoder
+
+if os.environ.get("FASTINR_SKIP_EXT", "0") == "1":
+    pytest.skip("FASTINR_SKIP_EXT=1: the native extension was deliberately not built",
+                allow_module_level=True)
+from fastinr.backends import native_backend, native_ops  # noqa: E402,F401  (must import)
+from rpgkit.models import EncoderDecoder, build_encoder  # noqa: E402
+from tests.test_native import make_params, make_spec  # noqa: E402
+
+K = 8
+SHAPE = (3, 12, 12)
+BATCH, STEPS = 4, 3
+
+
+def seed_autoencoder():
+    code = 10
+    decoder = fastinr.ImageManifoldDecoder(code, 3, num_hidden=16, num_blocks=2, num_layers_per_block=2,
+                                           default_shape=SHAPE[1:], activation_out="none", backend="native")
+    return EncoderDecoder(build_encoder("conv", SHAPE, code), decoder)
+
+
+def inr_autoencoder():
+    grid, channels = 2, 2
+    code = 8 + grid * grid * channels
+    decoder = INRDecoder(code, hidden=16, conditioning="film", norm="image-bn", embedding="gaussian",
+                         num_freqs=3, grid_size=grid, grid_channels=channels, default_shape=SHAPE[1:],
+                         backend="native")
+    return EncoderDecoder(build_encoder("conv", SHAPE, code, grid_size=grid, grid_channels=channels), decoder)
+
+
+def train(model, images, compiled=False):
+    """Per step: the reconstruction and every gradient; then the state (parameters, buffers)."""
+    graphs = []
+
+    def backend(gm, example_inputs):
+        from torch._inductor.compile_fx import compile_fx
+        graphs.append(gm)
+        return compile_fx(gm, example_inputs)
+
+    run = torch.compile(model, backend=backend, fullgraph=True) if compiled else model
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    record = []
+    model.train()
+    for x in images:
+        optimizer.zero_grad(set_to_none=True)
+        y = run(x)
+        torch.nn.functional.mse_loss(y, x).backward()
+        record.append({"reconstruction": y.detach().clone(),
+                       **{f"grad of {name}": p.grad.clone() for name, p in model.named_parameters()}})
+        optimizer.step()
+    record.append({name: t.detach().clone() for name, t in model.state_dict().items()})
+    return record, run, graphs
+
+
+def assert_matches_eager(compiled, eager, others, oracle, what):
+    assert compiled.keys() == eager.keys()
+    for name, c in compiled.items():
+        e, o = eager[name], oracle[name]
+        assert (c.shape, c.dtype) == (e.shape, e.dtype), f"{what}, {name}: {c.shape} {c.dtype} vs eager"
+        if not e.is_floating_point():
+            assert torch.equal(c, e), f"{what}, {name}: {c} != {e}"
+            continue
+        err = (c.double() - e.double()).abs().max().item()
+        eager_err = max((r[name].double() - o).abs().max().item() for r in (eager, *others))
+        assert err <= K * eager_err, (f"{what}, {name}: compiled differs from eager by {err:.3e} > {K} x "
+                                      f"{eager_err:.3e} (eager float32's distance to float64)")
+
+
+@pytest.mark.parametrize("build", [seed_autoencoder, inr_autoencoder], ids=["seed", "inr"])
+def test_compiled_autoencoder_trains_like_eager(build):
+    model = build()
+    images = [torch.rand(BATCH, *SHAPE) for _ in range(STEPS)]
+    runs = {}
+    for name, dtype, backend, compiled in (("compiled", torch.float32, "native", True),
+                                           ("eager", torch.float32, "native", False),
+                                           ("torch", torch.float32, "torch", False),
+                                           ("oracle", torch.float64, "torch", False)):
+        copied = copy.deepcopy(model).to(dtype)
+        copied.decoder.backend = backend
+        runs[name] = train(copied, [x.to(dtype) for x in images], compiled)
+    (compiled, run, graphs), (eager, eager_model, _) = runs["compiled"], runs["eager"]
+    assert len(graphs) == 1, f"one graph expected, got {len(graphs)}"
+    op = torch.ops.fastinr.native_forward
+    decodes = [n for n in graphs[0].graph.nodes if n.target in (op, op.default)]
+    assert len(decodes) == 1, f"one fastinr::native_forward node expected in the graph, got {len(decodes)}"
+    others, oracle = [runs["torch"][0]], runs["oracle"][0]
+    for step in range(STEPS + 1):
+        what = f"step {step}" if step < STEPS else "state after training"
+        assert_matches_eager(compiled[step], eager[step], [o[step] for o in others], oracle[step], what)
+    if build is seed_autoencoder:   # eval mode: BatchNorm from the running statistics, no saved tensors
+        x = torch.rand(BATCH, *SHAPE)
+        rendered = {}
+        for name, model_run in (("compiled", run), ("eager", eager_model), ("torch", runs["torch"][1]),
+                                ("oracle", runs["oracle"][1])):
+            model_run.eval()
+            with torch.no_grad():
+                rendered[name] = {"render": model_run(x.to(next(model_run.parameters()).dtype))}
+        assert_matches_eager(rendered["compiled"], rendered["eager"], [rendered["torch"]], rendered["oracle"],
+                             "eval render")
+
+
+def op_inputs(norm_stats, modulation="none", offset=False, batch=3, shape=(5, 4)):
+    spec = make_spec(code_size=3, hidden=6, concat=(False, False), freqs=(2.0,))
+    spec = dataclasses.replace(spec, modulation=modulation)
+    params, running = make_params(spec, torch.float64)
+    codes = torch.randn(batch, spec.code_size, dtype=torch.float64, requires_grad=True)
+    mods = torch.randn(*spec.mods_shape(batch), dtype=torch.float64, requires_grad=True) \
+        if modulation != "none" else None
+    basis, cells = (torch.rand(*shape, 2, dtype=torch.float64),
+                    torch.randn(batch, 2, spec.hidden, dtype=torch.float64, requires_grad=True)) \
+        if offset else (None, None)
+    flat_running = [t for pair in running for t in pair] if norm_stats == "running" else []
+    kwargs = dict(native_ops.spec_fields(spec), height=shape[0], width=shape[1], norm_stats=norm_stats,
+                  bf16_matmul=False, save=True)
+    return (codes, params.flat(), flat_running, mods, basis, cells), kwargs, spec
+
+
+@pytest.mark.parametrize("norm_stats,modulation,offset", [("image", "film", True), ("batch", "none", False),
+                                                          ("running", "shift", True)])
+def test_opcheck(norm_stats, modulation, offset):
+    args, kwargs, _ = op_inputs(norm_stats, modulation, offset)
+    torch.library.opcheck(torch.ops.fastinr.native_forward, args, kwargs)
+
+
+def test_fake_kernel_gives_every_output_shape():
+    """The fake kernel's outputs (saved activations included) have the real ones' shapes, dtypes
+    and strides, for per-image and per-batch statistics."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    for norm_stats in ("image", "batch", "running"):
+        args, kwargs, _ = op_inputs(norm_stats, offset=True)
+        real = torch.ops.fastinr.native_forward(*args, **kwargs)
+        with FakeTensorMode() as mode:
+            fake_args = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else
+                         [mode.from_tensor(t) for t in a] if isinstance(a, list) else a for a in args]
+            fake = torch.ops.fastinr.native_forward(*fake_args, **kwargs)
+        flat_real = [real[0], *real[1], *real[2], *real[3]]
+        flat_fake = [fake[0], *fake[1], *fake[2], *fake[3]]
+        assert len(flat_real) == len(flat_fake) and len(real[3]) > 0
+        for k, (r, f) in enumerate(zip(flat_real, flat_fake)):
+            assert (r.shape, r.dtype, r.stride()) == (f.shape, f.dtype, f.stride()), (norm_stats, k)
+
+
+def test_plan_is_built_once_per_spec():
+    spec = make_spec()
+    assert native_ops.plan(spec) is native_ops.plan(make_spec())
+    assert native_ops.plan(spec).num_params == len(make_params(spec, torch.float32)[0].flat())
+    with pytest.raises(ValueError, match="activation must be one of"):
+        native_ops.plan(make_spec(activation="swish"))
+    with pytest.raises(ValueError, match="needs blocks of constant width"):
+        native_ops.plan(dataclasses.replace(make_spec(concat=(True,)), modulation="film"))
