@@ -243,14 +243,21 @@ def check_input_offset(spec: DecoderSpec, batch: int, shape, input_offset: Optio
                          "flows to it)")
 
 
-_LAYOUTS = {}  # spec -> (names, flat names, flat shapes); a plain dict, which torch.compile traces
+_LAYOUTS = {}  # spec -> (names, flat names, flat shapes)
 
 
 def _layout(spec: DecoderSpec):
+    # torch.compile builds it in the trace: a traced cache is guarded on (a recompile once filled)
+    if torch.compiler.is_compiling():
+        return _build_layout(spec)
     if spec not in _LAYOUTS:
-        names = DecoderParams.names(spec)
-        _LAYOUTS[spec] = names, names.flat(), DecoderParams.shapes(spec).flat()
+        _LAYOUTS[spec] = _build_layout(spec)
     return _LAYOUTS[spec]
+
+
+def _build_layout(spec: DecoderSpec):
+    names = DecoderParams.names(spec)
+    return names, names.flat(), DecoderParams.shapes(spec).flat()
 
 
 def check_params(params, spec: DecoderSpec) -> None:
