@@ -42,7 +42,7 @@ def spec_fields(spec) -> dict:
 
 @functools.lru_cache(maxsize=64)
 def _cached_plan(key: Tuple) -> "_C.DecoderPlan":
-    return _C.DecoderPlan(*key)
+    return _C.DecoderPlan(**dict(zip(SPEC_FIELDS, key)))
 
 
 def plan_of(fields: dict) -> "_C.DecoderPlan":
