@@ -14,7 +14,7 @@ norm_stats: "image" (statistics per image over its pixels, the seed's per-image 
 "batch" (over all pixels of the batch), "running" (the running statistics `running`, eval mode).
 """
 from dataclasses import dataclass
-from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 

@@ -216,10 +216,10 @@ def test_grid_sampling_hits_cell_values_at_cell_centres():
     model = INRDecoder(2 * 2 * 3 + 1, grid_size=2, grid_channels=3)
     grid = torch.randn(1, 3, 2, 2)
     centres = torch.tensor([[-0.5, -0.5], [0.5, -0.5], [-0.5, 0.5], [0.5, 0.5]])[None]
-    features = model.sample_grid(grid, centres)
+    features = model.grid.sample(grid, centres)
     torch.testing.assert_close(features[0, :, :3], grid[0].flatten(1).t())
     torch.testing.assert_close(features[0, :, 3:], torch.zeros(4, 2))
-    corners = model.sample_grid(grid, torch.tensor([[[-1.0, -1.0], [0.999, 0.999]]]))[0, :, 3:]
+    corners = model.grid.sample(grid, torch.tensor([[[-1.0, -1.0], [0.999, 0.999]]]))[0, :, 3:]
     assert corners.min() >= -0.5 and corners.max() <= 0.5
 
 
@@ -252,7 +252,7 @@ def test_area_blend_is_liifs_local_ensemble():
     xy = torch.rand(40, 2, dtype=torch.float64) * 2 - 1
     mixing = torch.randn(4, 5, dtype=torch.float64)
     predict = lambda features: torch.tanh(features @ mixing)   # noqa: E731
-    features, weights = model.area_features(grid[None], xy[None])
+    features, weights = model.grid.area_features(grid[None], xy[None])
     ours = (predict(features).reshape(4, 1, 40, 5) * weights).sum(0)[0]
     torch.testing.assert_close(ours, liif_local_ensemble(grid, xy, predict), rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(weights.sum(0), torch.ones(1, 40, 1, dtype=torch.float64))
