@@ -150,6 +150,16 @@ class InputOffset(NamedTuple):
         return self.basis.reshape(-1, self.basis.shape[-1]) @ self.cells
 
 
+def concat_offsets(offsets: Sequence[Optional[InputOffset]]) -> Optional[InputOffset]:
+    """One input offset that adds up those of `offsets` that are not None (their bases and cells
+    side by side); None if there are none."""
+    offsets = [o for o in offsets if o is not None]
+    if len(offsets) <= 1:
+        return offsets[0] if offsets else None
+    return InputOffset(torch.cat([o.basis for o in offsets], dim=-1).contiguous(),
+                       torch.cat([o.cells for o in offsets], dim=1))
+
+
 class BlockStats(NamedTuple):
     """Normalization statistics of one block's input, for the running-statistics update."""
     mean: torch.Tensor      # (B, w) per image, or (w,) per batch

@@ -29,8 +29,10 @@ buffer saved in the state_dict).
 Where the work happens: the parameters and options are here; colors on the pixel grid (every
 variant) are lowered to the decode contract by fastinr/inr_lowering.py and run fused, forward and
 backward, by the chosen backend (`backend`: "auto" picks Triton on CUDA, native on CPU; see
-fastinr.backends); arbitrary query points (`coords`) run fastinr/inr_points.py, plain PyTorch and
-the fused path's oracle in the tests; the grid's geometry is fastinr/latent_grid.py.
+fastinr.backends); so do query points shared by the batch (`coords` (P, 2): a 1 x P grid moved by
+a jitter); per-image query points (B, P, 2), or points that need a gradient, run
+fastinr/inr_points.py, plain PyTorch and the fused path's oracle in the tests; the grid's geometry
+is fastinr/latent_grid.py.
 """
 import math
 from typing import Optional, Sequence, Tuple
@@ -41,9 +43,9 @@ from torch import nn
 from fastinr import backends
 from fastinr.activations import canonical_activation
 from fastinr.contract import check_codes, check_shape
-from fastinr.embedding import embed_coordinates, pos_embedding_size
+from fastinr.embedding import embed_coordinates, pixel_coordinates, pos_embedding_size
 from fastinr.inr_lowering import blend_members, lower
-from fastinr.inr_points import decode_points
+from fastinr.inr_points import evaluate_at_points
 from fastinr.latent_grid import AREA_MEMBERS, LatentGrid
 from fastinr.running_stats import decode_norm_stats, fold_decode_stats
 
@@ -211,8 +213,18 @@ class INRDecoder(nn.Module):
                 (coords.ndim == 3 and coords.shape[0] != batch):
             raise ValueError(f"coords must have shape (P, 2) or ({batch}, P, 2), got "
                              f"{tuple(coords.shape)}")
+        if coords.device != codes.device or not coords.is_floating_point():
+            raise ValueError(f"coords must be a floating-point tensor on the codes' device ({codes.device}), "
+                             f"got {coords.dtype} on {coords.device}")
         xy = coords.to(codes.dtype)
-        colors = decode_points(self, batch_codes, xy.expand(batch, -1, -1) if xy.ndim == 2 else xy)
+        if xy.ndim == 2 and not xy.requires_grad:
+            # Points shared by the batch: the pixel centres of a 1 x P grid, moved by a jitter.
+            count = xy.shape[0]
+            centres = pixel_coordinates(1, count, device=xy.device, dtype=xy.dtype)
+            colors = self._fused_forward(batch_codes, (1, count), (xy - centres).reshape(1, count, 2))
+            colors = colors.reshape(batch, self.out_channels, count)
+        else:   # per-image points, or a gradient to the points: plain PyTorch
+            colors = evaluate_at_points(self, batch_codes, xy.expand(batch, -1, -1) if xy.ndim == 2 else xy)
         return colors[0] if codes.ndim == 1 else colors
 
     def _fused_forward(self, codes: torch.Tensor, shape: Tuple[int, int],

@@ -12,12 +12,12 @@ enters as the input offset (a fixed basis per pixel times cells per image):
     W_e·emb(p + jitter) = [the kernels' embedding of p] + W_e·(emb(p + jitter) - emb(p)).
 A new conditioning that lowers to the contract changes this file (and the module's parameters).
 """
-from typing import NamedTuple, Optional, Sequence, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from fastinr.contract import DecoderParams, DecoderSpec, InputOffset
+from fastinr.contract import DecoderParams, DecoderSpec, InputOffset, concat_offsets
 from fastinr.embedding import embed_coordinates, pixel_coordinates, pos_embedding_size
 from fastinr.latent_grid import AREA_MEMBERS
 
@@ -88,16 +88,6 @@ def fused_params(decoder) -> DecoderParams:
         weights=tuple(tuple(lin.weight for lin in block) for block in decoder.blocks),
         biases=tuple(tuple(lin.bias for lin in block) for block in decoder.blocks),
         w_out=decoder.linear_out.weight, b_out=b_out)
-
-
-def concat_offsets(offsets: Sequence[Optional[InputOffset]]) -> Optional[InputOffset]:
-    """One input offset that adds up those of `offsets` that are not None (their bases and cells
-    side by side); None if there are none."""
-    offsets = [o for o in offsets if o is not None]
-    if len(offsets) <= 1:
-        return offsets[0] if offsets else None
-    return InputOffset(torch.cat([o.basis for o in offsets], dim=-1).contiguous(),
-                       torch.cat([o.cells for o in offsets], dim=1))
 
 
 def query_points(shape: Tuple[int, int], jitter: Optional[torch.Tensor],

@@ -14,7 +14,7 @@ from fastinr.reference import modulate, normalize
 from fastinr.running_stats import decode_norm_stats, fold_decode_stats
 
 
-def decode_points(decoder, codes: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
+def evaluate_at_points(decoder, codes: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
     """Colors (B, out, P) of `decoder` (an INRDecoder) for codes (B, C) at xy (B, P, 2)."""
     batch, pixels = codes.shape[0], xy.shape[1]
     grid, global_code = codes.split([decoder.grid_floats, decoder.global_size], dim=1)

@@ -14,6 +14,7 @@ from fastinr import backends
 from fastinr.activations import activation_module, canonical_activation
 from fastinr.contract import DecoderParams, DecoderSpec, check_codes, check_shape
 from fastinr.embedding import pos_embedding_size
+from fastinr.points import check_points, decode_points
 from fastinr.running_stats import decode_norm_stats, fold_decode_stats
 
 BATCH_NORM_STATS = ("image", "batch")
@@ -148,16 +149,28 @@ class ImageManifoldDecoder(nn.Module):
             biases=tuple(tuple(lin.bias for lin in block) for block in linears),
             w_out=self.pos_to_color.linear_out.weight, b_out=self.pos_to_color.linear_out.bias)
 
-    def forward(self, x: torch.Tensor, shape: Optional[Tuple[int, int]] = None) -> torch.Tensor:
-        """Colors (B, out, H, W) for codes x (B, C), or (out, H, W) for one code (C,)."""
+    def forward(self, x: torch.Tensor, shape: Optional[Tuple[int, int]] = None,
+                coords: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Colors (B, out, H, W) for codes x (B, C), or (out, H, W) for one code (C,); with
+        `coords` (P, 2), (x, y) in [-1, 1] shared by the batch, colors (B, out, P) at those points
+        instead of a pixel grid (fastinr.points: fused like the grid)."""
         check_codes(x, self.num_input_channels, "num_input_channels", single=True)
-        if shape is None:
+        if coords is not None:
+            if shape is not None:
+                raise ValueError("give shape (a pixel grid) or coords (query points), not both")
+            check_points(coords, x, "coords")
+        if shape is None and coords is None:
             if self.default_shape is None:
                 raise ValueError("shape must be given as (H, W): this decoder has no default_shape")
             shape = self.default_shape
         norms = self._norms()
         norm_stats, running = decode_norm_stats(self, norms, self.batch_norm_stats)
-        colors, stats = backends.decode(x.reshape(-1, self.num_input_channels), self.decoder_params(),
-                                        self.spec, shape, norm_stats, running, backend=self.backend)
+        codes = x.reshape(-1, self.num_input_channels)
+        if coords is None:
+            colors, stats = backends.decode(codes, self.decoder_params(), self.spec, shape, norm_stats,
+                                            running, backend=self.backend)
+        else:
+            colors, stats = decode_points(codes, self.decoder_params(), self.spec, coords, norm_stats,
+                                          running, backend=self.backend)
         fold_decode_stats(self, norms, stats)
         return colors[0] if x.ndim == 1 else colors

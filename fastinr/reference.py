@@ -38,7 +38,7 @@ import torch
 
 from fastinr.activations import apply_activation
 from fastinr.contract import BlockStats, DecoderParams, DecoderSpec, InputOffset
-from fastinr.embedding import pos_embedding
+from fastinr.embedding import embed_coordinates, pos_embedding
 
 
 def normalize(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
@@ -70,16 +70,19 @@ def modulate(z: torch.Tensor, spec: DecoderSpec, mods: Optional[torch.Tensor], l
 def decode(codes: torch.Tensor, params: DecoderParams, spec: DecoderSpec, shape: Tuple[int, int],
            norm_stats: str = "image",
            running: Sequence[Tuple[torch.Tensor, torch.Tensor]] = (),
-           mods: Optional[torch.Tensor] = None, input_offset: Optional[InputOffset] = None):
+           mods: Optional[torch.Tensor] = None, input_offset: Optional[InputOffset] = None,
+           points: Optional[torch.Tensor] = None):
     """Colors (B, out, H, W) for codes (B, C), and the BlockStats of each normalized block.
 
     `running` holds (running_mean, running_var) per block, used when norm_stats == "running";
     `mods` the per-image modulation when spec.modulation is not "none"; `input_offset`, if
     given, is added to the input layer's pre-activation (see InputOffset). The arguments are
-    those fastinr.contract.validate accepts.
+    those fastinr.contract.validate accepts. `points` (H*W, 2), if given, are the query points
+    (x, y) in place of the pixel centres (the oracle of fastinr.points.decode_points).
     """
     batch, height, width = codes.shape[0], shape[0], shape[1]
-    emb = pos_embedding(height, width, spec.freqs, device=codes.device, dtype=params.w_in.dtype)
+    emb = (pos_embedding(height, width, spec.freqs, device=codes.device, dtype=params.w_in.dtype)
+           if points is None else embed_coordinates(points.to(params.w_in.dtype), spec.freqs))
     w_code, w_pos = params.w_in[:, :spec.code_size], params.w_in[:, spec.code_size:]
     code_proj = torch.addmm(params.b_in, codes, w_code.t())                # (B, hidden)
     pos_proj = emb @ w_pos.t()                                             # (P, hidden)

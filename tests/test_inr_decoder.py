@@ -6,6 +6,7 @@ import torch
 
 import fastinr
 from fastinr.inr_decoder import CONDITIONINGS, EMBEDDINGS, NORMS, OUTPUTS, INRDecoder
+from fastinr.inr_points import evaluate_at_points
 
 
 def seed_as_inr(seed):
@@ -93,11 +94,12 @@ FUSED_VARIANTS = [("concat", "none", "linear", "seed"), ("concat", "image-bn", "
 
 
 def plain_forward(model, codes, shape, jitter=None):
-    """The plain PyTorch path of the same module: query points are never fused."""
+    """The plain PyTorch path of the same module (fastinr.inr_points): nothing fused."""
     xy = fastinr.pixel_coordinates(*shape, dtype=codes.dtype)
     if jitter is not None:
         xy = xy + jitter.reshape(-1, 2)
-    return model(codes, coords=xy).reshape(codes.shape[0], model.out_channels, *shape)
+    colors = evaluate_at_points(model, codes, xy.expand(codes.shape[0], -1, -1))
+    return colors.reshape(codes.shape[0], model.out_channels, *shape)
 
 
 def random_jitter(shape, dtype):
