@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from fastinr import ImageManifoldDecoder, backends
+from fastinr.activations import ACTIVATION_NAMES
 from fastinr.contract import DecoderParams, DecoderSpec
 from fastinr.reference import decode as reference_decode
 
@@ -20,7 +21,6 @@ triton = pytest.importorskip("triton")
 from fastinr.ops import config as ops_config  # noqa: E402
 from fastinr.backends import triton_backend as ops_decoder  # noqa: E402
 
-ACTIVATIONS = ("gelu", "relu", "relu6", "silu", "tanh", "sigmoid", "none")
 RTOL = 1e-5   # max |triton - float64 reference| relative to the reference tensor's max |value|
 
 
@@ -152,9 +152,9 @@ def test_training_path_matches_reference(kwargs, batch, shape, norm_stats):
     check_decode(make_spec(**kwargs), batch, shape, norm_stats)
 
 
-@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("activation", ACTIVATION_NAMES)
 def test_every_activation_forward_and_backward(activation):
-    out_activation = ACTIVATIONS[(ACTIVATIONS.index(activation) + 3) % len(ACTIVATIONS)]
+    out_activation = ACTIVATION_NAMES[(ACTIVATION_NAMES.index(activation) + 3) % len(ACTIVATION_NAMES)]
     spec = make_spec(hidden=16, blocks=1, layers=2, freqs=1, activation=activation,
                      activation_out=out_activation)
     check_decode(spec, 2, (3, 5), "image")

@@ -57,7 +57,7 @@ def aot_cases():
     up to 1024 (register pressure grows with the tile; tl.dot's limits bite on the smallest),
     with the heaviest epilogue (gelu, BatchNorm prologue, concat); every activation once in the
     forward and backward kernels; a few decoder shapes of the one-pass render."""
-    from fastinr.ops.activation import ACTIVATION_CODES
+    from fastinr.activations import ACTIVATION_CODES
     from fastinr.ops.embed import DZ_BLOCK, embed_meta
     from fastinr.ops.render import render_meta
 

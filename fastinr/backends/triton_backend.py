@@ -18,8 +18,8 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
+from fastinr.activations import activation_code
 from fastinr.contract import BlockStats, DecoderParams, DecoderSpec
-from fastinr.ops.activation import activation_code
 from fastinr.ops.config import LaunchConfig, interpreting
 from fastinr.ops.embed import embed_linear
 from fastinr.ops.linear import RES_ADD, RES_CONCAT, RES_NONE, fused_linear

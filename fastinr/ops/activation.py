@@ -1,14 +1,26 @@
-"""Activations and their derivatives inside Triton kernels, and the codes that select them.
+"""Activations and their derivatives inside Triton kernels, selected by the codes of
+fastinr.activations (the one table).
 
     act(z)        gelu (exact erf), relu, relu6, silu, tanh, sigmoid, none
     act_grad(z)   d act / d z, evaluated at the pre-activation z
 
 Derivatives follow torch's conventions at the kinks: relu' = [z > 0], relu6' = [0 < z < 6].
+A code without a branch here fails to compile (a new activation cannot silently become the
+identity).
 """
 import triton
 import triton.language as tl
 
-ACTIVATION_CODES = {"gelu": 0, "relu": 1, "relu6": 2, "silu": 3, "tanh": 4, "sigmoid": 5, "none": 6}
+from fastinr.activations import activation_code
+
+# The table's codes as compile-time constants for the kernels' `ACT: tl.constexpr` arguments.
+GELU = tl.constexpr(activation_code("gelu"))
+RELU = tl.constexpr(activation_code("relu"))
+RELU6 = tl.constexpr(activation_code("relu6"))
+SILU = tl.constexpr(activation_code("silu"))
+TANH = tl.constexpr(activation_code("tanh"))
+SIGMOID = tl.constexpr(activation_code("sigmoid"))
+NONE = tl.constexpr(activation_code("none"))
 
 
 @triton.jit
@@ -22,20 +34,21 @@ def _tanh(z):
 
 @triton.jit
 def _act(z, ACT: tl.constexpr):
-    """act(z) for activation code ACT (see ACTIVATION_CODES); z is float32."""
-    if ACT == 0:
+    """act(z) for activation code ACT; z is float32."""
+    if ACT == GELU:
         y = 0.5 * z * (1.0 + tl.erf(z * 0.7071067811865476))
-    elif ACT == 1:
+    elif ACT == RELU:
         y = tl.maximum(z, 0.0)
-    elif ACT == 2:
+    elif ACT == RELU6:
         y = tl.minimum(tl.maximum(z, 0.0), 6.0)
-    elif ACT == 3:
+    elif ACT == SILU:
         y = z * tl.sigmoid(z)
-    elif ACT == 4:
+    elif ACT == TANH:
         y = _tanh(z)
-    elif ACT == 5:
+    elif ACT == SIGMOID:
         y = tl.sigmoid(z)
     else:
+        tl.static_assert(ACT == NONE, "activation code without a Triton formula")
         y = z
     return y
 
@@ -43,27 +56,22 @@ def _act(z, ACT: tl.constexpr):
 @triton.jit
 def _act_grad(z, ACT: tl.constexpr):
     """d act / d z at z (float32)."""
-    if ACT == 0:
+    if ACT == GELU:
         g = 0.5 * (1.0 + tl.erf(z * 0.7071067811865476)) + z * 0.3989422804014327 * tl.exp(-0.5 * z * z)
-    elif ACT == 1:
+    elif ACT == RELU:
         g = tl.where(z > 0.0, 1.0, 0.0)
-    elif ACT == 2:
+    elif ACT == RELU6:
         g = tl.where((z > 0.0) & (z < 6.0), 1.0, 0.0)
-    elif ACT == 3:
+    elif ACT == SILU:
         s = tl.sigmoid(z)
         g = s * (1.0 + z * (1.0 - s))
-    elif ACT == 4:
+    elif ACT == TANH:
         t = _tanh(z)
         g = 1.0 - t * t
-    elif ACT == 5:
+    elif ACT == SIGMOID:
         s = tl.sigmoid(z)
         g = s * (1.0 - s)
     else:
+        tl.static_assert(ACT == NONE, "activation code without a Triton formula")
         g = tl.full(z.shape, 1.0, tl.float32)
     return g
-
-
-def activation_code(name: str) -> int:
-    if name not in ACTIVATION_CODES:
-        raise ValueError(f"activation must be one of {', '.join(ACTIVATION_CODES)}; got {name!r}")
-    return ACTIVATION_CODES[name]

@@ -18,7 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fastinr.ops.activation import _act, activation_code
+from fastinr.activations import activation_code
+from fastinr.ops.activation import _act
 from fastinr.ops import config as config_module
 from fastinr.ops.config import LaunchConfig, feature_block
 from fastinr.ops.embed import _pixel_embedding, embedding_tables
