@@ -20,7 +20,7 @@ import torch
 
 from fastinr.activations import activation_code
 from fastinr.contract import BlockStats, DecoderParams, DecoderSpec
-from fastinr.ops.config import LaunchConfig, interpreting
+from fastinr.ops.config import LaunchConfig, interpreting, unit_stride
 from fastinr.ops.embed import embed_linear
 from fastinr.ops.linear import RES_ADD, RES_CONCAT, RES_NONE, fused_linear
 from fastinr.ops.modulate import modulate_act
@@ -79,7 +79,7 @@ def _train_forward(codes, params, spec, shape, norm_stats, running, config, mods
     linear_act = activation_code("none") if mods is not None else act
     w_code, w_pos = params.w_in[:, :spec.code_size], params.w_in[:, spec.code_size:]
     code_proj = torch.addmm(params.b_in, codes, w_code.t()).float()         # (B, hidden)
-    w_pos = w_pos if w_pos.stride(1) == 1 else w_pos.contiguous()
+    w_pos = unit_stride(w_pos)
     # On a GPU the dense offset (B*P, hidden) is one batched matmul; the kernel adds it to z.
     offset = input_offset.dense().float().reshape(-1, spec.hidden).contiguous() if input_offset is not None else None
     h = embed_linear(code_proj.contiguous(), w_pos, spec.freqs, shape, linear_act, config, offset)

@@ -40,6 +40,12 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def unit_stride(t: torch.Tensor) -> torch.Tensor:
+    """`t`, or a contiguous copy when its last dimension is strided: the kernels take the other
+    strides as arguments but index the last dimension densely."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
 def feature_block(width: int, cap: int) -> int:
     """Tile size for a feature dimension: a power of two, >= 16 (tl.dot's minimum), <= cap."""
     return max(16, min(cap, triton.next_power_of_2(width)))

@@ -19,7 +19,7 @@ import triton.language as tl
 from fastinr.embedding import pos_embedding, pos_embedding_size
 from fastinr.ops.activation import _act, _act_grad
 from fastinr.ops import config as config_module
-from fastinr.ops.config import LaunchConfig, feature_block
+from fastinr.ops.config import LaunchConfig, feature_block, unit_stride
 from fastinr.ops.tiling import _tile_rows
 
 
@@ -175,9 +175,7 @@ class EmbedLinear(torch.autograd.Function):
         z, = ctx.saved_tensors
         batch, (height, width), meta, tiles, config, x_table, y_table = ctx.meta
         hidden = z.shape[1]
-        dh = dh.float()
-        if dh.stride(-1) != 1:
-            dh = dh.contiguous()
+        dh = unit_stride(dh.float())
         n_blocks = triton.cdiv(hidden, meta["BLOCK_N"])
         n_tiles = batch * tiles
         splits = min(n_tiles, config.one_wave(meta["num_warps"], n_blocks))

@@ -6,7 +6,7 @@ Rows are grouped (G groups of R rows: one group per image for per-image statisti
     xn  = (x - mean[g]) * scale[g] + beta            (only with a norm; scale = gamma * rstd)
     z   = xn @ W^T + b                               x (G*R, K), W (N, K)  -> z (G*R, N)
     y   = act(z)
-    out = y  |  r + y  |  r ⊕ y                      RES_MODE 0 | 1 | 2 (r is the block input)
+    out = y  |  r + y  |  r ⊕ y                      RES_NONE | RES_ADD | RES_CONCAT (r: block input)
 
 Backward, with dz = dy * act'(z) fused into every kernel that reads dy:
     dx = (dz @ W) * scale[g];  per group: d mean = -scale * Σ dz@W,  d scale = Σ (dz@W) (x - mean),
@@ -22,10 +22,13 @@ import triton.language as tl
 
 from fastinr.ops.activation import _act, _act_grad
 from fastinr.ops import config as config_module
-from fastinr.ops.config import LaunchConfig
+from fastinr.ops.config import LaunchConfig, unit_stride
 from fastinr.ops.tiling import _tile_rows
 
+# The residual of a block's last Linear: out = y | r + y | r ⊕ y (the `res_mode` argument), and
+# the same codes as compile-time constants for the kernel.
 RES_NONE, RES_ADD, RES_CONCAT = 0, 1, 2
+_RES_ADD, _RES_CONCAT = tl.constexpr(RES_ADD), tl.constexpr(RES_CONCAT)
 
 
 @triton.jit
@@ -36,7 +39,7 @@ def _linear_fwd_kernel(
     mean_ptr,     # (G, K) float32 norm mean (HAS_NORM)
     scale_ptr,    # (G, K) float32 gamma * rstd (HAS_NORM)
     beta_ptr,     # (K,) float32 norm bias (HAS_NORM)
-    res_ptr,      # (G*R, N) float32 residual (RES_MODE > 0)
+    res_ptr,      # (G*R, N) float32 residual (RES_MODE != RES_NONE)
     z_ptr,        # (G*R, N) float32 pre-activation, written (STORE_Z)
     out_ptr,      # (G*R, N) or (G*R, 2N) output, written
     stride_x, stride_r, stride_z, stride_o,
@@ -70,9 +73,9 @@ def _linear_fwd_kernel(
         tl.store(z_ptr + rows[:, None] * stride_z + n[None, :], z, mask=mask)
     y = _act(z, ACT)
     out = out_ptr + rows[:, None] * stride_o + n[None, :]
-    if RES_MODE == 1:
+    if RES_MODE == _RES_ADD:
         y += tl.load(res_ptr + rows[:, None] * stride_r + n[None, :], mask=mask, other=0.0)
-    if RES_MODE == 2:
+    if RES_MODE == _RES_CONCAT:
         r = tl.load(res_ptr + rows[:, None] * stride_r + n[None, :], mask=mask, other=0.0)
         tl.store(out, r, mask=mask)
         out += N
@@ -179,11 +182,6 @@ def _linear_bwd_dw_kernel(
         tl.store(db_ptr + partial + n, db, mask=n_mask)
 
 
-def _strided(t: torch.Tensor) -> torch.Tensor:
-    """A 2-D float32 tensor with unit column stride (row stride is passed to the kernels)."""
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 def linear_forward(x, weight, bias, act, norm, groups, res_mode, residual, config: LaunchConfig,
                    store_z=True):
     """(z or None, out) for x (G*R, K); norm is (mean (G,K), scale (G,K), beta (K,)) or None."""
@@ -270,7 +268,7 @@ class FusedLinear(torch.autograd.Function):
         act, groups, res_mode, config = ctx.meta
         norm = (mean, scale, beta) if mean is not None else None
         n_size = weight.shape[0]
-        dout = _strided(dout.float())
+        dout = unit_stride(dout.float())
         dy = dout[:, n_size:] if res_mode == RES_CONCAT else dout
         dres = None
         if res_mode == RES_ADD:

@@ -18,7 +18,7 @@ import triton.language as tl
 
 from fastinr.ops.activation import _act, _act_grad
 from fastinr.ops import config as config_module
-from fastinr.ops.config import LaunchConfig
+from fastinr.ops.config import LaunchConfig, unit_stride
 from fastinr.ops.tiling import _tile_rows
 
 
@@ -88,12 +88,6 @@ def _modulate_bwd_kernel(
         tl.store(partial, tl.sum(dzm, axis=0), mask=n_mask)
 
 
-def _rows(t: torch.Tensor) -> torch.Tensor:
-    """A 2-D float32 tensor with unit column stride (the row stride is passed to the kernels)."""
-    t = t.float()
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 class ModulateAct(torch.autograd.Function):
     """out = act(z (* (1 + g[b])) + s[b]) (+ residual); see the module docstring."""
 
@@ -101,12 +95,11 @@ class ModulateAct(torch.autograd.Function):
     def forward(ctx, z, mods, residual, film, act, pixels, config):
         rows, width = z.shape
         batch = rows // pixels
-        mods = mods.float()
-        mods = mods if mods.stride(-1) == 1 else mods.contiguous()
+        mods = unit_stride(mods.float())
         meta = config.modulate(width)
         tiles = triton.cdiv(pixels, meta["BLOCK_M"])
         out = config_module.kernel_output(rows, width, device=z.device)
-        res = _rows(residual) if residual is not None else z
+        res = unit_stride(residual.float()) if residual is not None else z
         with config_module.device_guard(z):
             _modulate_fwd_kernel[(batch * tiles, triton.cdiv(width, meta["BLOCK_N"]))](
                 z, mods, res, out, z.stride(0), mods.stride(0), mods.stride(1), res.stride(0),
@@ -121,7 +114,7 @@ class ModulateAct(torch.autograd.Function):
         film, act, pixels, tiles, meta, has_res = ctx.meta
         rows, width = z.shape
         batch = rows // pixels
-        dout = _rows(dout)
+        dout = unit_stride(dout.float())
         dz = config_module.kernel_output(rows, width, device=z.device)
         partial = config_module.kernel_output(batch * tiles, mods.shape[1], width, device=z.device)
         with config_module.device_guard(z):

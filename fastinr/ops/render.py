@@ -21,7 +21,7 @@ import triton.language as tl
 from fastinr.activations import activation_code
 from fastinr.ops.activation import _act
 from fastinr.ops import config as config_module
-from fastinr.ops.config import LaunchConfig, feature_block
+from fastinr.ops.config import LaunchConfig, feature_block, unit_stride
 from fastinr.ops.embed import _pixel_embedding, embedding_tables
 
 MAX_OUT_CHANNELS = 64       # the colors of a tile are one padded (BLOCK_P, OUT_PAD) tile
@@ -216,7 +216,7 @@ def render_forward(codes, params, spec, shape, running, config: LaunchConfig):
     with torch.no_grad():
         w_code, w_pos = params.w_in[:, :spec.code_size], params.w_in[:, spec.code_size:]
         code_proj = torch.addmm(params.b_in, codes, w_code.t()).float().contiguous()
-        w_pos = w_pos if w_pos.stride(1) == 1 else w_pos.contiguous()
+        w_pos = unit_stride(w_pos)
         flat_w = [w.reshape(-1) for ws in params.weights for w in ws]
         flat_b = [b.reshape(-1) for bs in params.biases for b in bs]
         packed_w = torch.cat(flat_w).contiguous() if flat_w else torch.zeros(1, **f32)
