@@ -105,6 +105,7 @@ def _embed_bwd_kernel(
         dh = tl.load(dh_ptr + rows[None, :] * stride_dh + n[:, None], mask=mask, other=0.0)
         z = tl.load(z_ptr + rows[None, :] * N + n[:, None], mask=mask, other=0.0)
         dz_t = dh * _act_grad(z, ACT)                                           # (BLOCK_N, BLOCK_M)
+        # int32 is enough: (B*T, N) partials pass 2**31 only when dh passes 2**31 * BLOCK_M floats.
         tl.store(dcp_ptr + tile * N + n, tl.sum(dz_t, axis=1), mask=n_mask)
         emb = _pixel_embedding(pix, pix_mask, width, x_table_ptr, y_table_ptr, E, E_PAD)
         acc = tl.dot(dz_t.to(DOT_DTYPE), emb.to(DOT_DTYPE), acc, input_precision=PRECISION)

@@ -123,6 +123,8 @@ def _linear_bwd_dx_kernel(
         centered = tl.where(mask, x - mean[None, :], 0.0)
         # Rows past the group are zero in acc (their dy was masked), so the sums are exact.
         s1 = tl.sum(acc, axis=0)
+        # int32 is enough: the partials are (rows / BLOCK_M) x K, under 2**31 until the (rows, K)
+        # activations pass 2**31 * BLOCK_M floats (int64 here cost 12 registers).
         stats = stats_ptr + pid_m * K + k
         tl.store(stats, -scale * s1, mask=k_mask)
         tl.store(stats + stride_stats, tl.sum(acc * centered, axis=0), mask=k_mask)

@@ -118,7 +118,7 @@ def _render_fwd_kernel(
     o = tl.arange(0, OUT_PAD)
     n_tiles = tl.cdiv(n_rows, BLOCK_P)
     for tile in range(pid, n_tiles, n_programs):
-        rows = (tile * BLOCK_P + r).to(tl.int64)   # n_rows >= 2**31 makes tile int64 itself
+        rows = tl.cast(tile, tl.int64) * BLOCK_P + r   # int64 before the product, not after
         row_mask = rows < n_rows
         img = rows // pixels
         pix = rows - img * pixels
@@ -185,7 +185,8 @@ def _render_fwd_kernel(
             acc = tl.dot(hk.to(DOT_DTYPE), w_out.to(DOT_DTYPE), acc, input_precision=PRECISION)
         b_out = tl.load(b_out_ptr + o, mask=o < OUT, other=0.0)
         colors = _act(acc + b_out[None, :], ACT_OUT)
-        out = out_ptr + img[:, None] * (OUT * pixels) + o[None, :] * pixels + pix[:, None]
+        # int64 throughout: OUT * pixels passes 2**31 for a 3-channel render of 2**30 pixels.
+        out = out_ptr + (img[:, None] * OUT + o[None, :]) * pixels + pix[:, None]
         tl.store(out, colors, mask=row_mask[:, None] & (o < OUT)[None, :])
         tl.debug_barrier()  # the next tile overwrites h
 
