@@ -26,13 +26,10 @@ using torch::Tensor;
 
 // The activation names; the one place that maps them to the core's codes.
 Act parse_act(const std::string& name, const char* argument) {
-  static const std::vector<std::pair<std::string, Act>> names = {
-      {"gelu", Act::gelu}, {"relu", Act::relu}, {"relu6", Act::relu6}, {"silu", Act::silu},
-      {"tanh", Act::tanh}, {"sigmoid", Act::sigmoid}, {"none", Act::none}};
-  for (const auto& [key, act] : names)
-    if (key == name) return act;
-  TORCH_CHECK_VALUE(false, argument, " must be one of gelu, relu, relu6, silu, tanh, sigmoid, none; got '",
-                    name, "'");
+  Act act;
+  TORCH_CHECK_VALUE(find_activation(name, &act), argument, " must be one of ", activation_names(), "; got '", name,
+                    "'");
+  return act;
 }
 
 Modulation parse_modulation(const std::string& name) {
@@ -474,6 +471,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("saved"), py::arg("mods"), py::arg("offset_basis"), py::arg("offset_cells"), py::arg("height"),
         py::arg("width"), py::arg("norm_stats"), py::arg("bf16_matmul") = false);
   m.def("built_with_cuda", &fastinr::built_with_cuda);
+  m.def("activation_codes", [] {
+    std::vector<std::pair<std::string, int>> codes;
+    for (const fastinr::ActivationName& entry : fastinr::kActivationNames)
+      codes.emplace_back(entry.name, static_cast<int>(entry.act));
+    return codes;
+  }, "(name, code) of every activation of csrc/activations.h: must equal fastinr.activations' table");
   m.def("elementwise_isa", &fastinr::elementwise_isa, "float activation kernels in use: avx512, avx2 or generic");
   m.def("elementwise_isas", &fastinr::elementwise_isas, "float activation kernel sets this CPU runs, fastest first");
   m.def("set_elementwise_isa", &fastinr::set_elementwise_isa, "use one of elementwise_isas()", py::arg("isa"));

@@ -8,20 +8,6 @@
 namespace fastinr {
 namespace {
 
-template <typename T>
-__device__ inline T activate(Act act, T x) {
-  switch (act) {
-    case Act::gelu: return T(0.5) * x * (T(1) + erf(x * T(0.70710678118654752440)));
-    case Act::relu: return x < T(0) ? T(0) : x;
-    case Act::relu6: return x < T(0) ? T(0) : (x > T(6) ? T(6) : x);
-    case Act::silu: return x / (T(1) + exp(-x));
-    case Act::tanh: return tanh(x);
-    case Act::sigmoid: return T(1) / (T(1) + exp(-x));
-    case Act::none: return x;
-  }
-  return x;
-}
-
 // torch.linspace(-1, 1, steps)[i] in dtype T.
 template <typename T>
 __device__ inline T linspace_value(int64_t i, int64_t steps) {
@@ -77,7 +63,7 @@ __global__ void render_kernel(const RenderArgs<T> a, int tile, int64_t ld) {
     const int64_t b = r < rows ? r / pixels : 0;
     T acc = a.code_proj[b * hid + j];
     for (int64_t e = 0; e < e_size; ++e) acc += emb[p * e_size + e] * a.w_pos_t[e * hid + j];
-    h[p * ld + j] = activate(a.act, acc);
+    h[p * ld + j] = act_value(a.act, acc);
   }
   __syncthreads();
 
@@ -100,7 +86,7 @@ __global__ void render_kernel(const RenderArgs<T> a, int tile, int64_t ld) {
       __syncthreads();
       for (int64_t idx = threadIdx.x; idx < tile * w; idx += blockDim.x) {
         const int64_t p = idx / w, j = idx % w;
-        out[p * ld + j] = activate(a.act, out[p * ld + j]);
+        out[p * ld + j] = act_value(a.act, out[p * ld + j]);
       }
       __syncthreads();
       T* t = in;
@@ -123,7 +109,7 @@ __global__ void render_kernel(const RenderArgs<T> a, int tile, int64_t ld) {
     T acc = a.b_out[c];
     for (int64_t k = 0; k < w; ++k) acc += h[p * ld + k] * a.w_out_t[k * o + c];
     const int64_t b = r / pixels, pix = r % pixels;
-    a.colors[(b * o + c) * pixels + pix] = activate(a.act_out, acc);
+    a.colors[(b * o + c) * pixels + pix] = act_value(a.act_out, acc);
   }
 }
 

@@ -9,7 +9,7 @@
 
 #include <cstdint>
 
-#include "elementwise.h"
+#include "activations.h"
 
 namespace fastinr {
 

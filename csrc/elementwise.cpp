@@ -1,9 +1,7 @@
 // Run-time choice of the kernel set (float activations, float and double row kernels of rows.h) by
-// instruction set, and the double activations (libm, exact).
+// instruction set, and the double activations (the exact formulas of activations.h).
 #include "elementwise.h"
 #include "rows.h"
-
-#include <math.h>
 
 #include <atomic>
 #include <stdexcept>
@@ -73,11 +71,6 @@ const KernelSet& kernels() {
   return chosen ? *chosen : kernel_sets().front();
 }
 
-constexpr double kSqrtHalf = 0.70710678118654752440;
-constexpr double kInvSqrt2Pi = 0.39894228040143267794;
-
-inline double sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
-
 }  // namespace
 
 void act_forward(Act act, const float* z, float* a, int64_t n) { kernels().forward(act, z, a, n); }
@@ -144,40 +137,18 @@ void set_elementwise_isa(const std::string& isa) {
 }
 
 void act_forward(Act act, const double* z, double* a, int64_t n) {
-  for (int64_t k = 0; k < n; ++k) {
-    double x = z[k];
-    switch (act) {
-      case Act::gelu: a[k] = 0.5 * x * (1.0 + erf(x * kSqrtHalf)); break;
-      case Act::relu: a[k] = x < 0.0 ? 0.0 : x; break;
-      case Act::relu6: a[k] = x < 0.0 ? 0.0 : (x > 6.0 ? 6.0 : x); break;
-      case Act::silu: a[k] = x * sigmoid(x); break;
-      case Act::tanh: a[k] = tanh(x); break;
-      case Act::sigmoid: a[k] = sigmoid(x); break;
-      case Act::none: a[k] = x; break;
-    }
-  }
+  for (int64_t k = 0; k < n; ++k) a[k] = act_value(act, z[k]);
 }
 
 void act_backward(Act act, const double* z, const double* g, double* dz, int64_t n) {
-  for (int64_t k = 0; k < n; ++k) {
-    double x = z[k], d = 1.0;
-    switch (act) {
-      case Act::gelu: d = 0.5 * (1.0 + erf(x * kSqrtHalf)) + x * kInvSqrt2Pi * exp(-0.5 * x * x); break;
-      case Act::relu: d = x > 0.0 ? 1.0 : 0.0; break;
-      case Act::relu6: d = (x > 0.0 && x < 6.0) ? 1.0 : 0.0; break;
-      case Act::silu: { double s = sigmoid(x); d = s * (1.0 + x * (1.0 - s)); break; }
-      case Act::tanh: { double t = tanh(x); d = 1.0 - t * t; break; }
-      case Act::sigmoid: { double s = sigmoid(x); d = s * (1.0 - s); break; }
-      case Act::none: d = 1.0; break;
-    }
-    dz[k] = g[k] * d;
-  }
+  for (int64_t k = 0; k < n; ++k) dz[k] = g[k] * act_grad(act, z[k]);
 }
 
 void act_forward_grad(Act act, const double* z, double* a, double* d, int64_t n) {
-  act_forward(act, z, a, n);
-  for (int64_t k = 0; k < n; ++k) d[k] = 1.0;
-  act_backward(act, z, d, d, n);
+  for (int64_t k = 0; k < n; ++k) {
+    a[k] = act_value(act, z[k]);
+    d[k] = act_grad(act, z[k]);
+  }
 }
 
 }  // namespace fastinr

@@ -4,15 +4,16 @@
 //   act_backward: dz[k] = g[k] * act'(z[k])      (dz may alias g)
 //
 // float runs through a vectorisable kernel built three times (generic, AVX2+FMA, AVX-512) and the
-// fastest build this CPU runs is chosen at run time; double uses libm (exact reference).
+// fastest build this CPU runs is chosen at run time; double uses the exact formulas of
+// activations.h (libm).
 #pragma once
 #include <cstdint>
 #include <string>
 #include <vector>
 
-namespace fastinr {
+#include "activations.h"
 
-enum class Act : int { gelu = 0, relu, relu6, silu, tanh, sigmoid, none };
+namespace fastinr {
 
 void act_forward(Act act, const float* z, float* a, int64_t n);
 void act_forward(Act act, const double* z, double* a, int64_t n);

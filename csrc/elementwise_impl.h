@@ -4,7 +4,9 @@
 //
 // exp: Cephes range reduction + degree-6 polynomial (about 1 ulp). erf: Abramowitz-Stegun 7.1.26,
 // the same formula (and the same ~1.5e-7 absolute error) as PyTorch's vectorised float erf.
-// No early exits or library calls in the loops, so the compiler vectorises them.
+// No early exits or library calls in the loops, so the compiler vectorises them. A code without a
+// loop of its own here (a new activation) runs the scalar formulas of activations.h: correct on
+// every instruction set, just not vectorised until it gets a loop here.
 
 namespace {
 
@@ -75,6 +77,9 @@ void forward_kernel(Act act, const float* z, float* a, int64_t n) {
     case Act::none:
       if (a != z) for (int64_t k = 0; k < n; ++k) a[k] = z[k];
       break;
+    default:
+      for (int64_t k = 0; k < n; ++k) a[k] = act_value(act, z[k]);
+      break;
   }
 }
 
@@ -123,6 +128,9 @@ void backward_kernel(Act act, const float* z, const float* g, float* dz, int64_t
       break;
     case Act::none:
       if (dz != g) for (int64_t k = 0; k < n; ++k) dz[k] = g[k];
+      break;
+    default:
+      for (int64_t k = 0; k < n; ++k) dz[k] = g[k] * act_grad(act, z[k]);
       break;
   }
 }
