@@ -24,7 +24,7 @@ namespace {
 
 using torch::Tensor;
 
-// The activation names; the one place that maps them to the core's codes.
+// An activation name to its code (the table of activations.h), or an error naming the argument.
 Act parse_act(const std::string& name, const char* argument) {
   Act act;
   TORCH_CHECK_VALUE(find_activation(name, &act), argument, " must be one of ", activation_names(), "; got '", name,
