@@ -16,7 +16,7 @@ compares them).
 
 How to add an activation (three files, nothing else):
   1. here: a row of _TABLE with the next free code, its torch function and nn.Module;
-  2. fastinr/ops/activation.py: its constant, and its branch in `_act` and `_act_grad`;
+  2. fastinr/ops/activation.py: its constant, and its branch in `activation` and `activation_grad`;
   3. csrc/activations.h: its `Act` value and name, and its case in `act_value` / `act_grad`;
 then rebuild the extension. The tests take their list of activations from ACTIVATION_NAMES.
 """

@@ -24,7 +24,7 @@ import triton.language as tl  # noqa: E402
 
 from fastinr.ops import config as ops_config  # noqa: E402
 from fastinr.backends import triton_backend as ops_decoder  # noqa: E402
-from fastinr.ops.embed import _pixel_embedding, embedding_tables  # noqa: E402
+from fastinr.ops.embed import pixel_embedding, embedding_tables  # noqa: E402
 from fastinr.ops.launches import LaunchCounter  # noqa: E402
 
 
@@ -34,7 +34,7 @@ def _embedding_of_tile_kernel(out_ptr, x_table_ptr, y_table_ptr, P, width, tiles
     """out[tile, i] = the embedding of row i of the last tile of image 0 (rows past the image
     included)."""
     local = (tiles - 1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    emb = _pixel_embedding(local, local < P, width, x_table_ptr, y_table_ptr, E, E_PAD)
+    emb = pixel_embedding(local, local < P, width, x_table_ptr, y_table_ptr, E, E_PAD)
     e = tl.arange(0, E_PAD)
     tl.store(out_ptr + tl.arange(0, BLOCK_M)[:, None] * E_PAD + e[None, :], emb)
 

@@ -1,8 +1,8 @@
 """Activations and their derivatives inside Triton kernels, selected by the codes of
 fastinr.activations (the one table).
 
-    act(z)        gelu (exact erf), relu, relu6, silu, tanh, sigmoid, none
-    act_grad(z)   d act / d z, evaluated at the pre-activation z
+    activation(z, ACT)        gelu (exact erf), relu, relu6, silu, tanh, sigmoid, none
+    activation_grad(z, ACT)   d activation / d z, evaluated at the pre-activation z
 
 Derivatives follow torch's conventions at the kinks: relu' = [z > 0], relu6' = [0 < z < 6].
 A code without a branch here fails to compile (a new activation cannot silently become the
@@ -33,7 +33,7 @@ def _tanh(z):
 
 
 @triton.jit
-def _act(z, ACT: tl.constexpr):
+def activation(z, ACT: tl.constexpr):
     """act(z) for activation code ACT; z is float32."""
     if ACT == GELU:
         y = 0.5 * z * (1.0 + tl.erf(z * 0.7071067811865476))
@@ -54,7 +54,7 @@ def _act(z, ACT: tl.constexpr):
 
 
 @triton.jit
-def _act_grad(z, ACT: tl.constexpr):
+def activation_grad(z, ACT: tl.constexpr):
     """d act / d z at z (float32)."""
     if ACT == GELU:
         g = 0.5 * (1.0 + tl.erf(z * 0.7071067811865476)) + z * 0.3989422804014327 * tl.exp(-0.5 * z * z)

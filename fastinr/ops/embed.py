@@ -17,14 +17,14 @@ import triton
 import triton.language as tl
 
 from fastinr.embedding import pos_embedding, pos_embedding_size
-from fastinr.ops.activation import _act, _act_grad
+from fastinr.ops.activation import activation, activation_grad
 from fastinr.ops import config as config_module
 from fastinr.ops.config import LaunchConfig, feature_block, unit_stride
-from fastinr.ops.tiling import _tile_rows
+from fastinr.ops.tiling import tile_rows
 
 
 @triton.jit
-def _pixel_embedding(pix, pix_mask, width, x_table_ptr, y_table_ptr,
+def pixel_embedding(pix, pix_mask, width, x_table_ptr, y_table_ptr,
                      E: tl.constexpr, E_PAD: tl.constexpr):
     """(len(pix), E_PAD) float32 embedding of row-major pixel indices pix; zero past E and on rows
     where pix_mask is false.
@@ -62,10 +62,10 @@ def _embed_fwd_kernel(
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    b, pix, pix_mask, rows = _tile_rows(pid_m, tiles_per_image, P, BLOCK_M)
+    b, pix, pix_mask, rows = tile_rows(pid_m, tiles_per_image, P, BLOCK_M)
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = n < N
-    emb = _pixel_embedding(pix, pix_mask, width, x_table_ptr, y_table_ptr, E, E_PAD)
+    emb = pixel_embedding(pix, pix_mask, width, x_table_ptr, y_table_ptr, E, E_PAD)
     e = tl.arange(0, E_PAD)
     w_pos = tl.load(w_pos_ptr + n[None, :] * stride_wpos + e[:, None],
                     mask=(e < E)[:, None] & n_mask[None, :], other=0.0)        # (E_PAD, BLOCK_N)
@@ -75,7 +75,7 @@ def _embed_fwd_kernel(
     if HAS_OFFSET:
         z += tl.load(offset_ptr + rows[:, None] * N + n[None, :], mask=mask, other=0.0)
     tl.store(z_ptr + rows[:, None] * N + n[None, :], z, mask=mask)
-    tl.store(h_ptr + rows[:, None] * N + n[None, :], _act(z, ACT), mask=mask)
+    tl.store(h_ptr + rows[:, None] * N + n[None, :], activation(z, ACT), mask=mask)
 
 
 @triton.jit
@@ -100,14 +100,14 @@ def _embed_bwd_kernel(
     e = tl.arange(0, E_PAD)
     acc = tl.zeros((BLOCK_N, E_PAD), dtype=tl.float32)
     for tile in range(split, n_tiles, splits):
-        b, pix, pix_mask, rows = _tile_rows(tile, tiles_per_image, P, BLOCK_M)
+        b, pix, pix_mask, rows = tile_rows(tile, tiles_per_image, P, BLOCK_M)
         mask = n_mask[:, None] & pix_mask[None, :]
         dh = tl.load(dh_ptr + rows[None, :] * stride_dh + n[:, None], mask=mask, other=0.0)
         z = tl.load(z_ptr + rows[None, :] * N + n[:, None], mask=mask, other=0.0)
-        dz_t = dh * _act_grad(z, ACT)                                           # (BLOCK_N, BLOCK_M)
+        dz_t = dh * activation_grad(z, ACT)                                           # (BLOCK_N, BLOCK_M)
         # int32 is enough: (B*T, N) partials pass 2**31 only when dh passes 2**31 * BLOCK_M floats.
         tl.store(dcp_ptr + tile * N + n, tl.sum(dz_t, axis=1), mask=n_mask)
-        emb = _pixel_embedding(pix, pix_mask, width, x_table_ptr, y_table_ptr, E, E_PAD)
+        emb = pixel_embedding(pix, pix_mask, width, x_table_ptr, y_table_ptr, E, E_PAD)
         acc = tl.dot(dz_t.to(DOT_DTYPE), emb.to(DOT_DTYPE), acc, input_precision=PRECISION)
     tl.store(dw_ptr + (split * N + n[:, None]).to(tl.int64) * E + e[None, :], acc,
              mask=n_mask[:, None] & (e < E)[None, :])
@@ -123,7 +123,7 @@ def _dz_kernel(dh_ptr, z_ptr, dz_ptr, numel, N, stride_dh, ACT: tl.constexpr, BL
     r = i // N
     dh = tl.load(dh_ptr + r * stride_dh + (i - r * N), mask=mask, other=0.0)
     z = tl.load(z_ptr + i, mask=mask, other=0.0)
-    tl.store(dz_ptr + i, dh * _act_grad(z, ACT), mask=mask)
+    tl.store(dz_ptr + i, dh * activation_grad(z, ACT), mask=mask)
 
 
 DZ_BLOCK = 1024

@@ -20,10 +20,10 @@ import torch
 import triton
 import triton.language as tl
 
-from fastinr.ops.activation import _act, _act_grad
+from fastinr.ops.activation import activation, activation_grad
 from fastinr.ops import config as config_module
 from fastinr.ops.config import LaunchConfig, unit_stride
-from fastinr.ops.tiling import _tile_rows
+from fastinr.ops.tiling import tile_rows
 
 # The residual of a block's last Linear: out = y | r + y | r ⊕ y (the `res_mode` argument), and
 # the same codes as compile-time constants for the kernel.
@@ -50,7 +50,7 @@ def _linear_fwd_kernel(
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    g, local, row_mask, rows = _tile_rows(pid_m, tiles_per_group, R, BLOCK_M)
+    g, local, row_mask, rows = tile_rows(pid_m, tiles_per_group, R, BLOCK_M)
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = n < N
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -71,7 +71,7 @@ def _linear_fwd_kernel(
     mask = row_mask[:, None] & n_mask[None, :]
     if STORE_Z:
         tl.store(z_ptr + rows[:, None] * stride_z + n[None, :], z, mask=mask)
-    y = _act(z, ACT)
+    y = activation(z, ACT)
     out = out_ptr + rows[:, None] * stride_o + n[None, :]
     if RES_MODE == _RES_ADD:
         y += tl.load(res_ptr + rows[:, None] * stride_r + n[None, :], mask=mask, other=0.0)
@@ -101,7 +101,7 @@ def _linear_bwd_dx_kernel(
 ):
     pid_m = tl.program_id(0)
     pid_k = tl.program_id(1)
-    g, local, row_mask, rows = _tile_rows(pid_m, tiles_per_group, R, BLOCK_M)
+    g, local, row_mask, rows = tile_rows(pid_m, tiles_per_group, R, BLOCK_M)
     k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     k_mask = k < K
     acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
@@ -111,7 +111,7 @@ def _linear_bwd_dx_kernel(
         mask = row_mask[:, None] & n_mask[None, :]
         dy = tl.load(dy_ptr + rows[:, None] * stride_dy + n[None, :], mask=mask, other=0.0)
         z = tl.load(z_ptr + rows[:, None] * stride_z + n[None, :], mask=mask, other=0.0)
-        dz = dy * _act_grad(z, ACT)
+        dz = dy * activation_grad(z, ACT)
         w = tl.load(w_ptr + n[:, None] * K + k[None, :],
                     mask=n_mask[:, None] & k_mask[None, :], other=0.0)         # (BLOCK_N, BLOCK_K)
         acc = tl.dot(dz.to(DOT_DTYPE), w.to(DOT_DTYPE), acc, input_precision=PRECISION)
@@ -167,7 +167,7 @@ def _linear_bwd_dw_kernel(
         nm = n_mask[:, None] & row_mask[None, :]
         dy = tl.load(dy_ptr + rows[None, :] * stride_dy + n[:, None], mask=nm, other=0.0)
         z = tl.load(z_ptr + rows[None, :] * stride_z + n[:, None], mask=nm, other=0.0)
-        dz_t = dy * _act_grad(z, ACT)                                           # (BLOCK_N, BLOCK_M)
+        dz_t = dy * activation_grad(z, ACT)                                           # (BLOCK_N, BLOCK_M)
         mk = row_mask[:, None] & k_mask[None, :]
         x = tl.load(x_ptr + rows[:, None] * stride_x + k[None, :], mask=mk, other=0.0)
         if HAS_NORM:

@@ -16,10 +16,10 @@ import torch
 import triton
 import triton.language as tl
 
-from fastinr.ops.activation import _act, _act_grad
+from fastinr.ops.activation import activation, activation_grad
 from fastinr.ops import config as config_module
 from fastinr.ops.config import LaunchConfig, unit_stride
-from fastinr.ops.tiling import _tile_rows
+from fastinr.ops.tiling import tile_rows
 
 
 @triton.jit
@@ -46,13 +46,13 @@ def _modulate_fwd_kernel(
     FILM: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    b, local, row_mask, rows = _tile_rows(tl.program_id(0), tiles_per_image, P, BLOCK_M)
+    b, local, row_mask, rows = tile_rows(tl.program_id(0), tiles_per_image, P, BLOCK_M)
     n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = n < N
     mask = row_mask[:, None] & n_mask[None, :]
     z = tl.load(z_ptr + rows[:, None] * stride_z + n[None, :], mask=mask, other=0.0)
     g, s = _load_mods(mods_ptr, b, n, n_mask, stride_mb, stride_mk, FILM)
-    y = _act(z * (1.0 + g[None, :]) + s[None, :], ACT)
+    y = activation(z * (1.0 + g[None, :]) + s[None, :], ACT)
     if HAS_RES:
         y += tl.load(res_ptr + rows[:, None] * stride_r + n[None, :], mask=mask, other=0.0)
     tl.store(out_ptr + rows[:, None] * N + n[None, :], y, mask=mask)
@@ -71,14 +71,14 @@ def _modulate_bwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     tile = tl.program_id(0)
-    b, local, row_mask, rows = _tile_rows(tile, tiles_per_image, P, BLOCK_M)
+    b, local, row_mask, rows = tile_rows(tile, tiles_per_image, P, BLOCK_M)
     n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = n < N
     mask = row_mask[:, None] & n_mask[None, :]
     dout = tl.load(dout_ptr + rows[:, None] * stride_do + n[None, :], mask=mask, other=0.0)
     z = tl.load(z_ptr + rows[:, None] * stride_z + n[None, :], mask=mask, other=0.0)
     g, s = _load_mods(mods_ptr, b, n, n_mask, stride_mb, stride_mk, FILM)
-    dzm = dout * _act_grad(z * (1.0 + g[None, :]) + s[None, :], ACT)     # 0 on masked rows
+    dzm = dout * activation_grad(z * (1.0 + g[None, :]) + s[None, :], ACT)     # 0 on masked rows
     tl.store(dz_ptr + rows[:, None] * N + n[None, :], dzm * (1.0 + g[None, :]), mask=mask)
     partial = dmods_ptr + tile.to(tl.int64) * stride_p + n
     if FILM:

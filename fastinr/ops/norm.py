@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from fastinr.ops import config as config_module
-from fastinr.ops.tiling import _tile_rows
+from fastinr.ops.tiling import tile_rows
 
 
 @triton.jit
@@ -35,7 +35,7 @@ def _norm_stats_bwd_kernel(
     R, K, tiles_per_group,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    g, local, row_mask, rows = _tile_rows(tl.program_id(0), tiles_per_group, R, BLOCK_M)
+    g, local, row_mask, rows = tile_rows(tl.program_id(0), tiles_per_group, R, BLOCK_M)
     k = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     k_mask = k < K
     mask = row_mask[:, None] & k_mask[None, :]

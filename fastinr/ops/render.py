@@ -19,10 +19,10 @@ import triton
 import triton.language as tl
 
 from fastinr.activations import activation_code
-from fastinr.ops.activation import _act
+from fastinr.ops.activation import activation
 from fastinr.ops import config as config_module
 from fastinr.ops.config import LaunchConfig, feature_block, unit_stride
-from fastinr.ops.embed import _pixel_embedding, embedding_tables
+from fastinr.ops.embed import pixel_embedding, embedding_tables
 
 MAX_OUT_CHANNELS = 64       # the colors of a tile are one padded (BLOCK_P, OUT_PAD) tile
 
@@ -60,7 +60,7 @@ def _dense_chunked(src_ptr, dst_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr,
                         mask=k_mask[:, None] & n_mask[None, :], other=0.0)      # (BLOCK_K, BLOCK_N)
             acc = tl.dot(x.to(DOT_DTYPE), w.to(DOT_DTYPE), acc, input_precision=PRECISION)
         bias = tl.load(b_ptr + n, mask=n_mask, other=0.0)
-        y = _act(acc + bias[None, :], ACT)
+        y = activation(acc + bias[None, :], ACT)
         dst = dst_ptr + r[:, None] * SW + n[None, :]
         if RESIDUAL:
             y += tl.load(dst, mask=n_mask[None, :], other=0.0)
@@ -122,7 +122,7 @@ def _render_fwd_kernel(
         row_mask = rows < n_rows
         img = rows // pixels
         pix = rows - img * pixels
-        emb = _pixel_embedding(pix, row_mask, width, x_table_ptr, y_table_ptr, E, E_PAD)
+        emb = pixel_embedding(pix, row_mask, width, x_table_ptr, y_table_ptr, E, E_PAD)
         e = tl.arange(0, E_PAD)
 
         # Input layer -> h[:, :HIDDEN].
@@ -134,7 +134,7 @@ def _render_fwd_kernel(
             acc = tl.dot(emb.to(DOT_DTYPE), w_pos.to(DOT_DTYPE), input_precision=PRECISION)
             cp = tl.load(code_proj_ptr + img[:, None] * stride_cp_b + n[None, :],
                          mask=row_mask[:, None] & n_mask[None, :], other=0.0)
-            tl.store(h_ptr + r[:, None] * SW + n[None, :], _act(acc + cp, ACT), mask=n_mask[None, :])
+            tl.store(h_ptr + r[:, None] * SW + n[None, :], activation(acc + cp, ACT), mask=n_mask[None, :])
         tl.debug_barrier()
 
         # Residual blocks. Layer j of a block reads h (j = 0) or ping-pong buffer (j-1)%2 and
@@ -184,7 +184,7 @@ def _render_fwd_kernel(
                             mask=k_mask[:, None] & (o < OUT)[None, :], other=0.0)   # (BLOCK_K, OUT_PAD)
             acc = tl.dot(hk.to(DOT_DTYPE), w_out.to(DOT_DTYPE), acc, input_precision=PRECISION)
         b_out = tl.load(b_out_ptr + o, mask=o < OUT, other=0.0)
-        colors = _act(acc + b_out[None, :], ACT_OUT)
+        colors = activation(acc + b_out[None, :], ACT_OUT)
         # int64 throughout: OUT * pixels passes 2**31 for a 3-channel render of 2**30 pixels.
         out = out_ptr + (img[:, None] * OUT + o[None, :]) * pixels + pix[:, None]
         tl.store(out, colors, mask=row_mask[:, None] & (o < OUT)[None, :])

@@ -6,7 +6,7 @@ import triton.language as tl
 
 
 @triton.jit
-def _tile_rows(tile, tiles_per_group, R, BLOCK_M: tl.constexpr):
+def tile_rows(tile, tiles_per_group, R, BLOCK_M: tl.constexpr):
     """(group, row within the group, mask of rows that exist, global row as int64) of a tile."""
     group = tile // tiles_per_group
     local = (tile - group * tiles_per_group) * BLOCK_M + tl.arange(0, BLOCK_M)
