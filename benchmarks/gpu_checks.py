@@ -114,3 +114,33 @@ def check_render(spec_kwargs, batch, shape, precision, device):
             torch.backends.cuda.matmul.allow_tf32 = previous
     return [_compare(f"render {precision} colors", colors["triton"], colors["float64"],
                      colors["torch"], precision)]
+
+
+def check_compiled(spec_kwargs, batch, shape, device):
+    """torch.compile(model, fullgraph=True) of the decoder on the triton backend (issue 15): one
+    training step, compiled vs the float64 reference, within FACTOR x the eager triton step's own
+    error (float32, no TF32). A graph break raises under fullgraph: the caller reports it."""
+    import copy
+    models = _models(spec_kwargs, device)
+    compiled = torch.compile(copy.deepcopy(models["triton"]), fullgraph=True)
+    codes = torch.randn(batch, spec_kwargs["num_input_channels"], device=device)
+    upstream = torch.randn(batch, spec_kwargs["num_output_channels"], *shape, device=device,
+                           dtype=torch.float64)
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    results = {}
+    try:
+        for name, model in (("float64", models["float64"]), ("triton", models["triton"]),
+                            ("compiled", compiled)):
+            model.train()
+            inputs = codes.to(torch.float64 if name == "float64" else torch.float32).requires_grad_()
+            colors = model(inputs, shape)
+            params = list(models[name].parameters()) if name != "compiled" else list(compiled.parameters())
+            grads = torch.autograd.grad(colors, [inputs] + params, upstream.to(colors.dtype))
+            results[name] = [colors] + list(grads)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+    names = ["colors", "grad codes"] + [f"grad {n}" for n, _ in models["float64"].named_parameters()]
+    return [_compare(f"compiled train fp32 {n}", got, want, base, "fp32")
+            for n, got, want, base in zip(names, results["compiled"], results["float64"],
+                                          results["triton"])]

@@ -52,6 +52,7 @@ CHECKS = [("train", 64, (32, 32), "tf32"), ("train", 64, (32, 32), "bf16"),
 # Dense tensor-core peaks of an H200 SXM (TFLOP/s), for "% of peak".
 PEAK_TFLOPS = {"tf32": 494.7, "bf16": 989.4}
 CHECKS_CAP = 120
+COMPILE_CAP = 150
 
 
 def parse_args(argv=None):
@@ -66,6 +67,7 @@ def parse_args(argv=None):
     parser.add_argument("--workload", help=argparse.SUPPRESS)   # internal: run one workload
     parser.add_argument("--exclude", default="", help=argparse.SUPPRESS)
     parser.add_argument("--checks", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--compile-check", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -96,6 +98,26 @@ def run_checks(dry_run):
         except Exception as err:
             emit(event="check", what=f"{kind} {precision}", ok=False,
                  error=f"{type(err).__name__}: {str(err)[:300]}")
+
+
+def run_compile_check(dry_run):
+    """A finding, not a gate of the timings (run last): does the triton backend compile with
+    fullgraph=True, and does the compiled step match?"""
+    import torch
+
+    from benchmarks.gpu_cases import emit, seed_spec
+    from benchmarks.gpu_checks import check_compiled
+    if dry_run:   # Inductor runs no Triton kernels on CPU tensors
+        emit(event="compile", what="compiled train fp32", ok=None, error="skipped: needs a CUDA GPU")
+        return
+    device, batch, shape = torch.device("cuda"), 64, (32, 32)
+    torch.manual_seed(1)
+    try:
+        for row in check_compiled(seed_spec(dry_run), batch, shape, device):
+            emit(event="compile", size=f"{batch}x{shape[0]}x{shape[1]}", **row)
+    except Exception as err:
+        emit(event="compile", what="compiled train fp32", ok=False,
+             error=f"{type(err).__name__}: {str(err)[:600]}")
 
 
 def run_one_workload(args):
@@ -162,7 +184,15 @@ def _fmt(value, scale=1.0, digits=3):
         else f"{value * scale:.{digits}f}"
 
 
-def format_report(meta, checks, rows):
+def _check_line(c):
+    status = {True: "PASS", False: "FAIL", None: "SKIP"}[c["ok"]]
+    if "error" in c:
+        return f"- {status} {c['what']}: {c['error']}"
+    return (f"- {status} {c['what']} ({c.get('size', '')}): error {c['max_error']:.3e}, "
+            f"torch's own {c['torch_error']:.3e}, allowed {c['allowed']:.3e}")
+
+
+def format_report(meta, checks, rows, compiled=()):
     lines = [f"{meta['device']}, torch {meta['torch']}, Triton {meta['triton']}"
              + (" (DRY RUN: CPU, Triton interpreter, tiny sizes; no timing means anything)"
                 if meta["dry_run"] else ""),
@@ -170,13 +200,10 @@ def format_report(meta, checks, rows):
              f"{'yes (cold)' if meta['l2_flushed'] else 'no (warm)'}; "
              f"{meta['rounds']} paired rounds; median [quartiles] per step.", "",
              "## Correctness of the timed binaries (gates the timings)", ""]
-    for c in checks:
-        status = "PASS" if c["ok"] else "FAIL"
-        if "error" in c:
-            lines.append(f"- {status} {c['what']}: {c['error']}")
-        else:
-            lines.append(f"- {status} {c['what']} ({c.get('size', '')}): error {c['max_error']:.3e}, "
-                         f"torch's own {c['torch_error']:.3e}, allowed {c['allowed']:.3e}")
+    lines += [_check_line(c) for c in checks]
+    lines += ["", "## torch.compile(model, fullgraph=True) on the triton backend (vs eager triton's "
+              "own error; not a gate)", ""]
+    lines += [_check_line(c) for c in compiled] or ["- not run"]
     lines += ["", "## Timings", "",
               "| workload | provider | median ms | [q25, q75] ms | vs seed-loop | Mpixel/s | TFLOP/s "
               "| % of peak | peak extra MiB | first-step loss | first call s | launches/step |",
@@ -207,17 +234,19 @@ def format_report(meta, checks, rows):
     return "\n".join(lines) + "\n"
 
 
-def write_report(out, meta, checks, rows):
+def write_report(out, meta, checks, rows, compiled=()):
     with open(os.path.join(out, "report.json"), "w") as f:
-        json.dump(dict(meta, checks=checks, rows=rows), f, indent=1)
+        json.dump(dict(meta, checks=checks, compiled=list(compiled), rows=rows), f, indent=1)
     with open(os.path.join(out, "report.md"), "w") as f:
-        f.write(format_report(meta, checks, rows))
+        f.write(format_report(meta, checks, rows, compiled))
 
 
 def main(argv=None):
     args = parse_args(argv)
     if args.checks:
         return run_checks(args.dry_run) or 0
+    if args.compile_check:
+        return run_compile_check(args.dry_run) or 0
     if args.workload:
         return run_one_workload(args) or 0
     import torch
@@ -232,12 +261,13 @@ def main(argv=None):
     print(f"{meta['device']}, torch {meta['torch']}, Triton {meta['triton']}", flush=True)
     checks, failure = _child(args, ["--checks"], min(CHECKS_CAP, args.budget))
     checks = [c for c in checks if c.get("event") == "check"]
+    compiled = []
     if failure or not checks:
         checks.append(dict(what="checks", ok=False, error=failure or "no check ran"))
     for c in checks:
         print(f"check {'PASS' if c['ok'] else 'FAIL'} {json.dumps(c)}", flush=True)
     rows = []
-    write_report(args.out, meta, checks, rows)
+    write_report(args.out, meta, checks, rows, compiled)
     passed = all(c["ok"] for c in checks)
     wanted = [s.strip() for s in args.only.split(",") if s.strip()]
     for name, (kind, _, _, _, providers, cap) in WORKLOADS.items():
@@ -255,8 +285,17 @@ def main(argv=None):
                     print(f"{name} | {row['provider']}: first-step loss {row['first_step_loss']:.6f}",
                           flush=True)
                 print(json.dumps(row), flush=True)
-        write_report(args.out, meta, checks, rows)
-    print("\n" + format_report(meta, checks, rows))
+        write_report(args.out, meta, checks, rows, compiled)
+    remaining = deadline - time.monotonic() - 5
+    if remaining >= 30:
+        compiled, failure = _child(args, ["--compile-check"], min(COMPILE_CAP, remaining))
+        compiled = [c for c in compiled if c.get("event") == "compile"]
+        if failure or not compiled:
+            compiled.append(dict(what="compiled train fp32", ok=False, error=failure or "no row"))
+    else:
+        compiled = [dict(what="compiled train fp32", ok=None, error="skipped: out of the time budget")]
+    write_report(args.out, meta, checks, rows, compiled)
+    print("\n" + format_report(meta, checks, rows, compiled))
     return 0 if passed and not any(r.get("event") == "error" and not r["error"].startswith("skipped")
                                    for r in rows) else 1
 
