@@ -162,14 +162,17 @@ Call prepare(const DecoderPlan& plan, const Tensor& codes, const std::vector<Ten
   TORCH_CHECK_VALUE(offset_basis.has_value() == offset_cells.has_value(),
                     "offset_basis and offset_cells come together (the input offset basis[p] cells[b])");
   int64_t offset_rank = 0;
+  const bool offset_per_image = offset_basis.has_value() && offset_basis->dim() == 4;
   if (offset_basis.has_value()) {
-    TORCH_CHECK_VALUE(offset_basis->dim() == 3 && offset_basis->size(2) >= 1,
-                      "offset_basis must have shape (H, W, K) with K >= 1, got ", offset_basis->sizes());
-    offset_rank = offset_basis->size(2);
+    TORCH_CHECK_VALUE((offset_basis->dim() == 3 || offset_basis->dim() == 4) && offset_basis->size(-1) >= 1,
+                      "offset_basis must have shape (H, W, K) (shared) or (B, H, W, K) (per image) with K >= 1, got ",
+                      offset_basis->sizes());
+    offset_rank = offset_basis->size(-1);
   }
   Call call;
   DecoderConfig& cfg = call.cfg;
   cfg = plan.config(codes.size(0), height, width, parse_norm_stats(norm_stats), offset_rank, bf16_matmul);
+  cfg.offset_per_image = offset_per_image;
   TORCH_CHECK_VALUE(codes.size(1) == cfg.code_size, "codes must have ", cfg.code_size,
                     " channels (the spec's code_size), got ", codes.sizes());
   TORCH_CHECK_VALUE(cfg.rows() < (int64_t(1) << 40), "too many pixels: ", cfg.rows());
@@ -204,7 +207,10 @@ Call prepare(const DecoderPlan& plan, const Tensor& codes, const std::vector<Ten
     TORCH_CHECK_VALUE(!mods.has_value(), "mods were given but modulation is 'none'");
   }
   if (offset_rank) {
-    check_tensor(*offset_basis, "offset_basis", codes, {height, width, offset_rank});
+    if (offset_per_image)
+      check_tensor(*offset_basis, "offset_basis", codes, {cfg.batch, height, width, offset_rank});
+    else
+      check_tensor(*offset_basis, "offset_basis", codes, {height, width, offset_rank});
     check_tensor(*offset_cells, "offset_cells", codes, {cfg.batch, offset_rank, cfg.hidden});
     call.offset_basis = offset_basis->contiguous();
     call.offset_cells = offset_cells->contiguous();

@@ -9,7 +9,9 @@
 // g and s read from mods (B, M, k, hidden), k = 2 for film ([g | s]) and 1 for shift ([s]).
 // An optional input offset is added to h0's pre-activation before modulation: pixel p of image b
 // gets basis[p] cells[b], basis (P, K) fixed per pixel, cells (B, K, hidden) per image. That is a
-// local latent grid: bilinear weights over the projected cells (plus K - g*g constant rows).
+// local latent grid: bilinear weights over the projected cells (plus K - g*g constant rows). The
+// basis may also be per image, (B, P, K): pixel p of image b then gets basis[b, p] cells[b]
+// (per-image query points, fastinr/points.py).
 // Rows are processed in tiles inside one image; each tile runs the MLP with its activations in
 // per-thread scratch. BatchNorm with batch statistics needs a block's statistics before any tile can
 // normalise, so a pass over the tiles stops at such a block (stores h, accumulates statistics) and
@@ -40,6 +42,7 @@ struct DecoderConfig {
   int64_t batch = 0, height = 0, width = 0;
   NormStats norm_stats = NormStats::image;
   int64_t offset_rank = 0;            // K of the input offset, 0: none
+  bool offset_per_image = false;      // the offset's basis is (B, P, K) instead of (P, K)
   // The hidden layers' GEMMs (forward, input and weight gradients) with bf16 operands and float32
   // accumulation (float only; set only where bf16_gemm_supported()). Everything else stays float32.
   bool bf16_matmul = false;
@@ -55,6 +58,10 @@ struct DecoderConfig {
   int64_t groups() const { return norm_stats == NormStats::image ? batch : 1; }
   bool modulated() const { return modulation != Modulation::none; }
   int64_t modulated_layers() const { return 1 + num_blocks() * layers; }
+  // Index of basis row p of image `image` (its first of K values).
+  int64_t offset_basis_index(int64_t image, int64_t p) const {
+    return ((offset_per_image ? image * pixels() : 0) + p) * offset_rank;
+  }
   int64_t mod_width() const { return (modulation == Modulation::film ? 2 : 1) * hidden; }  // k * hidden
 };
 
@@ -109,7 +116,7 @@ template <typename T>
 struct DecoderWeights : FlatParams<const T*> {
   std::vector<const T*> running_mean, running_var;  // per block (w_i,) with running statistics
   const T* mods = nullptr;                  // (B, M, k, hidden) with modulation
-  const T* offset_basis = nullptr;          // (P, K) with an input offset
+  const T* offset_basis = nullptr;          // (P, K) or (B, P, K) with an input offset
   const T* offset_cells = nullptr;          // (B, K, hidden) with an input offset
 };
 

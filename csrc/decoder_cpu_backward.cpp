@@ -269,7 +269,8 @@ class Backward {
     act_backward(cfg_.act, modulated(cfg_, wts_.mods, tile.image, 0, z_in, n, s.zm), G, dz, n * h);
     modulation_backward(t, tile, 0, z_in, dz, n);
     if (const int64_t K = cfg_.offset_rank; K > 0)   // this tile's basis^T dz, summed per image in reduce
-      gemm(true, false, K, h, n, T(1), wts_.offset_basis + tile.p0 * K, K, dz, h, T(0), &dcells_tile_[t * K * h], h);
+      gemm(true, false, K, h, n, T(1), wts_.offset_basis + cfg_.offset_basis_index(tile.image, tile.p0), K, dz, h,
+           T(0), &dcells_tile_[t * K * h], h);
     double* dcode = &dcode_tile_[t * h];
     for (int64_t j = 0; j < n; ++j)
       for (int64_t c = 0; c < h; ++c) dcode[c] += dz[j * h + c];

@@ -162,8 +162,8 @@ class Forward {
         T* dst = z + j * h;
         for (int64_t k = 0; k < h; ++k) dst[k] = code[k] + (col[k] + row[k]);
       }
-      if (const int64_t K = cfg_.offset_rank; K > 0)   // z += basis[p0 .. p0+n) cells[b]
-        gemm(false, false, n, h, K, T(1), wts_.offset_basis + tile.p0 * K, K,
+      if (const int64_t K = cfg_.offset_rank; K > 0)   // z += basis[(b,) p0 .. p0+n) cells[b]
+        gemm(false, false, n, h, K, T(1), wts_.offset_basis + cfg_.offset_basis_index(tile.image, tile.p0), K,
              wts_.offset_cells + tile.image * K * h, h, T(1), z, h);
       cur = hidden_[0] ? hidden_[0] + r0 * h : s.h0.data();
       act_forward(cfg_.act, modulated(cfg_, wts_.mods, tile.image, 0, z, n, s.zm), cur, n * h);

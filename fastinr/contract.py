@@ -141,13 +141,25 @@ class DecoderParams(NamedTuple):
 
 
 class InputOffset(NamedTuple):
-    """basis[y, x] @ cells[b] is added to pixel (x, y) of image b before the input activation."""
-    basis: torch.Tensor    # (H, W, K), fixed per pixel
+    """basis[y, x] @ cells[b] is added to pixel (x, y) of image b before the input activation
+    (basis[b, y, x] @ cells[b] with a per-image basis)."""
+    basis: torch.Tensor    # (H, W, K) fixed per pixel, or (B, H, W, K) per image; a constant
     cells: torch.Tensor    # (B, K, hidden), per image
+
+    @property
+    def per_image(self) -> bool:
+        """Whether the basis is per image, (B, H, W, K)."""
+        return self.basis.ndim == 4
 
     def dense(self) -> torch.Tensor:
         """(B, H*W, hidden)."""
-        return self.basis.reshape(-1, self.basis.shape[-1]) @ self.cells
+        rows = (self.basis.shape[0], -1, self.basis.shape[-1]) if self.per_image else (-1, self.basis.shape[-1])
+        return self.basis.reshape(rows) @ self.cells
+
+    def images(self, index) -> "InputOffset":
+        """The offset of the images `index` selects (a slice of the batch): cells and a per-image
+        basis are indexed alike, a shared basis stays."""
+        return InputOffset(self.basis[index] if self.per_image else self.basis, self.cells[index])
 
 
 def concat_offsets(offsets: Sequence[Optional[InputOffset]]) -> Optional[InputOffset]:
@@ -156,8 +168,12 @@ def concat_offsets(offsets: Sequence[Optional[InputOffset]]) -> Optional[InputOf
     offsets = [o for o in offsets if o is not None]
     if len(offsets) <= 1:
         return offsets[0] if offsets else None
-    return InputOffset(torch.cat([o.basis for o in offsets], dim=-1).contiguous(),
-                       torch.cat([o.cells for o in offsets], dim=1))
+    if any(o.per_image for o in offsets):   # a shared basis joins per-image ones as a copy per image
+        batch = offsets[0].cells.shape[0]
+        bases = [o.basis if o.per_image else o.basis.expand(batch, *o.basis.shape) for o in offsets]
+    else:
+        bases = [o.basis for o in offsets]
+    return InputOffset(torch.cat(bases, dim=-1).contiguous(), torch.cat([o.cells for o in offsets], dim=1))
 
 
 class BlockStats(NamedTuple):
@@ -233,7 +249,8 @@ def check_mods(spec: DecoderSpec, batch: int, mods: Optional[torch.Tensor]) -> N
 
 
 def check_input_offset(spec: DecoderSpec, batch: int, shape, input_offset: Optional[InputOffset]) -> None:
-    """Clear errors for an `input_offset` that does not fit: basis (H, W, K), cells (B, K, hidden)."""
+    """Clear errors for an `input_offset` that does not fit: basis (H, W, K) shared by the batch or
+    (B, H, W, K) per image, cells (B, K, hidden)."""
     if input_offset is None:
         return
     if not isinstance(input_offset, InputOffset):
@@ -242,11 +259,14 @@ def check_input_offset(spec: DecoderSpec, batch: int, shape, input_offset: Optio
     for name, tensor in (("basis", basis), ("cells", cells)):
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"input_offset.{name} must be a torch.Tensor, got {type(tensor).__name__}")
-    if basis.ndim != 3 or tuple(basis.shape[:2]) != (int(shape[0]), int(shape[1])) or basis.shape[2] < 1:
-        raise ValueError(f"input_offset.basis must have shape ({shape[0]}, {shape[1]}, K) (H, W, K) with "
-                         f"K >= 1, got {tuple(basis.shape)}")
-    if tuple(cells.shape) != (batch, basis.shape[2], spec.hidden):
-        raise ValueError(f"input_offset.cells must have shape {(batch, basis.shape[2], spec.hidden)} "
+    height, width = int(shape[0]), int(shape[1])
+    if (basis.ndim not in (3, 4) or tuple(basis.shape[-3:-1]) != (height, width) or basis.shape[-1] < 1
+            or (basis.ndim == 4 and basis.shape[0] != batch)):
+        raise ValueError(f"input_offset.basis must have shape ({height}, {width}, K) (H, W, K) or "
+                         f"({batch}, {height}, {width}, K) (B, H, W, K) with K >= 1 (shared by the batch "
+                         f"or per image), got {tuple(basis.shape)}")
+    if tuple(cells.shape) != (batch, basis.shape[-1], spec.hidden):
+        raise ValueError(f"input_offset.cells must have shape {(batch, basis.shape[-1], spec.hidden)} "
                          f"(B, K, hidden), got {tuple(cells.shape)}")
     if basis.requires_grad:
         raise ValueError("input_offset.basis is a constant of the pixel grid; detach it (no gradient "

@@ -19,9 +19,9 @@ With spec.modulation, every pre-activation z of the input layer and of the block
 (B, M, k, hidden): "shift" (k = 1) z + mods[b, m, 0]; "film" (k = 2) z * (1 + mods[b, m, 0]) +
 mods[b, m, 1]. Modulation needs blocks of constant width (no concat).
 
-An optional `input_offset` (InputOffset: basis (H, W, K), cells (B, K, hidden)) adds
-basis[y, x] @ cells[b] to the input layer's pre-activation of pixel (x, y) of image b, before
-modulation: per-pixel inputs that the decomposed first layer cannot express. A local latent grid
+An optional `input_offset` (InputOffset: basis (H, W, K) or, per image, (B, H, W, K); cells
+(B, K, hidden)) adds basis[y, x] @ cells[b] (basis[b, y, x] @ cells[b]) to the input layer's
+pre-activation of pixel (x, y) of image b, before modulation: per-pixel inputs that the decomposed first layer cannot express. A local latent grid
 is one: its cells projected by the grid's Linear, blended by fixed bilinear weights per pixel
 (fastinr.INRDecoder.grid_offset builds it). The basis is a constant (no gradient).
 
@@ -77,16 +77,17 @@ def decode(codes: torch.Tensor, params: DecoderParams, spec: DecoderSpec, shape:
     `running` holds (running_mean, running_var) per block, used when norm_stats == "running";
     `mods` the per-image modulation when spec.modulation is not "none"; `input_offset`, if
     given, is added to the input layer's pre-activation (see InputOffset). The arguments are
-    those fastinr.contract.validate accepts. `points` (H*W, 2), if given, are the query points
-    (x, y) in place of the pixel centres (the oracle of fastinr.points.decode_points).
+    those fastinr.contract.validate accepts. `points` (H*W, 2) shared by the batch or (B, H*W, 2)
+    per image, if given, are the query points (x, y) in place of the pixel centres (the oracle of
+    fastinr.points.decode_points).
     """
     batch, height, width = codes.shape[0], shape[0], shape[1]
     emb = (pos_embedding(height, width, spec.freqs, device=codes.device, dtype=params.w_in.dtype)
            if points is None else embed_coordinates(points.to(params.w_in.dtype), spec.freqs))
     w_code, w_pos = params.w_in[:, :spec.code_size], params.w_in[:, spec.code_size:]
     code_proj = torch.addmm(params.b_in, codes, w_code.t())                # (B, hidden)
-    pos_proj = emb @ w_pos.t()                                             # (P, hidden)
-    z = code_proj[:, None, :] + pos_proj[None, :, :]
+    pos_proj = emb @ w_pos.t()                                             # ([B,] P, hidden)
+    z = code_proj[:, None, :] + (pos_proj if pos_proj.ndim == 3 else pos_proj[None, :, :])
     if input_offset is not None:
         z = z + input_offset.dense()
     h = apply_activation(spec.activation, modulate(z, spec, mods, 0))

@@ -5,6 +5,7 @@ import torch
 import fastinr
 from fastinr import backends as backend, reference
 from fastinr.backends import torch_backend
+from fastinr.contract import InputOffset
 
 
 def test_torch_backend_is_the_chunked_reference():
@@ -26,6 +27,24 @@ def test_chunked_torch_backend_equals_the_reference(monkeypatch, norm_stats):
     for decode in (torch_backend.decode, reference.decode):
         colors, stats = decode(codes, params, spec, (3, 4), norm_stats, running)
         grads = torch.autograd.grad((colors * colors.detach().cos()).sum(), [codes, *params.flat()])
+        results.append((colors, [tuple(s) for s in stats], grads))
+    torch.testing.assert_close(results[0], results[1], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("per_image", [False, True], ids=["shared", "per_image"])
+def test_chunked_torch_backend_splits_the_input_offset(monkeypatch, per_image):
+    """An input offset's cells, and a per-image basis (B, H, W, K), are split like the codes; a
+    shared basis (H, W, K) goes to every chunk whole."""
+    monkeypatch.setattr(torch_backend, "CHUNK_BYTES", 1)
+    model = fastinr.ImageManifoldDecoder(9, num_hidden=16, backend="torch").double()
+    params, spec = model.decoder_params(), model.spec
+    codes = torch.randn(5, 9, dtype=torch.float64, requires_grad=True)
+    basis = torch.rand(*((5,) if per_image else ()), 3, 4, 2, dtype=torch.float64)
+    cells = torch.randn(5, 2, 16, dtype=torch.float64, requires_grad=True)
+    results = []
+    for decode in (torch_backend.decode, reference.decode):
+        colors, stats = decode(codes, params, spec, (3, 4), "image", (), None, InputOffset(basis, cells))
+        grads = torch.autograd.grad((colors * colors.detach().cos()).sum(), [codes, cells, *params.flat()])
         results.append((colors, [tuple(s) for s in stats], grads))
     torch.testing.assert_close(results[0], results[1], rtol=1e-12, atol=1e-12)
 

@@ -130,7 +130,8 @@ def op_inputs(norm_stats, modulation="none", offset=False, batch=3, shape=(5, 4)
     codes = torch.randn(batch, spec.code_size, dtype=torch.float64, requires_grad=True)
     mods = torch.randn(*spec.mods_shape(batch), dtype=torch.float64, requires_grad=True) \
         if modulation != "none" else None
-    basis, cells = (torch.rand(*shape, 2, dtype=torch.float64),
+    # offset: False, True (a basis shared by the batch) or "per_image" (a basis (B, H, W, K))
+    basis, cells = (torch.rand(*((batch,) if offset == "per_image" else ()), *shape, 2, dtype=torch.float64),
                     torch.randn(batch, 2, spec.hidden, dtype=torch.float64, requires_grad=True)) \
         if offset else (None, None)
     flat_running = [t for pair in running for t in pair] if norm_stats == "running" else []
@@ -140,7 +141,7 @@ def op_inputs(norm_stats, modulation="none", offset=False, batch=3, shape=(5, 4)
 
 
 @pytest.mark.parametrize("norm_stats,modulation,offset", [("image", "film", True), ("batch", "none", False),
-                                                          ("running", "shift", True)])
+                                                          ("running", "shift", True), ("batch", "none", "per_image")])
 def test_opcheck(norm_stats, modulation, offset):
     args, kwargs, _ = op_inputs(norm_stats, modulation, offset)
     torch.library.opcheck(torch.ops.fastinr.native_forward, args, kwargs)
@@ -150,8 +151,8 @@ def test_fake_kernel_gives_every_output_shape():
     """The fake kernel's outputs (saved activations included) have the real ones' shapes, dtypes
     and strides, for per-image and per-batch statistics."""
     from torch._subclasses.fake_tensor import FakeTensorMode
-    for norm_stats in ("image", "batch", "running"):
-        args, kwargs, _ = op_inputs(norm_stats, offset=True)
+    for norm_stats, offset in (("image", True), ("batch", True), ("running", True), ("image", "per_image")):
+        args, kwargs, _ = op_inputs(norm_stats, offset=offset)
         real = torch.ops.fastinr.native_forward(*args, **kwargs)
         with FakeTensorMode() as mode:
             fake_args = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else

@@ -22,6 +22,7 @@ if os.environ.get("FASTINR_SKIP_EXT", "0") == "1":
     pytest.skip("FASTINR_SKIP_EXT=1: the native extension was deliberately not built",
                 allow_module_level=True)
 from fastinr.backends import native_backend as native  # noqa: E402  (must import: a missing build fails here, loudly)
+from fastinr.backends import native_ops  # noqa: E402
 
 # (spec kwargs, shape, batch, norm_stats)
 CONFIGS = [
@@ -474,16 +475,18 @@ OFFSET_CASES = [(True, "image", "none"), (False, "image", "film"), (True, "batch
 
 @pytest.mark.parametrize("dtype,rel", DTYPES, ids=["f64", "f32"])
 @pytest.mark.parametrize("batch_norm,norm_stats,modulation", OFFSET_CASES)
-def test_input_offset_matches_reference(batch_norm, norm_stats, modulation, dtype, rel):
-    """basis[p] @ cells[b] added to the input layer's pre-activation (how a local latent grid
-    enters): colors and the gradients of codes, cells, mods and every parameter, in training; the
-    streaming render without gradients."""
+@pytest.mark.parametrize("per_image", [False, True], ids=["shared", "per_image"])
+def test_input_offset_matches_reference(batch_norm, norm_stats, modulation, dtype, rel, per_image):
+    """basis[p] @ cells[b] (basis[b, p] @ cells[b] with a per-image basis) added to the input
+    layer's pre-activation (how a local latent grid or per-image query points enter): colors and
+    the gradients of codes, cells, mods and every parameter, in training; the streaming render
+    without gradients."""
     spec = dataclasses.replace(make_spec(hidden=12, batch_norm=batch_norm, activation_out="none"),
                                modulation=modulation)
     shape, rank = (19, 11), 7
     params, running = make_params(spec, dtype)
     codes = torch.randn(3, spec.code_size, dtype=dtype)
-    basis = torch.rand(*shape, rank, dtype=dtype)
+    basis = torch.rand(*((3,) if per_image else ()), *shape, rank, dtype=dtype)
     cells = torch.randn(3, rank, spec.hidden, dtype=dtype)
     mods = torch.randn(*spec.mods_shape(3), dtype=dtype) * 0.5 if modulation != "none" else None
     upstream = torch.randn(3, 3, *shape, dtype=dtype)
@@ -536,3 +539,32 @@ def test_input_offset_gradcheck_and_bad_inputs():
             decode(codes, params, spec, (3, 4), input_offset=(basis, cells))
     with pytest.raises(TypeError, match="offset_cells has dtype Float but codes have Double"):
         native.decode(codes, params, spec, (3, 4), input_offset=InputOffset(basis, cells.float()))
+
+
+def test_per_image_basis_gradcheck_and_bad_inputs():
+    """A per-image basis (B, H, W, K): gradcheck through the extension, and the extension's own
+    checks of its shape (beneath the contract's validation, which names both accepted shapes)."""
+    spec = make_spec(code_size=2, hidden=4, freqs=(2.0,), activation="silu")
+    params, _ = make_params(spec, torch.float64)
+    codes = torch.randn(2, 2, dtype=torch.float64, requires_grad=True)
+    basis = torch.rand(2, 3, 4, 5, dtype=torch.float64)
+    cells = torch.randn(2, 5, 4, dtype=torch.float64, requires_grad=True)
+
+    def fn(codes, cells, *tensors):
+        return native.decode(codes, DecoderParams.from_flat(spec, tensors), spec, (3, 4), "image",
+                             input_offset=InputOffset(basis, cells))[0]
+
+    assert torch.autograd.gradcheck(fn, (codes, cells, *params.flat()), eps=1e-6, atol=1e-7)
+    for name in ("native", "torch"):
+        with pytest.raises(ValueError, match=r"input_offset.basis must have shape \(3, 4, K\) \(H, W, K\) or "
+                                             r"\(2, 3, 4, K\) \(B, H, W, K\)"):
+            backend.decode(codes, params, spec, (3, 4), input_offset=InputOffset(basis[:1], cells), backend=name)
+    call = dict(native_ops.spec_fields(spec), height=3, width=4, norm_stats="image", save=False, bf16_matmul=False)
+    flat = [t.detach() for t in params.flat()]
+    with pytest.raises(ValueError, match=r"offset_basis must have shape \[2, 3, 4, 5\], got \[3, 3, 4, 5\]"):
+        torch.ops.fastinr.native_forward(codes.detach(), flat, [], None, torch.rand(3, 3, 4, 5, dtype=torch.float64),
+                                         cells.detach(), **call)
+    with pytest.raises(ValueError, match=r"offset_basis must have shape \(H, W, K\) \(shared\) or "
+                                         r"\(B, H, W, K\) \(per image\)"):
+        torch.ops.fastinr.native_forward(codes.detach(), flat, [], None, torch.rand(1, 2, 3, 4, 5, dtype=torch.float64),
+                                         cells.detach(), **call)

@@ -2,7 +2,8 @@
 each as one node (a fake kernel gives every output's shape and dtype) and autograd connects them:
 
     fastinr::native_forward(codes (B, C), params [DecoderParams.flat()], running [mean_0, var_0, ...],
-                            mods (B, M, k, hidden)?, offset_basis (H, W, K)?, offset_cells (B, K, hidden)?,
+                            mods (B, M, k, hidden)?,
+                            offset_basis (H, W, K) or (B, H, W, K)?, offset_cells (B, K, hidden)?,
                             *, <the DecoderSpec's fields>, height, width, norm_stats, save, bf16_matmul)
         -> colors (B, out, H, W), means [(groups, w_i)], vars [(groups, w_i)], saved [...]
     fastinr::native_backward(grad_colors, codes, params, running, saved, mods?, offset_basis?,

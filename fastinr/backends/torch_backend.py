@@ -9,7 +9,7 @@ over the whole batch need the whole batch, and GPUs gain nothing, so those run u
 """
 import torch
 
-from fastinr.contract import BlockStats, InputOffset
+from fastinr.contract import BlockStats
 from fastinr.reference import decode as reference_decode
 
 CHUNK_BYTES = 16 * 2 ** 20
@@ -32,7 +32,8 @@ def decode(codes, params, spec, shape, norm_stats="image", running=(), mods=None
 
     def parts(tensor):   # per-image tensors split like the codes (None stays None)
         return torch.split(tensor, chunk) if tensor is not None else [None] * -(-codes.shape[0] // chunk)
-    offsets = ([InputOffset(input_offset.basis, cells) for cells in parts(input_offset.cells)]
+    starts = range(0, codes.shape[0], chunk)
+    offsets = ([input_offset.images(slice(start, start + chunk)) for start in starts]
                if input_offset is not None else parts(None))
     pieces = [reference_decode(part, params, spec, shape, norm_stats, running, part_mods, part_offset)
               for part, part_mods, part_offset in zip(torch.split(codes, chunk), parts(mods), offsets)]
