@@ -152,13 +152,13 @@ class ImageManifoldDecoder(nn.Module):
     def forward(self, x: torch.Tensor, shape: Optional[Tuple[int, int]] = None,
                 coords: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Colors (B, out, H, W) for codes x (B, C), or (out, H, W) for one code (C,); with
-        `coords` (P, 2), (x, y) in [-1, 1] shared by the batch, colors (B, out, P) at those points
-        instead of a pixel grid (fastinr.points: fused like the grid)."""
+        `coords` (P, 2) shared by the batch or (B, P, 2) per image, (x, y) in [-1, 1], colors
+        (B, out, P) at those points instead of a pixel grid (fastinr.points: fused like the grid)."""
         check_codes(x, self.num_input_channels, "num_input_channels", single=True)
         if coords is not None:
             if shape is not None:
                 raise ValueError("give shape (a pixel grid) or coords (query points), not both")
-            check_points(coords, x, "coords")
+            check_points(coords, x.reshape(-1, self.num_input_channels), "coords")
         if shape is None and coords is None:
             if self.default_shape is None:
                 raise ValueError("shape must be given as (H, W): this decoder has no default_shape")

@@ -1,7 +1,7 @@
 """Decoding at arbitrary query points (fastinr.points), on every backend that runs here.
 
 The oracle is fastinr.reference.decode with `points` (the embedding of the points themselves, no
-lowering): outputs and every gradient, in float64 to 1e-9 of scale, and in float32 within 8x the
+lowering), shared by the batch (P, 2) or per image (B, P, 2): outputs and every gradient, in float64 to 1e-9 of scale, and in float32 within 8x the
 error torch's own float32 reference makes against the float64 one (tests/test_native's model).
 """
 import pytest
@@ -39,17 +39,20 @@ def as_dtype(params, running, spec, dtype):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("kwargs,batch,norm_stats", CASES, ids=[f"case{k}" for k in range(len(CASES))])
-def test_points_match_the_reference(backend, dtype, kwargs, batch, norm_stats):
+@pytest.mark.parametrize("per_image", [False, True], ids=["shared", "per_image"])
+def test_points_match_the_reference(backend, dtype, kwargs, batch, norm_stats, per_image):
     if backend == "triton" and dtype == torch.float64:
         pytest.skip("the triton backend computes in float32")
     spec = make_spec(hidden=16, **kwargs)
     params, running = make_params(spec, torch.float64)
-    points = torch.rand(23, 2, dtype=torch.float64) * 2.2 - 1.1   # a few beyond [-1, 1] too
+    count = 23
+    # a few beyond [-1, 1] too; per image: B sets of points
+    points = torch.rand(*((batch,) if per_image else ()), count, 2, dtype=torch.float64) * 2.2 - 1.1
     codes = torch.randn(batch, spec.code_size, dtype=torch.float64)
-    upstream = torch.randn(batch, spec.out_channels, points.shape[0], dtype=torch.float64)
+    upstream = torch.randn(batch, spec.out_channels, count, dtype=torch.float64)
 
     def oracle(codes, params, spec, norm_stats, running):
-        colors, stats = reference.decode(codes, params, spec, (1, points.shape[0]), norm_stats, running,
+        colors, stats = reference.decode(codes, params, spec, (1, count), norm_stats, running,
                                          points=points)
         return colors.reshape(codes.shape[0], spec.out_channels, -1), stats
 
@@ -110,11 +113,42 @@ def test_modules_decode_points_fused():
 def test_bad_points_raise_clear_errors():
     decoder = fastinr.ImageManifoldDecoder(6, num_hidden=16, num_blocks=1)
     codes = torch.randn(2, 6)
-    with pytest.raises(ValueError, match=r"coords must have shape \(P, 2\).*per-image points"):
-        decoder(codes, coords=torch.rand(2, 5, 2))
+    with pytest.raises(ValueError, match=r"coords must have shape \(P, 2\) or \(2, P, 2\).*got \(3, 5, 2\)"):
+        decoder(codes, coords=torch.rand(3, 5, 2))
+    with pytest.raises(ValueError, match=r"coords must have shape \(P, 2\) or \(2, P, 2\)"):
+        decoder(codes, coords=torch.rand(2, 5, 3))
     with pytest.raises(ValueError, match="detach them"):
         decoder(codes, coords=torch.rand(5, 2, requires_grad=True))
     with pytest.raises(TypeError, match="coords must be a floating-point tensor"):
         decoder(codes, coords=torch.ones(5, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="not both"):
         decoder(codes, (4, 4), coords=torch.rand(5, 2))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_per_image_points_are_each_images_own(backend):
+    """Image b at its own points equals a decode of image b alone at those points (per-image
+    statistics: the images are independent), and a per-image basis of equal sets equals the
+    shared one."""
+    spec = make_spec(hidden=16)
+    dtype = torch.float32 if backend == "triton" else torch.float64
+    params, _ = make_params(spec, dtype)
+    codes = torch.randn(3, spec.code_size, dtype=dtype)
+    points = torch.rand(3, 7, 2, dtype=dtype) * 2 - 1
+    together, _ = decode_points(codes, params, spec, points, "image", backend=backend)
+    tol = 1e-5 if dtype == torch.float32 else 1e-10
+    for b in range(3):
+        alone, _ = decode_points(codes[b:b + 1], params, spec, points[b], "image", backend=backend)
+        torch.testing.assert_close(together[b:b + 1], alone, rtol=tol, atol=tol)
+    shared, _ = decode_points(codes, params, spec, points[0], "image", backend=backend)
+    same, _ = decode_points(codes, params, spec, points[:1].expand(3, -1, -1), "image", backend=backend)
+    torch.testing.assert_close(same, shared, rtol=tol, atol=tol)
+
+
+def test_modules_decode_per_image_points_fused():
+    torch.manual_seed(0)
+    seed = fastinr.ImageManifoldDecoder(6, num_hidden=16, num_blocks=1).double()
+    codes, points = torch.randn(3, 6, dtype=torch.float64), torch.rand(3, 10, 2, dtype=torch.float64) * 2 - 1
+    expected, _ = reference.decode(codes, seed.decoder_params(), seed.spec, (1, 10), "image", points=points)
+    torch.testing.assert_close(seed(codes, coords=points), expected.flatten(2))
+    assert seed(codes[0], coords=points[:1]).shape == (3, 10)
