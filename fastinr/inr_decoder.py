@@ -29,10 +29,9 @@ buffer saved in the state_dict).
 Where the work happens: the parameters and options are here; colors on the pixel grid (every
 variant) are lowered to the decode contract by fastinr/inr_lowering.py and run fused, forward and
 backward, by the chosen backend (`backend`: "auto" picks Triton on CUDA, native on CPU; see
-fastinr.backends); so do query points shared by the batch (`coords` (P, 2): a 1 x P grid moved by
-a jitter); per-image query points (B, P, 2), or points that need a gradient, run
-fastinr/inr_points.py, plain PyTorch and the fused path's oracle in the tests; the grid's geometry
-is fastinr/latent_grid.py.
+fastinr.backends); so do query points (`coords` (P, 2) shared by the batch or (B, P, 2) per image:
+a 1 x P grid moved by a jitter); points that need a gradient run fastinr/inr_points.py, plain
+PyTorch and the fused path's oracle in the tests; the grid's geometry is fastinr/latent_grid.py.
 """
 import math
 from typing import Optional, Sequence, Tuple
@@ -176,12 +175,13 @@ class INRDecoder(nn.Module):
             return torch.cat([xy, proj.sin(), proj.cos()], dim=-1)
         return embed_coordinates(xy, self.freqs)
 
-    def _check_jitter(self, jitter, shape: Tuple[int, int], codes: torch.Tensor) -> torch.Tensor:
+    def _check_jitter(self, jitter, shape: Tuple[int, int], codes: torch.Tensor, batch: int) -> torch.Tensor:
         expected = (int(shape[0]), int(shape[1]), 2)
-        if not isinstance(jitter, torch.Tensor) or tuple(jitter.shape) != expected \
+        if not isinstance(jitter, torch.Tensor) or tuple(jitter.shape) not in (expected, (batch, *expected)) \
                 or not jitter.is_floating_point():
-            raise ValueError(f"jitter must be a float tensor of shape {expected} (H, W, 2): one offset "
-                             f"per pixel from its centre, in [-1, 1] units; got "
+            raise ValueError(f"jitter must be a float tensor of shape {expected} (H, W, 2) or "
+                             f"{(batch, *expected)} (B, H, W, 2): one offset per pixel from its centre, "
+                             f"shared by the batch or per image, in [-1, 1] units; got "
                              f"{tuple(jitter.shape) if isinstance(jitter, torch.Tensor) else type(jitter).__name__}")
         if jitter.requires_grad:
             raise ValueError("jitter moves the query points by constants; detach it (no gradient flows to it)")
@@ -193,7 +193,9 @@ class INRDecoder(nn.Module):
         (B, P, 2) in [-1, 1] (x, y); one code (C,) gives one image without the batch dimension.
 
         `jitter` (H, W, 2) moves each pixel's query point off its centre (same [-1, 1] units, the
-        same offset for every image): sub-pixel training, fused like the pixel grid."""
+        same offset for every image; (B, H, W, 2): one per image): sub-pixel training, fused like
+        the pixel grid. Query points run fused too, but for points that need a gradient (plain
+        PyTorch, fastinr/inr_points.py)."""
         check_codes(codes, self.code_size, "code_size", single=True)
         batch_codes = codes.reshape(-1, self.code_size)
         batch = batch_codes.shape[0]
@@ -203,7 +205,7 @@ class INRDecoder(nn.Module):
                 raise ValueError("shape must be given as (H, W): this decoder has no default_shape")
             shape = check_shape(shape, "shape")
             if jitter is not None:
-                jitter = self._check_jitter(jitter, shape, codes)
+                jitter = self._check_jitter(jitter, shape, codes, batch)
             colors = self._fused_forward(batch_codes, shape, jitter)
             return colors[0] if codes.ndim == 1 else colors
         if jitter is not None:
@@ -217,13 +219,14 @@ class INRDecoder(nn.Module):
             raise ValueError(f"coords must be a floating-point tensor on the codes' device ({codes.device}), "
                              f"got {coords.dtype} on {coords.device}")
         xy = coords.to(codes.dtype)
-        if xy.ndim == 2 and not xy.requires_grad:
-            # Points shared by the batch: the pixel centres of a 1 x P grid, moved by a jitter.
-            count = xy.shape[0]
+        if not xy.requires_grad:
+            # The pixel centres of a 1 x P grid, moved by a jitter (shared or per image).
+            count = xy.shape[-2]
             centres = pixel_coordinates(1, count, device=xy.device, dtype=xy.dtype)
-            colors = self._fused_forward(batch_codes, (1, count), (xy - centres).reshape(1, count, 2))
+            jitter = (xy - centres).reshape(*xy.shape[:-2], 1, count, 2)
+            colors = self._fused_forward(batch_codes, (1, count), jitter)
             colors = colors.reshape(batch, self.out_channels, count)
-        else:   # per-image points, or a gradient to the points: plain PyTorch
+        else:   # a gradient to the points: plain PyTorch
             colors = evaluate_at_points(self, batch_codes, xy.expand(batch, -1, -1) if xy.ndim == 2 else xy)
         return colors[0] if codes.ndim == 1 else colors
 

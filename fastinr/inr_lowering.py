@@ -8,8 +8,10 @@ enters as the input offset (a fixed basis per pixel times cells per image):
     one-hot cell weights a block of the basis, its cells block-diagonal; `blend` then holds the
     members' weights, applied to the colors by `blend_members`);
   * the Gaussian features (the kernels embed only (x, y)): the features per pixel, W_e's columns;
-  * a sub-pixel `jitter` of the query points (one offset per pixel, shared by the batch):
+  * a sub-pixel `jitter` of the query points (one offset per pixel, (H, W, 2) shared by the
+    batch or (B, H, W, 2) per image; then the bases above are per image too):
     W_e·emb(p + jitter) = [the kernels' embedding of p] + W_e·(emb(p + jitter) - emb(p)).
+    Query points (P, 2) or (B, P, 2) are a 1 x P grid so jittered (INRDecoder's `coords`).
 A new conditioning that lowers to the contract changes this file (and the module's parameters).
 """
 from typing import NamedTuple, Optional, Tuple
@@ -28,7 +30,7 @@ class Lowered(NamedTuple):
     spec: DecoderSpec
     mods: Optional[torch.Tensor]            # per-image shift / FiLM constants, or None
     input_offset: Optional[InputOffset]
-    blend: Optional[torch.Tensor]           # (4, 1, 1, H, W) member weights (grid_blend="area")
+    blend: Optional[torch.Tensor]           # (4, 1 or B, 1, H, W) member weights (grid_blend="area")
 
 
 def lower(decoder, codes: torch.Tensor, shape: Tuple[int, int],
@@ -55,7 +57,8 @@ def lower(decoder, codes: torch.Tensor, shape: Tuple[int, int],
 
 
 def blend_members(colors: torch.Tensor, blend: Optional[torch.Tensor]) -> torch.Tensor:
-    """The area members' colors (4B, out, H, W) blended into (B, out, H, W); as is without."""
+    """The area members' colors (4B, out, H, W) blended into (B, out, H, W) by `blend` (4, 1 or B,
+    1, H, W); as is without."""
     if blend is None:
         return colors
     return (colors.reshape(blend.shape[0], -1, *colors.shape[1:]) * blend).sum(0)
@@ -92,9 +95,10 @@ def fused_params(decoder) -> DecoderParams:
 
 def query_points(shape: Tuple[int, int], jitter: Optional[torch.Tensor],
                  like: torch.Tensor) -> torch.Tensor:
-    """(H*W, 2): the pixel centres of `shape`, moved by `jitter` (H, W, 2) when given."""
+    """(H*W, 2): the pixel centres of `shape`, moved by `jitter` (H, W, 2) when given; (B, H*W, 2)
+    with a per-image jitter (B, H, W, 2)."""
     xy = pixel_coordinates(*shape, device=like.device, dtype=like.dtype)
-    return xy if jitter is None else xy + jitter.reshape(-1, 2)
+    return xy if jitter is None else xy + jitter.reshape(*jitter.shape[:-3], -1, 2)
 
 
 def grid_offset(decoder, grid: torch.Tensor, shape: Tuple[int, int],
@@ -103,26 +107,31 @@ def grid_offset(decoder, grid: torch.Tensor, shape: Tuple[int, int],
 
     Bilinear sampling at fixed points is linear in the cells, one weight per axis: so the cells
     are projected once per image (B, g*g, hidden) and each pixel blends them with its fixed
-    weights, the basis (H, W, g*g); the relative position's projection rides along as two more
-    basis columns (the position) and cells (the grid Linear's weights for it)."""
-    g, (height, width) = decoder.grid.size, shape
+    weights, the basis (H, W, g*g) ((B, H, W, g*g) with a per-image jitter); the relative
+    position's projection rides along as two more basis columns (the position) and cells (the
+    grid Linear's weights for it)."""
+    g = decoder.grid.size
     xy = query_points(shape, jitter, grid)
-    weight_x, rel_x = decoder.grid.cell_weights(xy[:, 0])          # (H*W, g), (H*W,)
-    weight_y, rel_y = decoder.grid.cell_weights(xy[:, 1])
-    bilinear = (weight_y[:, :, None] * weight_x[:, None, :]).reshape(height, width, g * g)
-    rel = torch.stack([rel_x, rel_y], dim=-1).reshape(height, width, 2)
+    lead = (*xy.shape[:-2], *shape)                                # ([B,] H, W)
+    flat = xy.reshape(-1, 2)
+    weight_x, rel_x = decoder.grid.cell_weights(flat[:, 0])        # (n, g), (n,)
+    weight_y, rel_y = decoder.grid.cell_weights(flat[:, 1])
+    bilinear = (weight_y[:, :, None] * weight_x[:, None, :]).reshape(*lead, g * g)
+    rel = torch.stack([rel_x, rel_y], dim=-1).reshape(*lead, 2)
     return InputOffset(torch.cat([bilinear, rel], dim=-1).contiguous(), _projected_cells(decoder, grid))
 
 
 def area_grid_offset(decoder, grid: torch.Tensor, shape: Tuple[int, int],
                      jitter: Optional[torch.Tensor] = None) -> Tuple[InputOffset, torch.Tensor]:
     """grid_blend="area": the 4 members' grid_in(cell values ⊕ rel) as one input offset for a
-    batch of 4B images (member-major), and the members' blend weights (4, 1, 1, H, W).
+    batch of 4B images (member-major), and the members' blend weights (4, 1, 1, H, W), or
+    (4, B, 1, H, W) with a per-image jitter (the basis (B, H, W, K) then repeats per member).
 
     Member m's pixels weight one cell each (a one-hot basis block); its images' cells are the
     projected cells in block m and zero elsewhere, so each member sees only its own block."""
-    g, batch, (height, width) = decoder.grid.size, grid.shape[0], shape
+    g, batch = decoder.grid.size, grid.shape[0]
     xy = query_points(shape, jitter, grid)
+    lead = (*xy.shape[:-2], *shape)                                # ([B,] H, W)
     cells = _projected_cells(decoder, grid)                                    # (B, K, hidden)
     bases, weights = [], []
     for index, rel, weight in decoder.grid.area_members(xy):
@@ -130,8 +139,11 @@ def area_grid_offset(decoder, grid: torch.Tensor, shape: Tuple[int, int],
         weights.append(weight)
     members = torch.eye(AREA_MEMBERS, dtype=cells.dtype, device=cells.device)
     block_cells = members[:, None, :, None, None] * cells[None, :, None]      # (4, B, 4, K, hidden)
-    basis = torch.cat(bases, dim=-1).reshape(height, width, -1).contiguous()
-    blend = torch.stack(weights).reshape(AREA_MEMBERS, 1, 1, height, width)
+    basis = torch.cat(bases, dim=-1).reshape(*lead, -1)
+    if basis.ndim == 4:   # per image: the same basis for each member's copy of the batch
+        basis = basis.repeat(AREA_MEMBERS, 1, 1, 1)
+    blend = torch.stack(weights).reshape(AREA_MEMBERS, -1, 1, *shape)
+    basis = basis.contiguous()
     return InputOffset(basis, block_cells.reshape(AREA_MEMBERS * batch, -1, decoder.hidden)), blend
 
 
@@ -151,7 +163,8 @@ def embedding_offset(decoder, batch: int, shape: Tuple[int, int], like: torch.Te
 
     The kernels embed the pixel centres p with decoder.freqs: all of the seed and log
     embeddings, only (x, y) of the Gaussian one. So the basis holds the Gaussian features at p,
-    and with a jitter emb(p + jitter) minus what the kernels embed at p."""
+    and with a jitter emb(p + jitter) minus what the kernels embed at p (per image with a
+    per-image jitter, repeated for the `batch` / B copies of the batch that area members are)."""
     own = pos_embedding_size(decoder.freqs)    # the kernels' columns of emb
     if jitter is None and own == decoder.embed_in.in_features:
         return None
@@ -160,7 +173,10 @@ def embedding_offset(decoder, batch: int, shape: Tuple[int, int], like: torch.Te
         basis, weight = decoder.embed(centres)[:, own:], decoder.embed_in.weight[:, own:]
     else:
         moved = decoder.embed(query_points(shape, jitter, like))
-        own_part = moved[:, :own] - embed_coordinates(centres, decoder.freqs)
-        basis, weight = torch.cat([own_part, moved[:, own:]], dim=1), decoder.embed_in.weight
+        own_part = moved[..., :own] - embed_coordinates(centres, decoder.freqs)
+        basis, weight = torch.cat([own_part, moved[..., own:]], dim=-1), decoder.embed_in.weight
     cells = weight.t().expand(batch, -1, -1).contiguous()                  # (B, E, hidden)
-    return InputOffset(basis.reshape(*shape, -1), cells)
+    basis = basis.reshape(*basis.shape[:-2], *shape, -1)
+    if basis.ndim == 4 and basis.shape[0] != batch:
+        basis = basis.repeat(batch // basis.shape[0], 1, 1, 1)
+    return InputOffset(basis.contiguous(), cells)

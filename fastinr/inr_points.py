@@ -1,5 +1,5 @@
-"""INRDecoder at arbitrary query points, in plain PyTorch: sub-pixel renders, crops, non-grid
-samples, and the oracle of the fused pixel-grid path in the tests.
+"""INRDecoder at arbitrary query points, in plain PyTorch: the path for query points that need a
+gradient (INRDecoder runs every other call fused), and the oracle of the fused paths in the tests.
 
     z0(p)  = W_e·emb(p) + b  [+ W_c·global]  [+ W_g·(grid(p) ⊕ rel(p))]
     h      = act(mod_0(z0)); per block: x = norm(h), x = act(mod_l(W_l x + b_l)), h = h + x

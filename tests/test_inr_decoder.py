@@ -96,16 +96,17 @@ FUSED_VARIANTS = [("concat", "none", "linear", "seed"), ("concat", "image-bn", "
 def plain_forward(model, codes, shape, jitter=None):
     """The plain PyTorch path of the same module (fastinr.inr_points): nothing fused."""
     xy = fastinr.pixel_coordinates(*shape, dtype=codes.dtype)
-    if jitter is not None:
-        xy = xy + jitter.reshape(-1, 2)
+    if jitter is not None:   # (H, W, 2) shared or (B, H, W, 2) per image
+        xy = xy + jitter.reshape(*jitter.shape[:-3], -1, 2)
     colors = evaluate_at_points(model, codes, xy.expand(codes.shape[0], -1, -1))
     return colors.reshape(codes.shape[0], model.out_channels, *shape)
 
 
-def random_jitter(shape, dtype):
-    """Up to half a pixel off every pixel centre, as sub-pixel training draws it."""
+def random_jitter(shape, dtype, batch=None):
+    """Up to half a pixel off every pixel centre, as sub-pixel training draws it (one per image
+    with `batch`)."""
     pixel = torch.tensor([2 / (shape[1] - 1), 2 / (shape[0] - 1)], dtype=dtype)
-    return (torch.rand(*shape, 2, dtype=dtype) - 0.5) * pixel
+    return (torch.rand(*((batch,) if batch else ()), *shape, 2, dtype=dtype) - 0.5) * pixel
 
 
 @pytest.mark.parametrize("backend", ["native", "triton", "torch"])
@@ -161,6 +162,57 @@ def test_fused_jitter_matches_the_plain_path(backend, code_size, variant):
     check_fused_matches_plain(backend, code_size, variant, jitter=True)
 
 
+@pytest.mark.parametrize("backend", ["native", "triton", "torch"])
+@pytest.mark.parametrize("code_size, variant", [JITTER_VARIANTS[1], JITTER_VARIANTS[4]])
+def test_fused_per_image_jitter_matches_the_plain_path(backend, code_size, variant):
+    """A jitter (B, H, W, 2), one per image: a per-image basis through input_offset (the area
+    blend repeats it per member), vs the same points per image."""
+    if backend not in fastinr.available_backends("cpu"):
+        pytest.skip(f"backend {backend!r} does not run here")
+    check_fused_matches_plain(backend, code_size, variant, jitter="per_image")
+
+
+@pytest.mark.parametrize("backend", ["native", "triton", "torch"])
+@pytest.mark.parametrize("code_size, variant", JITTER_VARIANTS)
+def test_per_image_coords_fused_match_the_plain_path(backend, code_size, variant):
+    """coords (B, P, 2) without a gradient run fused (a 1 x P grid with a per-image jitter):
+    colors, every gradient and the running statistics equal evaluate_at_points'."""
+    if backend not in fastinr.available_backends("cpu"):
+        pytest.skip(f"backend {backend!r} does not run here")
+    dtype, tol = (torch.float32, 2e-4) if backend == "triton" else (torch.float64, 1e-9)
+    torch.manual_seed(0)
+    kwargs = dict(hidden=16, num_blocks=2, layers_per_block=2, num_freqs=3, **variant)
+    fused = INRDecoder(code_size, backend=backend, **kwargs).to(dtype)
+    if fused.modulation is not None:
+        with torch.no_grad():
+            fused.modulation.weight.normal_(0, 0.3)
+            fused.modulation.bias.normal_(0, 0.3)
+    plain = INRDecoder(code_size, **kwargs).to(dtype)
+    plain.load_state_dict(fused.state_dict())
+    codes = torch.randn(3, code_size, dtype=dtype)
+    xy = torch.rand(3, 17, 2, dtype=dtype) * 2 - 1
+    upstream = torch.randn(3, 3, 17, dtype=dtype)
+    results = []
+    for model, forward in ((fused, lambda m, c: m(c, coords=xy)),
+                           (plain, lambda m, c: evaluate_at_points(m, c, xy))):
+        c = codes.clone().requires_grad_(True)
+        colors = forward(model, c)
+        grads = torch.autograd.grad(colors, [c, *model.parameters()], upstream)
+        results.append((colors.detach(), grads))
+    (colors_f, grads_f), (colors_p, grads_p) = results
+    torch.testing.assert_close(colors_f, colors_p, rtol=tol, atol=tol)
+    names = ["codes"] + [name for name, _ in fused.named_parameters()]
+    for name, a, b in zip(names, grads_f, grads_p):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol * max(1.0, b.abs().max().item()),
+                                   msg=lambda m, name=name: f"grad of {name}: {m}")
+    for name, buffer in fused.named_buffers():
+        torch.testing.assert_close(buffer, dict(plain.named_buffers())[name], rtol=tol, atol=tol, msg=name)
+    fused.eval(), plain.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fused(codes, coords=xy), evaluate_at_points(plain, codes, xy),
+                                   rtol=tol, atol=tol)
+
+
 def check_fused_matches_plain(backend, code_size, variant, jitter=False):
     dtype, tol = (torch.float32, 2e-4) if backend == "triton" else (torch.float64, 1e-9)
     torch.manual_seed(0)
@@ -177,7 +229,7 @@ def check_fused_matches_plain(backend, code_size, variant, jitter=False):
         codes = torch.randn(3, code_size, dtype=dtype)
         upstream = torch.randn(3, 3, *shape, dtype=dtype)
         results = []
-        j = random_jitter(shape, dtype) if jitter else None
+        j = random_jitter(shape, dtype, 3 if jitter == "per_image" else None) if jitter else None
         for model, forward in ((fused, lambda m, c: m(c, shape, jitter=j)),
                                (plain, lambda m, c: plain_forward(m, c, shape, j))):
             c = codes.clone().requires_grad_(True)
@@ -330,8 +382,11 @@ def test_bad_forward_inputs():
         model(torch.randn(2, 5))
     with pytest.raises(ValueError, match=r"coords must have shape \(P, 2\) or \(2, P, 2\)"):
         model(torch.randn(2, 5), coords=torch.rand(3, 9, 2))
-    with pytest.raises(ValueError, match=r"jitter must be a float tensor of shape \(3, 4, 2\)"):
+    with pytest.raises(ValueError, match=r"jitter must be a float tensor of shape \(3, 4, 2\) \(H, W, 2\) or "
+                                         r"\(2, 3, 4, 2\) \(B, H, W, 2\)"):
         model(torch.randn(2, 5), (3, 4), jitter=torch.zeros(4, 3, 2))
+    with pytest.raises(ValueError, match=r"jitter must be a float tensor of shape \(3, 4, 2\)"):
+        model(torch.randn(2, 5), (3, 4), jitter=torch.zeros(3, 3, 4, 2))
     with pytest.raises(ValueError, match=r"jitter moves the query points by constants; detach it"):
         model(torch.randn(2, 5), (3, 4), jitter=torch.zeros(3, 4, 2, requires_grad=True))
     with pytest.raises(ValueError, match=r"with coords, give the points themselves"):
