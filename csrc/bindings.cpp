@@ -155,7 +155,7 @@ Call prepare(const DecoderPlan& plan, const Tensor& codes, const std::vector<Ten
                     ", ", width, ")");
   if (bf16_matmul) {
     TORCH_CHECK_VALUE(bf16_gemm_supported(), "bf16_matmul=True needs a CPU with AVX512-BF16 and this one has none "
-                      "(fastinr.native.bf16_matmul_supported() says so before a call)");
+                      "(fastinr.backends.native_backend.bf16_matmul_supported() says so before a call)");
     TORCH_CHECK_TYPE(codes.scalar_type() == torch::kFloat32, "bf16_matmul=True takes float32 tensors (bf16 is "
                      "the GEMMs' operand precision), got codes of ", codes.scalar_type());
   }

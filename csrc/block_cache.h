@@ -8,7 +8,7 @@
 // instead and the next step reuses them (exact byte size: a training loop asks for the same sizes).
 //
 // Only released blocks are reused. The cache keeps at most 2 GiB; empty_block_cache() returns all
-// of it to the system (fastinr.native.empty_cache()).
+// of it to the system (fastinr.backends.native_backend.empty_cache()).
 #pragma once
 #include <cstddef>
 #include <cstdint>
