@@ -192,9 +192,20 @@ def test_per_image_coords_fused_match_the_plain_path(backend, code_size, variant
     codes = torch.randn(3, code_size, dtype=dtype)
     xy = torch.rand(3, 17, 2, dtype=dtype) * 2 - 1
     upstream = torch.randn(3, 3, 17, dtype=dtype)
+    assert_same_step(fused, lambda m, c: m(c, coords=xy), plain, lambda m, c: evaluate_at_points(m, c, xy),
+                     codes, upstream, tol)
+    for name, buffer in fused.named_buffers():
+        torch.testing.assert_close(buffer, dict(plain.named_buffers())[name], rtol=tol, atol=tol, msg=name)
+    fused.eval(), plain.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fused(codes, coords=xy), evaluate_at_points(plain, codes, xy),
+                                   rtol=tol, atol=tol)
+
+
+def assert_same_step(fused, fused_forward, plain, plain_forward_, codes, upstream, tol):
+    """The fused and the plain module give the same colors and gradients (codes, every parameter)."""
     results = []
-    for model, forward in ((fused, lambda m, c: m(c, coords=xy)),
-                           (plain, lambda m, c: evaluate_at_points(m, c, xy))):
+    for model, forward in ((fused, fused_forward), (plain, plain_forward_)):
         c = codes.clone().requires_grad_(True)
         colors = forward(model, c)
         grads = torch.autograd.grad(colors, [c, *model.parameters()], upstream)
@@ -205,12 +216,6 @@ def test_per_image_coords_fused_match_the_plain_path(backend, code_size, variant
     for name, a, b in zip(names, grads_f, grads_p):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol * max(1.0, b.abs().max().item()),
                                    msg=lambda m, name=name: f"grad of {name}: {m}")
-    for name, buffer in fused.named_buffers():
-        torch.testing.assert_close(buffer, dict(plain.named_buffers())[name], rtol=tol, atol=tol, msg=name)
-    fused.eval(), plain.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(fused(codes, coords=xy), evaluate_at_points(plain, codes, xy),
-                                   rtol=tol, atol=tol)
 
 
 def check_fused_matches_plain(backend, code_size, variant, jitter=False):
@@ -228,20 +233,9 @@ def check_fused_matches_plain(backend, code_size, variant, jitter=False):
     for step in range(2):
         codes = torch.randn(3, code_size, dtype=dtype)
         upstream = torch.randn(3, 3, *shape, dtype=dtype)
-        results = []
         j = random_jitter(shape, dtype, 3 if jitter == "per_image" else None) if jitter else None
-        for model, forward in ((fused, lambda m, c: m(c, shape, jitter=j)),
-                               (plain, lambda m, c: plain_forward(m, c, shape, j))):
-            c = codes.clone().requires_grad_(True)
-            colors = forward(model, c)
-            grads = torch.autograd.grad(colors, [c, *model.parameters()], upstream)
-            results.append((colors.detach(), grads))
-        (colors_f, grads_f), (colors_p, grads_p) = results
-        torch.testing.assert_close(colors_f, colors_p, rtol=tol, atol=tol)
-        names = ["codes"] + [name for name, _ in fused.named_parameters()]
-        for name, a, b in zip(names, grads_f, grads_p):
-            torch.testing.assert_close(a, b, rtol=tol, atol=tol * max(1.0, b.abs().max().item()),
-                                       msg=lambda m, name=name: f"grad of {name}: {m}")
+        assert_same_step(fused, lambda m, c: m(c, shape, jitter=j),
+                         plain, lambda m, c: plain_forward(m, c, shape, j), codes, upstream, tol)
     for name, buffer in fused.named_buffers():
         torch.testing.assert_close(buffer, dict(plain.named_buffers())[name], rtol=tol, atol=tol, msg=name)
     fused.eval(), plain.eval()

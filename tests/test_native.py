@@ -514,11 +514,9 @@ def test_input_offset_matches_reference(batch_norm, norm_stats, modulation, dtyp
                             [torch_colors, off_colors])
 
 
-def test_input_offset_gradcheck_and_bad_inputs():
-    spec = make_spec(code_size=2, hidden=4, freqs=(2.0,), activation="silu")
-    params, _ = make_params(spec, torch.float64)
-    codes = torch.randn(2, 2, dtype=torch.float64, requires_grad=True)
-    basis = torch.rand(3, 4, 5, dtype=torch.float64)
+def offset_gradcheck(spec, params, codes, basis):
+    """gradcheck of a (3, 4) decode through the extension with an input offset of `basis` and fresh
+    cells (B=2, K=5, hidden 4); returns the cells."""
     cells = torch.randn(2, 5, 4, dtype=torch.float64, requires_grad=True)
 
     def fn(codes, cells, *tensors):
@@ -526,6 +524,15 @@ def test_input_offset_gradcheck_and_bad_inputs():
                              input_offset=InputOffset(basis, cells))[0]
 
     assert torch.autograd.gradcheck(fn, (codes, cells, *params.flat()), eps=1e-6, atol=1e-7)
+    return cells
+
+
+def test_input_offset_gradcheck_and_bad_inputs():
+    spec = make_spec(code_size=2, hidden=4, freqs=(2.0,), activation="silu")
+    params, _ = make_params(spec, torch.float64)
+    codes = torch.randn(2, 2, dtype=torch.float64, requires_grad=True)
+    basis = torch.rand(3, 4, 5, dtype=torch.float64)
+    cells = offset_gradcheck(spec, params, codes, basis)
     for name in ("native", "torch"):
         decode = functools.partial(backend.decode, backend=name)
         with pytest.raises(ValueError, match=r"input_offset.basis must have shape \(3, 4, K\)"):
@@ -548,13 +555,7 @@ def test_per_image_basis_gradcheck_and_bad_inputs():
     params, _ = make_params(spec, torch.float64)
     codes = torch.randn(2, 2, dtype=torch.float64, requires_grad=True)
     basis = torch.rand(2, 3, 4, 5, dtype=torch.float64)
-    cells = torch.randn(2, 5, 4, dtype=torch.float64, requires_grad=True)
-
-    def fn(codes, cells, *tensors):
-        return native.decode(codes, DecoderParams.from_flat(spec, tensors), spec, (3, 4), "image",
-                             input_offset=InputOffset(basis, cells))[0]
-
-    assert torch.autograd.gradcheck(fn, (codes, cells, *params.flat()), eps=1e-6, atol=1e-7)
+    cells = offset_gradcheck(spec, params, codes, basis)
     for name in ("native", "torch"):
         with pytest.raises(ValueError, match=r"input_offset.basis must have shape \(3, 4, K\) \(H, W, K\) or "
                                              r"\(2, 3, 4, K\) \(B, H, W, K\)"):
