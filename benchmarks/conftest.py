@@ -24,7 +24,7 @@ from collections import defaultdict
 import pytest
 import torch
 
-from measure import gemm_rate, has_bf16_units, timed
+from measure import gemm_rate, has_bf16_units, quartiles, timed, verdict
 
 DEVICE = torch.device(os.environ.get("FASTINR_BENCH_DEVICE")
                       or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -45,12 +45,6 @@ class Measurement:
     def __init__(self, times, ratios, flops, precision):
         self.times, self.ratios, self.flops, self.precision = times, ratios, flops, precision
 
-    @staticmethod
-    def quartiles(values):
-        if len(values) < 2:
-            return values[0], values[0], values[0]
-        q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
-        return q1, q2, q3
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -85,23 +79,6 @@ def paired(benchmark):
     return _paired
 
 
-def verdict(by_provider: dict) -> str:
-    ranked = sorted(by_provider.items(), key=lambda kv: -statistics.median(kv[1].ratios))
-    if len(ranked) < 2:
-        return ""
-    (best, m), others = ranked[0], ranked[1:]
-    if len(m.ratios) < 3:
-        return f"fastest median: {best}; too few rounds ({len(m.ratios)}) to call a winner"
-    low = Measurement.quartiles(m.ratios)[0]
-    rival, rival_m = max(others, key=lambda kv: Measurement.quartiles(kv[1].ratios)[2])
-    high = Measurement.quartiles(rival_m.ratios)[2]
-    if low > high:
-        return (f"winner: {best} (its speed-up's lower quartile {low:.2f}x is above every other "
-                f"provider's upper quartile, at most {high:.2f}x for {rival})")
-    return (f"fastest median: {best}, but the spread is too large to call a winner (its lower "
-            f"quartile {low:.2f}x <= {rival}'s upper quartile {high:.2f}x)")
-
-
 def pytest_terminal_summary(terminalreporter):
     if not RESULTS:
         return
@@ -119,14 +96,14 @@ def pytest_terminal_summary(terminalreporter):
           f"{'% GEMM':>7} {'vs ' + BASELINE:>13} {'q1-q3':>12}")
     for workload, by_provider in RESULTS.items():
         for provider, m in by_provider.items():
-            q1, med, q3 = Measurement.quartiles([t * 1e3 for t in m.times])
-            r1, rmed, r3 = Measurement.quartiles(m.ratios)
+            q1, med, q3 = quartiles([t * 1e3 for t in m.times])
+            r1, rmed, r3 = quartiles(m.ratios)
             gflops = m.flops / (med / 1e3) / 1e9
             peak = ceiling.get(m.precision)
             share = f"{100 * gflops / peak:.0f}%" if peak else "-"
             write(f"{workload:<24} {provider:<14} {med:>10.1f} {f'{q1:.0f}-{q3:.0f}':>15} "
                   f"{gflops:>8.1f} {share:>7} {rmed:>12.2f}x {f'{r1:.2f}-{r3:.2f}':>12}")
-        write(f"{workload:<24} {verdict(by_provider)}")
+        write(f"{workload:<24} {verdict({p: m.ratios for p, m in by_provider.items()})}")
 
 
 def describe_device(device):

@@ -1,7 +1,9 @@
-"""What every speed run shares: the FLOP convention, the GEMM ceiling, bf16 hardware, timing.
+"""What every speed run shares: the FLOP convention, the GEMM ceiling, bf16 hardware, timing,
+and how a winner is called.
 
 One FLOP convention for every table (`decoder_flops`), stated once here; benchmarks/conftest.py,
-native_perf.py and gpu_report.py credit every provider with it.
+native_perf.py and gpu_report.py credit every provider with it. One rule for calling a winner
+(`verdict`), used by the pytest speed runs and native_perf.py alike.
 """
 import statistics
 import time
@@ -53,3 +55,32 @@ def gemm_rate(dtype: torch.dtype, device: torch.device, repeat: int = 7) -> floa
     torch.mm(a, b)
     seconds = statistics.median(timed(lambda: torch.mm(a, b), device) for _ in range(repeat))
     return 2 * 16384 * 256 * 256 / seconds / 1e9
+
+
+def quartiles(values) -> tuple:
+    """(q1, median, q3) of values (all three the value itself for one value)."""
+    values = list(values)
+    if len(values) < 2:
+        return values[0], values[0], values[0]
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
+
+
+def verdict(ratios: dict) -> str:
+    """The winner among providers, from each one's per-round speed-ups over a common baseline
+    ({provider: [ratio per round]}): called only where the fastest median's lower quartile is
+    above every other provider's upper quartile; otherwise the spread is too large to call one."""
+    ranked = sorted(ratios.items(), key=lambda kv: -statistics.median(kv[1]))
+    if len(ranked) < 2:
+        return ""
+    (best, best_ratios), others = ranked[0], ranked[1:]
+    if len(best_ratios) < 3:
+        return f"fastest median: {best}; too few rounds ({len(best_ratios)}) to call a winner"
+    low = quartiles(best_ratios)[0]
+    rival, rival_ratios = max(others, key=lambda kv: quartiles(kv[1])[2])
+    high = quartiles(rival_ratios)[2]
+    if low > high:
+        return (f"winner: {best} (its speed-up's lower quartile {low:.2f}x is above every other "
+                f"provider's upper quartile, at most {high:.2f}x for {rival})")
+    return (f"fastest median: {best}, but the spread is too large to call a winner (its lower "
+            f"quartile {low:.2f}x <= {rival}'s upper quartile {high:.2f}x)")

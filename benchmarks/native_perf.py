@@ -6,13 +6,14 @@
    hidden 256, 2 blocks x 2 layers, BatchNorm per image. Providers: seed-loop
    (fastinr/seed_loop.py SeedLoopDecoder), torch (batched reference), compiled (torch.compile of the reference),
    native.
-2. Eval render of 16 codes at 256x256: seed-loop, torch, native; and the peak-RSS growth of each
+2. Eval render of 16 codes at 256x256: the same providers; and the peak-RSS growth of each
    render in a fresh subprocess.
 With --precision bf16 or both (the default), every provider also runs under
 torch.autocast("cpu", dtype=torch.bfloat16) ("<provider> bf16"; native then takes its bf16 GEMMs
 where the CPU has AVX512-BF16, see fastinr.backends.native_backend).
 Times are medians over rounds that call every provider once (the load of a shared machine
-changes during a run); GFLOP/s counts the FLOPs of benchmarks/measure.py's convention (the
+changes during a run); speed-ups are medians of the per-round ratios with their quartiles, and a
+winner is called by benchmarks/measure.py's rule (as the pytest speed runs call it); GFLOP/s counts the FLOPs of benchmarks/measure.py's convention (the
 batched algorithm's work, credited alike to every provider) and is compared with GEMM rates timed in the same rounds (torch.mm 4096x256 @ 256x256, eight per round,
 float32 and bfloat16) on the same threads: float32 providers against the float32 rate, bf16
 providers against the bf16 one.
@@ -29,7 +30,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import fastinr  # noqa: E402
-from benchmarks.measure import decoder_flops  # noqa: E402
+from benchmarks.measure import decoder_flops, quartiles, verdict  # noqa: E402
 from fastinr.seed_loop import SeedLoopDecoder  # noqa: E402
 
 CODE, HIDDEN, BLOCKS, LAYERS, OUT, FREQS = 102, 256, 2, 2, 3, (7, 17)
@@ -73,8 +74,9 @@ def median_time(fn, repeat, warmup=1):
 
 
 def interleaved(functions, repeat, warmup=1):
-    """Median seconds of each function, timed in rounds (one call of each per round) so that a
-    change of machine load during the run hits every provider alike."""
+    """Seconds of each function in every round ({name: [seconds per round]}), timed in rounds
+    (one call of each per round) so that a change of machine load during the run hits every
+    provider alike."""
     for fn in functions.values():
         for _ in range(warmup):
             fn()
@@ -84,7 +86,7 @@ def interleaved(functions, repeat, warmup=1):
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
 
 
 GEMM_PROBES = {"torch.mm fp32": torch.float32, "torch.mm bf16": torch.bfloat16}
@@ -102,10 +104,12 @@ def gemm_probe(dtype):
 
 
 def timed_with_gemm_rates(functions, repeat, warmup=1):
-    """interleaved() of the providers and the GEMM probes; (provider times, {bf16?: GFLOP/s})."""
+    """interleaved() of the providers and the GEMM probes; (provider times per round,
+    {bf16?: GFLOP/s})."""
     probes = {name: gemm_probe(dtype) for name, dtype in GEMM_PROBES.items()}
     times = interleaved({**functions, **probes}, repeat, warmup)
-    rates = {dtype == torch.bfloat16: GEMM_PROBE_FLOP / times.pop(name) / 1e9 for name, dtype in GEMM_PROBES.items()}
+    rates = {dtype == torch.bfloat16: GEMM_PROBE_FLOP / statistics.median(times.pop(name)) / 1e9
+             for name, dtype in GEMM_PROBES.items()}
     print(f"  (torch.mm in the same rounds: float32 {rates[False]:.1f} GFLOP/s, bfloat16 {rates[True]:.1f})")
     return times, rates
 
@@ -197,14 +201,22 @@ def main():
         return [name + suffix for suffix in precisions for name in names]
 
     def report(results, rates, pixels, work, extra=lambda provider: ""):
-        for provider, seconds in results.items():
+        """One line per provider: median, rates, speed-up over its own precision's seed loop
+        (median of the per-round ratios [quartiles]); then the winner over the float32 seed loop,
+        by the same rule as the pytest speed runs (benchmarks/measure.py verdict)."""
+        def ratios(base, provider):
+            return [b / t for b, t in zip(results[base], results[provider])]
+        for provider, rounds in results.items():
+            seconds = statistics.median(rounds)
             bf16 = split(provider)[1]
             base = "seed-loop" + (" bf16" if bf16 else "")   # each precision against its own seed loop
             gflops = work / seconds / 1e9
+            q1, med, q3 = quartiles(ratios(base, provider))
             print(f"  {provider:15s} {seconds * 1e3:9.1f} ms  {pixels / seconds / 1e6:7.2f} Mpx/s  "
                   f"{gflops:6.1f} GFLOP/s ({100 * gflops / rates[bf16]:3.0f}% of torch.mm "
                   f"{'bf16' if bf16 else 'fp32'}){extra(provider)}  speed-up vs {base} "
-                  f"{results[base] / seconds:5.2f}x")
+                  f"{med:5.2f}x [{q1:.2f}, {q3:.2f}]")
+        print("  " + verdict({provider: ratios("seed-loop", provider) for provider in results}))
 
     shape = (32, 32)
     pixels = args.batch * shape[0] * shape[1]
@@ -219,8 +231,7 @@ def main():
     print(f"\neval render, {batch} codes at {size}x{size} (median of {args.repeat}), peak-RSS growth "
           "in a fresh process")
     render_results, rates = timed_with_gemm_rates({provider: render(provider, batch, (size, size))
-                                                   for provider in with_precisions(["seed-loop", "torch", "native"])},
-                                                  args.repeat)
+                                                   for provider in providers}, args.repeat)
     report(render_results, rates, batch * size * size, flops(batch, size * size, train=False),
            lambda provider: f"  peak-RSS growth {rss_growth(provider, batch, size):8.1f} MiB")
 
