@@ -17,6 +17,7 @@ import fastinr
 from fastinr import backends as backend, reference
 from fastinr.activations import ACTIVATION_NAMES
 from fastinr.contract import DecoderParams, DecoderSpec, InputOffset
+from tests.error_model import moved
 
 if os.environ.get("FASTINR_SKIP_EXT", "0") == "1":
     pytest.skip("FASTINR_SKIP_EXT=1: the native extension was deliberately not built",
@@ -94,7 +95,7 @@ def assert_close_scaled(actual, expected, rel, what, torch_error=None):
     own float32 results (torch_error: one result or several) make against the float64 `expected`.
     Where a result is ill-conditioned (per-image BatchNorm over near-constant channels), one
     float32 result may round well by luck; torch's result on inputs perturbed by one float32 ulp
-    (`perturbed`) measures the error float32 inputs carry anyway, whatever the summation order."""
+    (`moved`) measures the error float32 inputs carry anyway, whatever the summation order."""
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     assert torch.isfinite(actual).all(), f"{what}: non-finite values"
     if not expected.numel():
@@ -106,12 +107,6 @@ def assert_close_scaled(actual, expected, rel, what, torch_error=None):
                    torch_error if isinstance(torch_error, (list, tuple)) else [torch_error]):
         allowed = max(allowed, 8 * (result.double() - expected.double()).abs().max().item())
     assert err <= allowed, f"{what}: max error {err:.3e} > allowed {allowed:.3e} (scale {scale:.3e})"
-
-
-def perturbed(t: torch.Tensor) -> torch.Tensor:
-    """t with every element moved by one unit roundoff of its dtype, up or down at random."""
-    u = torch.finfo(t.dtype).eps / 2
-    return t * (1 + u * torch.randint(0, 2, t.shape, dtype=t.dtype).mul_(2).sub_(1))
 
 
 def run(module, codes, params, spec, shape, norm_stats, running, upstream):
@@ -420,7 +415,7 @@ def test_modulated_decoder_matches_reference(modulation, batch_norm, norm_stats,
         results = []
         # native; torch in the same dtype, on the inputs and one ulp off them (its own rounding
         # error bounds ours); float64
-        for module, cast in ((native, lambda t: t), (reference, lambda t: t), (reference, perturbed),
+        for module, cast in ((native, lambda t: t), (reference, lambda t: t), (reference, moved),
                              (reference, lambda t: t.double())):
             c = cast(codes).detach().requires_grad_(True)
             m = cast(mods).detach().requires_grad_(True)
@@ -491,7 +486,7 @@ def test_input_offset_matches_reference(batch_norm, norm_stats, modulation, dtyp
     mods = torch.randn(*spec.mods_shape(3), dtype=dtype) * 0.5 if modulation != "none" else None
     upstream = torch.randn(3, 3, *shape, dtype=dtype)
     results = []
-    for module, cast in ((native, lambda t: t), (reference, lambda t: t), (reference, perturbed),
+    for module, cast in ((native, lambda t: t), (reference, lambda t: t), (reference, moved),
                          (reference, lambda t: t.double())):
         c, k = (cast(t).detach().requires_grad_(True) for t in (codes, cells))
         m = cast(mods).detach().requires_grad_(True) if mods is not None else None

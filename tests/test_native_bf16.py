@@ -2,15 +2,14 @@
 
 Under torch.autocast("cpu", dtype=torch.bfloat16), and for bfloat16 codes and parameters, the C++
 core runs its hidden layers' GEMMs with bf16 operands and float32 accumulation where the CPU has
-AVX512-BF16 (fastinr.backends.native_backend.bf16_matmul()). Error model: torch's own result in the same precision
-(the reference under the same autocast, or in bfloat16) against float64 sets the scale, and ours may
-be at most K_TORCH times that, for the colors, every gradient and the statistics (see
-assert_within_torch_error). Forcing the float32 GEMMs
+AVX512-BF16 (fastinr.backends.native_backend.bf16_matmul()). Error model (tests/error_model.py): torch's own result in the
+same precision (the reference under the same autocast, or in bfloat16) against float64 sets the
+scale, and ours may be at most K_TORCH times that, for the colors, every gradient and the
+statistics. Forcing the float32 GEMMs
 (set_bf16_matmul(False), what a CPU without the instructions runs) must give the float32 path's
 accuracy with the same dtypes out.
 """
 import dataclasses
-import statistics
 
 import pytest
 import torch
@@ -19,6 +18,7 @@ import fastinr
 from fastinr import reference
 from fastinr.backends import native_ops
 from fastinr.contract import DecoderParams, InputOffset
+from tests.error_model import assert_within_torch_error, moved
 from tests.test_native import make_params, make_spec, native
 
 K_TORCH = 2.0   # ours against float64 <= K_TORCH x torch's own bf16 error against float64
@@ -71,38 +71,6 @@ def decode_with_grads(module, spec, params, running, inputs, shape, norm_stats, 
     return colors.detach(), grads, stats
 
 
-def moved(t):
-    """t with every element moved by one bf16 unit roundoff, up or down at random: the uncertainty
-    that rounding an input to bf16 carries anyway."""
-    if t is None:
-        return None
-    u = torch.finfo(torch.bfloat16).eps / 2
-    return t * (1 + u * (2 * torch.randint(0, 2, t.shape) - 1)).to(t.dtype)
-
-
-def assert_within_torch_error(results):
-    assert all(isinstance(ts, list) for _, _, ts, _ in results), "torch's results come as a list"
-    """results: (what, ours, [torch's own results], float64 truth) of one call. Torch's error on a
-    tensor is the worse of its results on the inputs and on the inputs moved by one bf16 unit
-    roundoff (so a result that rounds well by luck sets no bar). Each error may be K_TORCH times
-    that or, when larger, the call's typical error (the median of torch's errors relative to each
-    tensor's scale, times this one's scale): on a tensor of a few values (the output bias's
-    gradient) torch's output rounding can cancel most of the error both share."""
-    def relative(a, truth):
-        return (a.double() - truth.double()).abs().max().item() / max(truth.abs().max().item(), 1e-3)
-    typical = statistics.median(max(relative(t, truth) for t in ts) for _, _, ts, truth in results)
-    for what, ours, torch_results, truth in results:
-        assert ours.shape == truth.shape, f"{what}: shape {tuple(ours.shape)} != {tuple(truth.shape)}"
-        assert torch.isfinite(ours).all(), f"{what}: non-finite values"
-        scale = max(truth.abs().max().item(), 1e-3)
-        err = relative(ours, truth) * scale
-        torch_err = max(relative(t, truth) for t in torch_results) * scale
-        # a floor of float32 rounding for results torch happens to get exact in bf16 (all-zero gradients)
-        allowed = K_TORCH * max(torch_err, typical * scale) + 1e-6 * scale
-        assert err <= allowed, (f"{what}: max error {err:.3e} > {K_TORCH} x torch's bf16 error {torch_err:.3e} "
-                                f"(typical {typical * scale:.3e} at this scale)")
-
-
 def check_bf16(spec, params, running, inputs, shape, norm_stats, low_precision_params):
     """Ours (native) and torch's own (reference) in bf16 against the float64 reference."""
     upstream = torch.randn(inputs["codes"].shape[0], spec.out_channels, *shape)
@@ -115,7 +83,7 @@ def check_bf16(spec, params, running, inputs, shape, norm_stats, low_precision_p
     torch_own = decode_with_grads(reference, spec, params, running, inputs, shape, norm_stats, upstream, cast,
                                   autocast)
     torch_moved = decode_with_grads(reference, spec, params, running, inputs, shape, norm_stats, upstream,
-                                    lambda t: moved(cast(t)), autocast)
+                                    lambda t: moved(cast(t), torch.bfloat16), autocast)
     to64 = lambda t: None if t is None else cast(t).double()   # the same rounded inputs, exactly
     truth = decode_with_grads(reference, spec, params, running, inputs, shape, norm_stats, upstream, to64, False)
     assert ours[0].dtype == torch_own[0].dtype, "colors in torch's own dtype"
@@ -127,7 +95,7 @@ def check_bf16(spec, params, running, inputs, shape, norm_stats, low_precision_p
     for i, (a, t, m, b) in enumerate(zip(ours[2], torch_own[2], torch_moved[2], truth[2])):
         results += [(f"stats[{i}].mean", a.mean, [t.mean, m.mean], b.mean),
                     (f"stats[{i}].var", a.var, [t.var, m.var], b.var)]
-    assert_within_torch_error(results)
+    assert_within_torch_error(K_TORCH, results)
     return ours
 
 
@@ -168,7 +136,7 @@ def test_render_under_autocast(bf16_gemms):
     truth, _ = reference.decode(codes.double(), params64, spec, (33, 21), "running",
                                 [(m.double(), v.double()) for m, v in running])
     assert ours.dtype == torch_own.dtype
-    assert_within_torch_error([("rendered colors", ours, [torch_own], truth)])
+    assert_within_torch_error(K_TORCH, [("rendered colors", ours, [torch_own], truth)])
 
 
 def test_bf16_gemms_run_where_supported(bf16_gemms):
@@ -217,7 +185,7 @@ def test_modules_under_autocast_run_natively(bf16_gemms):
         (ours, ours_grad), (torch_own, torch_grad), (truth, truth_grad) = results
         assert ours.dtype == torch_own.dtype, type(decoders[0]).__name__
         name = type(decoders[0]).__name__
-        assert_within_torch_error([(f"{name} colors", ours, [torch_own], truth),
+        assert_within_torch_error(K_TORCH, [(f"{name} colors", ours, [torch_own], truth),
                                    (f"{name} code gradient", ours_grad, [torch_grad], truth_grad)])
 
 
