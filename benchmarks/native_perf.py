@@ -202,8 +202,9 @@ def main():
 
     def report(results, rates, pixels, work, extra=lambda provider: ""):
         """One line per provider: median, rates, speed-up over its own precision's seed loop
-        (median of the per-round ratios [quartiles]); then the winner over the float32 seed loop,
-        by the same rule as the pytest speed runs (benchmarks/measure.py verdict)."""
+        (median of the per-round ratios [quartiles]); then the winner over the float32 seed loop
+        (the bf16 one under --precision bf16), by the same rule as the pytest speed runs
+        (benchmarks/measure.py verdict)."""
         def ratios(base, provider):
             return [b / t for b, t in zip(results[base], results[provider])]
         for provider, rounds in results.items():
@@ -216,7 +217,8 @@ def main():
                   f"{gflops:6.1f} GFLOP/s ({100 * gflops / rates[bf16]:3.0f}% of torch.mm "
                   f"{'bf16' if bf16 else 'fp32'}){extra(provider)}  speed-up vs {base} "
                   f"{med:5.2f}x [{q1:.2f}, {q3:.2f}]")
-        print("  " + verdict({provider: ratios("seed-loop", provider) for provider in results}))
+        judge = "seed-loop" if "seed-loop" in results else "seed-loop bf16"  # --precision bf16
+        print("  " + verdict({provider: ratios(judge, provider) for provider in results}))
 
     shape = (32, 32)
     pixels = args.batch * shape[0] * shape[1]
