@@ -45,6 +45,25 @@ class DecoderSpec:
         if self.batch_norm and self.layer_norm:
             raise ValueError("a DecoderSpec normalizes with BatchNorm or LayerNorm, not both")
 
+    # The spec as keyword-only arguments of a torch.library custom op (schema types only):
+    # op_fields() gives them, from_op_fields() takes them back.
+    OP_SCHEMA = ("int code_size, int out_channels, int hidden, bool[] concat, int layers_per_block, "
+                 "float[] freqs, bool batch_norm, str activation, str activation_out, float eps, "
+                 "str modulation, bool layer_norm")
+
+    def op_fields(self) -> dict:
+        return dict(code_size=self.code_size, out_channels=self.out_channels, hidden=self.hidden,
+                    concat=tuple(bool(c) for c in self.concat), layers_per_block=self.layers_per_block,
+                    freqs=tuple(float(f) for f in self.freqs), batch_norm=bool(self.batch_norm),
+                    activation=self.activation, activation_out=self.activation_out, eps=float(self.eps),
+                    modulation=self.modulation, layer_norm=bool(self.layer_norm))
+
+    @staticmethod
+    def from_op_fields(call: dict) -> "DecoderSpec":
+        """The spec whose op_fields are among `call`'s items (the other items are ignored)."""
+        fields = {name: call[name] for name in DecoderSpec.__dataclass_fields__}
+        return DecoderSpec(**{**fields, "concat": tuple(fields["concat"]), "freqs": tuple(fields["freqs"])})
+
     @property
     def normalized(self) -> bool:
         """Whether each block starts with a normalization (and has its affine parameters)."""
@@ -92,7 +111,7 @@ class DecoderParams(NamedTuple):
     b_out: torch.Tensor                         # (out,)
 
     def flat(self) -> list:
-        """All tensors in one list (for autograd.Function and the native core): THE flat order.
+        """All tensors in one list (for custom ops and the native core): THE flat order.
         `from_flat` and `names` follow it; nothing else spells it out."""
         tensors = [self.w_in, self.b_in, *self.norm_weight, *self.norm_bias]
         for ws, bs in zip(self.weights, self.biases):

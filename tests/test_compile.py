@@ -1,9 +1,10 @@
-"""torch.compile(model, fullgraph=True) through the native backend's custom ops.
+"""torch.compile(model, fullgraph=True) through the custom ops of the native and triton backends.
 
 The example's autoencoder (rpgkit's conv encoder) with the seed decoder and with an INRDecoder
 (grid, FiLM, per-image BatchNorm, Gaussian features: its whole lowering to the contract) compiles
-without a graph break on the CPU, with one fastinr::native_forward node per decode; it trains a
-few SGD steps and matches eager: the reconstructions, every gradient, the parameters and the
+without a graph break on the CPU, with one fastinr::native_forward node per decode (native) or the
+fastinr::triton_* ops of its launches (triton, under the interpreter); it trains a few SGD steps
+and matches eager: the reconstructions, every gradient, the parameters and the
 BatchNorm running buffers after the steps, and (seed) the eval-mode render.
 
 Error model: the compiled float32 run may differ from the eager native float32 run by at most
@@ -22,44 +23,56 @@ import pytest
 import torch
 
 import fastinr
+from fastinr.backends import available_backends
 from fastinr.inr_decoder import INRDecoder
+from rpgkit.models import EncoderDecoder, build_encoder
+from tests.test_native import make_params, make_spec
 
-if os.environ.get("FASTINR_SKIP_EXT", "0") == "1":
-    pytest.skip("FASTINR_SKIP_EXT=1: the native extension was deliberately not built",
-                allow_module_level=True)
-from fastinr.backends import native_backend, native_ops  # noqa: E402,F401  (must import)
-from rpgkit.models import EncoderDecoder, build_encoder  # noqa: E402
-from tests.test_native import make_params, make_spec  # noqa: E402
+SKIP_EXT = os.environ.get("FASTINR_SKIP_EXT", "0") == "1"
+needs_native = pytest.mark.skipif(SKIP_EXT, reason="FASTINR_SKIP_EXT=1: the native extension was "
+                                                   "deliberately not built")
+if not SKIP_EXT:
+    from fastinr.backends import native_ops
+# The backends whose launches are custom ops: native (the extension), triton (its kernels under
+# TRITON_INTERPRET=1 on the CPU, conftest.py).
+COMPILED_BACKENDS = ([] if SKIP_EXT else ["native"]) + [b for b in ("triton",) if b in available_backends("cpu")]
 
 K = 8
-SHAPE = (3, 12, 12)
-BATCH, STEPS = 4, 3
+STEPS = 3
+# (batch, image shape) per backend: the interpreter's cost grows with the pixels.
+SIZES = {"native": (4, (3, 12, 12)), "triton": (2, (3, 8, 8))}
 
 
-def seed_autoencoder():
+def seed_autoencoder(shape):
     code = 10
     decoder = fastinr.ImageManifoldDecoder(code, 3, num_hidden=16, num_blocks=2, num_layers_per_block=2,
-                                           default_shape=SHAPE[1:], activation_out="none", backend="native")
-    return EncoderDecoder(build_encoder("conv", SHAPE, code), decoder)
+                                           default_shape=shape[1:], activation_out="none", backend="native")
+    return EncoderDecoder(build_encoder("conv", shape, code), decoder)
 
 
-def inr_autoencoder():
+def inr_autoencoder(shape):
     grid, channels = 2, 2
     code = 8 + grid * grid * channels
     decoder = INRDecoder(code, hidden=16, conditioning="film", norm="image-bn", embedding="gaussian",
-                         num_freqs=3, grid_size=grid, grid_channels=channels, default_shape=SHAPE[1:],
+                         num_freqs=3, grid_size=grid, grid_channels=channels, default_shape=shape[1:],
                          backend="native")
-    return EncoderDecoder(build_encoder("conv", SHAPE, code, grid_size=grid, grid_channels=channels), decoder)
+    return EncoderDecoder(build_encoder("conv", shape, code, grid_size=grid, grid_channels=channels), decoder)
 
 
-def train(model, images, compiled=False):
-    """Per step: the reconstruction and every gradient; then the state (parameters, buffers)."""
+def train(model, images, compiled=False, inductor=True):
+    """Per step: the reconstruction and every gradient; then the state (parameters, buffers).
+    Compiled: Dynamo's graph, lowered by inductor or (inductor=False) run by AOTAutograd as traced."""
     graphs = []
 
     def backend(gm, example_inputs):
+        from functorch.compile import make_boxed_func
+        from torch._dynamo.backends.common import aot_autograd
         from torch._inductor.compile_fx import compile_fx
         graphs.append(gm)
-        return compile_fx(gm, example_inputs)
+        if inductor:
+            return compile_fx(gm, example_inputs)
+        as_traced = lambda graph, _: make_boxed_func(graph)  # noqa: E731
+        return aot_autograd(fw_compiler=as_traced, bw_compiler=as_traced)(gm, example_inputs)
 
     run = torch.compile(model, backend=backend, fullgraph=True) if compiled else model
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
@@ -90,29 +103,42 @@ def assert_matches_eager(compiled, eager, others, oracle, what):
                                       f"{eager_err:.3e} (eager float32's distance to float64)")
 
 
+def fastinr_ops_in(graph) -> list:
+    """Names of the fastinr custom ops the graph calls, in order."""
+    return [str(n.target).split(".")[1] for n in graph.graph.nodes
+            if n.op == "call_function" and str(n.target).startswith("fastinr.")]
+
+
+@pytest.mark.parametrize("backend", COMPILED_BACKENDS)
 @pytest.mark.parametrize("build", [seed_autoencoder, inr_autoencoder], ids=["seed", "inr"])
-def test_compiled_autoencoder_trains_like_eager(build):
-    model = build()
-    images = [torch.rand(BATCH, *SHAPE) for _ in range(STEPS)]
+def test_compiled_autoencoder_trains_like_eager(build, backend):
+    batch, shape = SIZES[backend]
+    model = build(shape)
+    images = [torch.rand(batch, *shape) for _ in range(STEPS)]
     runs = {}
-    for name, dtype, backend, compiled in (("compiled", torch.float32, "native", True),
-                                           ("eager", torch.float32, "native", False),
-                                           ("torch", torch.float32, "torch", False),
-                                           ("oracle", torch.float64, "torch", False)):
+    for name, dtype, decoder_backend, compiled in (("compiled", torch.float32, backend, True),
+                                                   ("eager", torch.float32, backend, False),
+                                                   ("torch", torch.float32, "torch", False),
+                                                   ("oracle", torch.float64, "torch", False)):
         copied = copy.deepcopy(model).to(dtype)
-        copied.decoder.backend = backend
-        runs[name] = train(copied, [x.to(dtype) for x in images], compiled)
+        copied.decoder.backend = decoder_backend
+        # The Triton kernels run under the interpreter here: AOTAutograd's forward and backward
+        # graphs (what inductor would lower around the ops on a GPU) without inductor's CPU code.
+        runs[name] = train(copied, [x.to(dtype) for x in images], compiled, inductor=backend == "native")
     (compiled, run, graphs), (eager, eager_model, _) = runs["compiled"], runs["eager"]
     assert len(graphs) == 1, f"one graph expected, got {len(graphs)}"
-    op = torch.ops.fastinr.native_forward
-    decodes = [n for n in graphs[0].graph.nodes if n.target in (op, op.default)]
-    assert len(decodes) == 1, f"one fastinr::native_forward node expected in the graph, got {len(decodes)}"
+    ops = fastinr_ops_in(graphs[0])
+    if backend == "native":
+        assert ops == ["native_forward"], f"one fastinr::native_forward node expected, got {ops}"
+    else:   # the input layer, one Linear per layer and the output layer, a statistics op per block
+        assert ops.count("triton_embed_linear") == 1 and "triton_linear" in ops, ops
+        assert all(op.startswith("triton_") for op in ops), ops
     others, oracle = [runs["torch"][0]], runs["oracle"][0]
     for step in range(STEPS + 1):
         what = f"step {step}" if step < STEPS else "state after training"
         assert_matches_eager(compiled[step], eager[step], [o[step] for o in others], oracle[step], what)
     if build is seed_autoencoder:   # eval mode: BatchNorm from the running statistics, no saved tensors
-        x = torch.rand(BATCH, *SHAPE)
+        x = torch.rand(batch, *shape)
         rendered = {}
         for name, model_run in (("compiled", run), ("eager", eager_model), ("torch", runs["torch"][1]),
                                 ("oracle", runs["oracle"][1])):
@@ -135,11 +161,12 @@ def op_inputs(norm_stats, modulation="none", offset=False, batch=3, shape=(5, 4)
                     torch.randn(batch, 2, spec.hidden, dtype=torch.float64, requires_grad=True)) \
         if offset else (None, None)
     flat_running = [t for pair in running for t in pair] if norm_stats == "running" else []
-    kwargs = dict(native_ops.spec_fields(spec), height=shape[0], width=shape[1], norm_stats=norm_stats,
+    kwargs = dict(spec.op_fields(), height=shape[0], width=shape[1], norm_stats=norm_stats,
                   bf16_matmul=False, save=True)
     return (codes, params.flat(), flat_running, mods, basis, cells), kwargs, spec
 
 
+@needs_native
 @pytest.mark.parametrize("norm_stats,modulation,offset", [("image", "film", True), ("batch", "none", False),
                                                           ("running", "shift", True), ("batch", "none", "per_image")])
 def test_opcheck(norm_stats, modulation, offset):
@@ -147,6 +174,7 @@ def test_opcheck(norm_stats, modulation, offset):
     torch.library.opcheck(torch.ops.fastinr.native_forward, args, kwargs)
 
 
+@needs_native
 def test_fake_kernel_gives_every_output_shape():
     """The fake kernel's outputs (saved activations included) have the real ones' shapes, dtypes
     and strides, for per-image and per-batch statistics."""
@@ -165,6 +193,7 @@ def test_fake_kernel_gives_every_output_shape():
             assert (r.shape, r.dtype, r.stride()) == (f.shape, f.dtype, f.stride()), (norm_stats, k)
 
 
+@needs_native
 def test_plan_is_built_once_per_spec():
     spec = make_spec()
     assert native_ops.plan(spec) is native_ops.plan(make_spec())

@@ -23,7 +23,6 @@ if os.environ.get("FASTINR_SKIP_EXT", "0") == "1":
     pytest.skip("FASTINR_SKIP_EXT=1: the native extension was deliberately not built",
                 allow_module_level=True)
 from fastinr.backends import native_backend as native  # noqa: E402  (must import: a missing build fails here, loudly)
-from fastinr.backends import native_ops  # noqa: E402
 
 # (spec kwargs, shape, batch, norm_stats)
 CONFIGS = [
@@ -555,7 +554,7 @@ def test_per_image_basis_gradcheck_and_bad_inputs():
         with pytest.raises(ValueError, match=r"input_offset.basis must have shape \(3, 4, K\) \(H, W, K\) or "
                                              r"\(2, 3, 4, K\) \(B, H, W, K\)"):
             backend.decode(codes, params, spec, (3, 4), input_offset=InputOffset(basis[:1], cells), backend=name)
-    call = dict(native_ops.spec_fields(spec), height=3, width=4, norm_stats="image", save=False, bf16_matmul=False)
+    call = dict(spec.op_fields(), height=3, width=4, norm_stats="image", save=False, bf16_matmul=False)
     flat = [t.detach() for t in params.flat()]
     with pytest.raises(ValueError, match=r"offset_basis must have shape \[2, 3, 4, 5\], got \[3, 3, 4, 5\]"):
         torch.ops.fastinr.native_forward(codes.detach(), flat, [], None, torch.rand(3, 3, 4, 5, dtype=torch.float64),

@@ -7,7 +7,7 @@ Same contract as `fastinr.reference.decode` (arguments checked by fastinr.contra
 
 The C++ core runs the whole MLP on row tiles of 128 pixels of one image with OpenMP; with batch
 statistics BatchNorm it makes one pass over the tiles per block (statistics, then apply). Gradients
-flow to codes and every tensor of params through one torch.autograd.Function. Eval renders (no
+flow to codes and every tensor of params through one custom op's autograd. Eval renders (no
 gradient needed) stream tiles and keep O(output) memory.
 
 bfloat16 runs natively where torch's own ops would compute in it on the CPU: inside
@@ -36,7 +36,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 
 from fastinr import _C, reference
-from fastinr.backends import native_ops
+from fastinr.backends import native_ops  # noqa: F401  (registers the fastinr::native_* ops)
 from fastinr.contract import BlockStats, DecoderParams, DecoderSpec, InputOffset
 
 # Asked once: torch.compile cannot trace a call into the extension.
@@ -181,6 +181,6 @@ def _render(codes, tensors, spec, shape, norm_stats, running):
 def _native_forward(codes, tensors, running, mods, basis, cells, spec, shape, norm_stats, save, bf16):
     """colors, means, vars, saved of fastinr::native_forward (native_ops)."""
     return torch.ops.fastinr.native_forward(codes, tensors, running, mods, basis, cells,
-                                            **native_ops.spec_fields(spec), height=int(shape[0]),
+                                            **spec.op_fields(), height=int(shape[0]),
                                             width=int(shape[1]), norm_stats=norm_stats, save=save,
                                             bf16_matmul=bf16)

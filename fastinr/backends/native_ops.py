@@ -23,22 +23,10 @@ from typing import Tuple
 import torch
 
 from fastinr import _C
+from fastinr.contract import DecoderSpec
 
-SPEC_FIELDS = ("code_size", "out_channels", "hidden", "concat", "layers_per_block", "freqs", "batch_norm",
-               "activation", "activation_out", "eps", "modulation", "layer_norm")
-_SPEC_SCHEMA = ("int code_size, int out_channels, int hidden, bool[] concat, int layers_per_block, "
-                "float[] freqs, bool batch_norm, str activation, str activation_out, float eps, "
-                "str modulation, bool layer_norm")
+SPEC_FIELDS = tuple(DecoderSpec.__dataclass_fields__)
 _CALL_SCHEMA = "int height, int width, str norm_stats, bool bf16_matmul"
-
-
-def spec_fields(spec) -> dict:
-    """The DecoderSpec as the ops' keyword arguments."""
-    return dict(code_size=spec.code_size, out_channels=spec.out_channels, hidden=spec.hidden,
-                concat=tuple(bool(c) for c in spec.concat), layers_per_block=spec.layers_per_block,
-                freqs=tuple(float(f) for f in spec.freqs), batch_norm=bool(spec.batch_norm),
-                activation=spec.activation, activation_out=spec.activation_out, eps=float(spec.eps),
-                modulation=spec.modulation, layer_norm=bool(spec.layer_norm))
 
 
 @functools.lru_cache(maxsize=64)
@@ -47,14 +35,14 @@ def _cached_plan(key: Tuple) -> "_C.DecoderPlan":
 
 
 def plan_of(fields: dict) -> "_C.DecoderPlan":
-    """The DecoderPlan of the spec given by its fields (spec_fields, or an op's keywords)."""
+    """The DecoderPlan of the spec given by its fields (DecoderSpec.op_fields, or an op's keywords)."""
     return _cached_plan(tuple(tuple(fields[name]) if name in ("concat", "freqs") else fields[name]
                               for name in SPEC_FIELDS))
 
 
 def plan(spec) -> "_C.DecoderPlan":
     """The spec checked once, as the extension takes it (cached per spec)."""
-    return plan_of(spec_fields(spec))
+    return plan_of(spec.op_fields())
 
 
 def _split(call: dict):
@@ -66,7 +54,7 @@ def _split(call: dict):
 @torch.library.custom_op(
     "fastinr::native_forward", mutates_args=(),
     schema=f"(Tensor codes, Tensor[] params, Tensor[] running, Tensor? mods, Tensor? offset_basis, "
-           f"Tensor? offset_cells, *, {_SPEC_SCHEMA}, {_CALL_SCHEMA}, bool save) "
+           f"Tensor? offset_cells, *, {DecoderSpec.OP_SCHEMA}, {_CALL_SCHEMA}, bool save) "
            f"-> (Tensor, Tensor[], Tensor[], Tensor[])")
 def native_forward(codes, params, running, mods, offset_basis, offset_cells, **call):
     spec, rest = _split(call)
@@ -91,7 +79,7 @@ def _native_forward_fake(codes, params, running, mods, offset_basis, offset_cell
 @torch.library.custom_op(
     "fastinr::native_backward", mutates_args=(),
     schema=f"(Tensor grad_colors, Tensor codes, Tensor[] params, Tensor[] running, Tensor[] saved, "
-           f"Tensor? mods, Tensor? offset_basis, Tensor? offset_cells, *, {_SPEC_SCHEMA}, {_CALL_SCHEMA}) "
+           f"Tensor? mods, Tensor? offset_basis, Tensor? offset_cells, *, {DecoderSpec.OP_SCHEMA}, {_CALL_SCHEMA}) "
            f"-> Tensor[]")
 def native_backward(grad_colors, codes, params, running, saved, mods, offset_basis, offset_cells, **call):
     spec, rest = _split(call)

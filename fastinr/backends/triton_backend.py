@@ -7,7 +7,8 @@ Two paths:
           colors (render.py).
   train   the input layer with the embedding built in registers (embed.py), then per Linear
           one fused kernel: BatchNorm-apply prologue, bias + activation epilogue, residual add / concat
-          (linear.py), each a torch.autograd.Function with fused backward kernels. BatchNorm
+          (linear.py), each a torch.library custom op with fused backward kernels (so
+          torch.compile traces a decoder without graph breaks: ops/library.py). BatchNorm
           statistics are a torch reduction of the block input, their gradient one kernel
           (norm.py).
           With shift / FiLM modulation, each Linear runs without activation and one elementwise

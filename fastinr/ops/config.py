@@ -13,8 +13,10 @@ import torch
 import triton
 import triton.language as tl
 
-_TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
-DOT_DTYPE_NAMES = {tl.float32: "fp32", tl.bfloat16: "bf16", tl.float16: "fp16"}
+# tl.dot operand dtypes by name: a LaunchConfig holds the name (a plain string is what
+# torch.compile can trace and a custom op's schema can carry), the kernels get the tl dtype.
+DOT_DTYPES = {"fp32": tl.float32, "bf16": tl.bfloat16, "fp16": tl.float16}
+_AUTOCAST_DOTS = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 # Tests set this to fill every kernel output with NaN before the launch, so that an element a
@@ -53,21 +55,26 @@ def feature_block(width: int, cap: int) -> int:
 
 @dataclass(frozen=True)
 class LaunchConfig:
-    dot_dtype: object = tl.float32      # tl dtype of tl.dot operands (accumulation is float32)
+    dot_dtype: str = "fp32"             # tl.dot operands (DOT_DTYPES; accumulation is float32)
     precision: str = "ieee"             # tl.dot input_precision for float32 operands
     sm_count: int = 132
     block_m: Optional[int] = None       # row tile; None: the GPU default (tests shrink it)
+
+    def __post_init__(self):
+        if not isinstance(self.dot_dtype, str):   # a tl dtype: its name
+            names = {dtype: name for name, dtype in DOT_DTYPES.items()}
+            object.__setattr__(self, "dot_dtype", names[self.dot_dtype])
+        if self.dot_dtype not in DOT_DTYPES:
+            raise ValueError(f"dot_dtype must be one of {', '.join(DOT_DTYPES)}; got {self.dot_dtype!r}")
 
     @staticmethod
     def for_call(device: torch.device, block_m: Optional[int] = None) -> "LaunchConfig":
         """Under torch.autocast the dots take the autocast dtype; otherwise float32 dots are
         exact IEEE unless torch's TF32 matmul switch is on."""
-        dot_dtype, precision = tl.float32, "ieee"
+        dot_dtype, precision = "fp32", "ieee"
         if torch.is_autocast_enabled(device.type):
-            autocast = torch.get_autocast_dtype(device.type)
-            if autocast in (torch.bfloat16, torch.float16):
-                dot_dtype = _TL_DTYPES[autocast]
-        if dot_dtype == tl.float32 and device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+            dot_dtype = _AUTOCAST_DOTS.get(torch.get_autocast_dtype(device.type), "fp32")
+        if dot_dtype == "fp32" and device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
             precision = "tf32"
         sm_count = (torch.cuda.get_device_properties(device).multi_processor_count
                     if device.type == "cuda" else 4)
@@ -78,11 +85,11 @@ class LaunchConfig:
     @property
     def wide(self) -> bool:
         """Tensor-core friendly operands (bf16/fp16/tf32) get larger tiles than exact fp32."""
-        return self.dot_dtype != tl.float32 or self.precision == "tf32"
+        return self.dot_dtype != "fp32" or self.precision == "tf32"
 
     def _meta(self, block_m, block_n, block_k, num_warps, num_stages):
         return dict(BLOCK_M=self.block_m or block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-                    DOT_DTYPE=self.dot_dtype, PRECISION=self.precision,
+                    DOT_DTYPE=DOT_DTYPES[self.dot_dtype], PRECISION=self.precision,
                     num_warps=num_warps, num_stages=num_stages)
 
     # Tiles and warps were chosen by compiling for sm_90 with ptxas -v (tests/test_triton_aot.py):

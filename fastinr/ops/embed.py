@@ -20,6 +20,7 @@ from fastinr.embedding import pos_embedding, pos_embedding_size
 from fastinr.ops.activation import activation, activation_grad
 from fastinr.ops import config as config_module
 from fastinr.ops.config import LaunchConfig, feature_block, unit_stride
+from fastinr.ops.library import CONFIG_SCHEMA, call, config_args, define, register_autograd, split_config
 from fastinr.ops.tiling import tile_rows
 
 
@@ -148,53 +149,98 @@ def embed_meta(freqs, act: int, hidden: int, config: LaunchConfig) -> dict:
     return dict(E=e_size, E_PAD=e_pad, ACT=act, **config.embed(hidden, e_pad))
 
 
-class EmbedLinear(torch.autograd.Function):
-    """h = act(code_proj[b] + emb @ W_pos^T (+ offset)) for every pixel of every image."""
+@define("triton_embed_linear",
+        f"(Tensor code_proj, Tensor w_pos, Tensor? offset, *, float[] freqs, int height, int width, "
+        f"int act, {CONFIG_SCHEMA}) -> (Tensor, Tensor)")
+def _embed_linear_op(code_proj, w_pos, offset, **call):
+    """(h, z): z = code_proj[b] + emb @ W_pos^T (+ offset), h = act(z), for every pixel of every
+    image."""
+    config, call = split_config(call)
+    freqs, shape = tuple(call["freqs"]), (call["height"], call["width"])
+    batch, hidden = code_proj.shape
+    pixels = shape[0] * shape[1]
+    meta = embed_meta(freqs, call["act"], hidden, config)
+    tiles = triton.cdiv(pixels, meta["BLOCK_M"])
+    x_table, y_table = embedding_tables(freqs, shape, code_proj.device)
+    z = config_module.kernel_output(batch * pixels, hidden, device=code_proj.device)
+    h = config_module.kernel_output(batch * pixels, hidden, device=code_proj.device)
+    grid = (batch * tiles, triton.cdiv(hidden, meta["BLOCK_N"]))
+    with config_module.device_guard(z):
+        _embed_fwd_kernel[grid](
+            code_proj, x_table, y_table, w_pos, z, h, z if offset is None else offset,
+            code_proj.stride(0), w_pos.stride(0), pixels, hidden, shape[1], tiles,
+            HAS_OFFSET=offset is not None, **meta)
+    return h, z
 
-    @staticmethod
-    def forward(ctx, code_proj, w_pos, offset, freqs, shape, act, config):
-        height, width = shape
-        batch, hidden = code_proj.shape
-        pixels = height * width
-        meta = embed_meta(freqs, act, hidden, config)
-        tiles = triton.cdiv(pixels, meta["BLOCK_M"])
-        x_table, y_table = embedding_tables(freqs, shape, code_proj.device)
-        z = config_module.kernel_output(batch * pixels, hidden, device=code_proj.device)
-        h = config_module.kernel_output(batch * pixels, hidden, device=code_proj.device)
-        grid = (batch * tiles, triton.cdiv(hidden, meta["BLOCK_N"]))
-        with config_module.device_guard(z):
-            _embed_fwd_kernel[grid](
-                code_proj, x_table, y_table, w_pos, z, h, z if offset is None else offset,
-                code_proj.stride(0), w_pos.stride(0), pixels, hidden, width, tiles,
-                HAS_OFFSET=offset is not None, **meta)
-        ctx.save_for_backward(z)
-        ctx.meta = (batch, shape, meta, tiles, config, x_table, y_table)   # constants
-        return h
 
-    @staticmethod
-    def backward(ctx, dh):
-        z, = ctx.saved_tensors
-        batch, (height, width), meta, tiles, config, x_table, y_table = ctx.meta
-        hidden = z.shape[1]
-        dh = unit_stride(dh.float())
-        n_blocks = triton.cdiv(hidden, meta["BLOCK_N"])
-        n_tiles = batch * tiles
-        splits = min(n_tiles, config.one_wave(meta["num_warps"], n_blocks))
-        dcp = config_module.kernel_output(n_tiles, hidden, device=z.device)
-        dw = config_module.kernel_output(splits, hidden, meta["E"], device=z.device)
-        dz = None
-        with config_module.device_guard(z):
-            _embed_bwd_kernel[(n_blocks, splits)](
-                dh, z, x_table, y_table, dcp, dw, dh.stride(0),
-                height * width, hidden, width, tiles, n_tiles, **meta)
-            if ctx.needs_input_grad[2]:
-                dz = config_module.kernel_output(*z.shape, device=z.device)
-                _dz_kernel[(triton.cdiv(z.numel(), DZ_BLOCK),)](
-                    dh, z, dz, z.numel(), hidden, dh.stride(0), ACT=meta["ACT"], BLOCK=DZ_BLOCK)
-        return dcp.view(batch, tiles, hidden).sum(1), dw.sum(0), dz, None, None, None, None
+@_embed_linear_op.register_fake
+def _(code_proj, w_pos, offset, **call):
+    rows = code_proj.shape[0] * call["height"] * call["width"]
+    return (code_proj.new_empty(rows, code_proj.shape[1], dtype=torch.float32),
+            code_proj.new_empty(rows, code_proj.shape[1], dtype=torch.float32))
+
+
+@define("triton_embed_linear_backward",
+        f"(Tensor dh, Tensor z, *, float[] freqs, int height, int width, int act, bool need_dz, "
+        f"{CONFIG_SCHEMA}) -> (Tensor, Tensor, Tensor)")
+def _embed_linear_backward_op(dh, z, **call):
+    """(d code_proj (B, hidden), d W_pos (hidden, E), dz (B*P, hidden) or an empty tensor)."""
+    config, call = split_config(call)
+    freqs, (height, width) = tuple(call["freqs"]), (call["height"], call["width"])
+    rows, hidden = z.shape
+    batch = rows // (height * width)
+    meta = embed_meta(freqs, call["act"], hidden, config)
+    tiles = triton.cdiv(height * width, meta["BLOCK_M"])
+    x_table, y_table = embedding_tables(freqs, (height, width), z.device)
+    n_blocks = triton.cdiv(hidden, meta["BLOCK_N"])
+    n_tiles = batch * tiles
+    splits = min(n_tiles, config.one_wave(meta["num_warps"], n_blocks))
+    dcp = config_module.kernel_output(n_tiles, hidden, device=z.device)
+    dw = config_module.kernel_output(splits, hidden, meta["E"], device=z.device)
+    dz = z.new_empty(0)
+    with config_module.device_guard(z):
+        _embed_bwd_kernel[(n_blocks, splits)](
+            dh, z, x_table, y_table, dcp, dw, dh.stride(0),
+            height * width, hidden, width, tiles, n_tiles, **meta)
+        if call["need_dz"]:
+            dz = config_module.kernel_output(*z.shape, device=z.device)
+            _dz_kernel[(triton.cdiv(z.numel(), DZ_BLOCK),)](
+                dh, z, dz, z.numel(), hidden, dh.stride(0), ACT=meta["ACT"], BLOCK=DZ_BLOCK)
+    return dcp.view(batch, tiles, hidden).sum(1), dw.sum(0), dz
+
+
+@_embed_linear_backward_op.register_fake
+def _(dh, z, **call):
+    rows, hidden = z.shape
+    batch = rows // (call["height"] * call["width"])
+    return (z.new_empty(batch, hidden), z.new_empty(hidden, pos_embedding_size(call["freqs"])),
+            z.new_empty(z.shape) if call["need_dz"] else z.new_empty(0))
+
+
+def _setup_embed(ctx, inputs, keyword_only_inputs, output):
+    _, z = output
+    ctx.mark_non_differentiable(z)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(z)
+    ctx.keywords = keyword_only_inputs
+
+
+def _embed_grad(ctx, dh, _):
+    z, = ctx.saved_tensors
+    if dh is None:
+        return None, None, None
+    need_dz = ctx.needs_input_grad[2]
+    dcp, dw, dz = call("triton_embed_linear_backward", unit_stride(dh.float()), z, need_dz=need_dz,
+                       **ctx.keywords)
+    return dcp, dw, dz if need_dz else None
+
+
+register_autograd(_embed_linear_op, _embed_grad, _setup_embed)
 
 
 def embed_linear(code_proj, w_pos, freqs, shape, act, config, offset=None):
-    """`offset` (B*P, hidden) float32, contiguous, or None."""
-    return EmbedLinear.apply(code_proj, w_pos, offset, tuple(float(f) for f in freqs), tuple(shape), act,
-                             config)
+    """h (B*P, hidden) = act(code_proj[b] + emb @ W_pos^T (+ offset)); `offset` (B*P, hidden)
+    float32, contiguous, or None."""
+    h, _ = call("triton_embed_linear", code_proj, w_pos, offset, freqs=[float(f) for f in freqs],
+                height=int(shape[0]), width=int(shape[1]), act=act, **config_args(config))
+    return h

@@ -13,7 +13,8 @@ analysed on any machine.
 
 Used by the launch-budget test and by benchmarks/gpu_report.py's analysis. Works under
 TRITON_INTERPRET=1 too: the torch ops the interpreter runs to move a kernel's arguments are not
-counted, since they happen inside a Triton launch.
+counted, since they happen inside a Triton launch. In eager mode fastinr's launchers run their
+bodies, not their custom ops (ops/library.py `call`), so what runs inside them is counted.
 """
 import collections
 import contextlib

@@ -1,5 +1,6 @@
 """One decoder Linear for training: BatchNorm-apply prologue, bias + activation epilogue, and the
-block's residual add or concat fused in; forward and backward kernels plus its autograd.Function.
+block's residual add or concat fused in; forward and backward kernels, registered as the custom
+ops fastinr::triton_linear and fastinr::triton_linear_backward (ops/library.py).
 
 Rows are grouped (G groups of R rows: one group per image for per-image statistics, else one):
 
@@ -23,6 +24,7 @@ import triton.language as tl
 from fastinr.ops.activation import activation, activation_grad
 from fastinr.ops import config as config_module
 from fastinr.ops.config import LaunchConfig, unit_stride
+from fastinr.ops.library import CONFIG_SCHEMA, call, config_args, define, register_autograd, split_config
 from fastinr.ops.tiling import tile_rows
 
 # The residual of a block's last Linear: out = y | r + y | r ⊕ y (the `res_mode` argument), and
@@ -210,13 +212,15 @@ def linear_forward(x, weight, bias, act, norm, groups, res_mode, residual, confi
 
 
 def linear_backward(dy, z, x, weight, act, norm, groups, config: LaunchConfig, need_dx=True):
-    """(dx, dweight, dbias, dmean, dscale, dbeta); the last three are None without a norm."""
+    """(dx, [dweight (N*K, row-major) | dbias (N)], [dmean; dscale; dbeta per group] (3, G, K)), in
+    as few buffers as the kernels write; dnorm is None without a norm, dx None when neither
+    need_dx nor a norm asks for it."""
     rows, k_size = x.shape
     n_size = weight.shape[0]
     r_size = rows // groups
     device = x.device
     mean, scale, beta = norm if norm is not None else (x, x, x)
-    dx = dmean = dscale = dbeta = None
+    dx = dnorm = None
     if need_dx or norm is not None:
         meta = config.linear_dx(k_size, n_size)
         tiles = triton.cdiv(r_size, meta["BLOCK_M"])
@@ -232,8 +236,7 @@ def linear_backward(dy, z, x, weight, act, norm, groups, config: LaunchConfig, n
                 r_size, k_size, n_size, tiles,
                 HAS_NORM=norm is not None, ACT=act, **meta)
         if norm is not None:
-            dmean, dscale, dbeta = stats.view(3, groups, tiles, k_size).sum(2)    # (G, K) each
-            dbeta = dbeta[0] if groups == 1 else dbeta.sum(0)
+            dnorm = stats.view(3, groups, tiles, k_size).sum(2)    # (3, G, K)
     meta = config.linear_dw(k_size, n_size)
     splits, rows_per_split = config.row_splits(rows, meta,
                                                triton.cdiv(n_size, meta["BLOCK_N"])
@@ -248,42 +251,92 @@ def linear_backward(dy, z, x, weight, act, norm, groups, config: LaunchConfig, n
             rows, r_size, k_size, n_size, rows_per_split,
             HAS_NORM=norm is not None, ACT=act, **meta)
     total = partials[0] if splits == 1 else partials.sum(0)
-    return dx, total[:weights].view(n_size, k_size), total[weights:], dmean, dscale, dbeta
+    return dx, total, dnorm
 
 
-class FusedLinear(torch.autograd.Function):
-    """out = [r +|⊕] act(norm(x) @ W^T + b); see the module docstring."""
+@define("triton_linear",
+        "(Tensor x, Tensor weight, Tensor bias, Tensor? mean, Tensor? scale, Tensor? beta, "
+        f"Tensor? residual, *, int act, int groups, int res_mode, bool store_z, {CONFIG_SCHEMA}) "
+        "-> (Tensor, Tensor)")
+def _linear_op(x, weight, bias, mean, scale, beta, residual, **call):
+    """(z, or an empty tensor without store_z; out): out = [r +|⊕] act(norm(x) @ W^T + b)."""
+    config, call = split_config(call)
+    norm = (mean, scale, beta) if mean is not None else None
+    z, out = linear_forward(x, weight, bias, call["act"], norm, call["groups"], call["res_mode"],
+                            residual, config, store_z=call["store_z"])
+    return (z if z is not None else x.new_empty(0)), out
 
-    @staticmethod
-    def forward(ctx, x, weight, bias, mean, scale, beta, residual, act, groups, res_mode, config):
-        norm = (mean, scale, beta) if mean is not None else None
-        # Without any gradient to compute, the pre-activation need not be stored.
-        z, out = linear_forward(x, weight, bias, act, norm, groups, res_mode, residual, config,
-                                store_z=any(ctx.needs_input_grad))
-        ctx.save_for_backward(x, weight, z, mean, scale, beta)
-        ctx.meta = (act, groups, res_mode, config)
-        return out
 
-    @staticmethod
-    def backward(ctx, dout):
-        x, weight, z, mean, scale, beta = ctx.saved_tensors
-        act, groups, res_mode, config = ctx.meta
-        norm = (mean, scale, beta) if mean is not None else None
-        n_size = weight.shape[0]
-        dout = unit_stride(dout.float())
-        dy = dout[:, n_size:] if res_mode == RES_CONCAT else dout
-        dres = None
-        if res_mode == RES_ADD:
-            dres = dout
-        elif res_mode == RES_CONCAT:
-            dres = dout[:, :n_size]
-        dx, dw, db, dmean, dscale, dbeta = linear_backward(
-            dy, z, x, weight, act, norm, groups, config, need_dx=ctx.needs_input_grad[0])
-        return dx, dw, db, dmean, dscale, dbeta, dres, None, None, None, None
+@_linear_op.register_fake
+def _(x, weight, bias, mean, scale, beta, residual, **call):
+    rows, n_size = x.shape[0], weight.shape[0]
+    out = x.new_empty(rows, n_size * (2 if call["res_mode"] == RES_CONCAT else 1), dtype=torch.float32)
+    return (x.new_empty(rows, n_size, dtype=torch.float32) if call["store_z"] else x.new_empty(0)), out
+
+
+@define("triton_linear_backward",
+        "(Tensor dy, Tensor z, Tensor x, Tensor weight, Tensor? mean, Tensor? scale, Tensor? beta, "
+        f"*, int act, int groups, bool need_dx, {CONFIG_SCHEMA}) -> (Tensor, Tensor, Tensor)")
+def _linear_backward_op(dy, z, x, weight, mean, scale, beta, **call):
+    """(dx, [dweight | dbias] (N*K + N,), dnorm (3, G, K)) as linear_backward gives them (empty
+    tensors for the ones not computed): one buffer each, so no output aliases another."""
+    config, call = split_config(call)
+    norm = (mean, scale, beta) if mean is not None else None
+    dx, dweight_bias, dnorm = linear_backward(dy, z, x, weight, call["act"], norm, call["groups"],
+                                              config, need_dx=call["need_dx"])
+    return (dx if dx is not None else x.new_empty(0), dweight_bias,
+            dnorm if dnorm is not None else x.new_empty(0))
+
+
+@_linear_backward_op.register_fake
+def _(dy, z, x, weight, mean, scale, beta, **call):
+    k_size, n_size = x.shape[1], weight.shape[0]
+    f32 = dict(dtype=torch.float32)
+    dx = x.new_empty(x.shape, **f32) if call["need_dx"] or mean is not None else x.new_empty(0)
+    dnorm = x.new_empty(3, mean.shape[0], k_size, **f32) if mean is not None else x.new_empty(0)
+    return dx, x.new_empty(n_size * k_size + n_size, **f32), dnorm
+
+
+def _setup_linear(ctx, inputs, keyword_only_inputs, output):
+    x, weight, bias, mean, scale, beta, residual = inputs
+    z, _ = output
+    ctx.mark_non_differentiable(z)    # saved for the backward, not a result
+    ctx.set_materialize_grads(False)  # so no zero gradient is made up for it
+    ctx.save_for_backward(x, weight, z, mean, scale, beta)
+    ctx.keywords = {k: v for k, v in keyword_only_inputs.items() if k not in ("res_mode", "store_z")}
+    ctx.res_mode = keyword_only_inputs["res_mode"]
+
+
+def _linear_grad(ctx, _, dout):
+    x, weight, z, mean, scale, beta = ctx.saved_tensors
+    if dout is None:
+        return (None,) * 7
+    n_size = weight.shape[0]
+    dout = unit_stride(dout.float())
+    dy = dout[:, n_size:] if ctx.res_mode == RES_CONCAT else dout
+    dres = {RES_NONE: None, RES_ADD: dout, RES_CONCAT: dout[:, :n_size]}[ctx.res_mode]
+    dx, dweight_bias, dnorm = call("triton_linear_backward", dy, z, x, weight, mean, scale, beta,
+                                   need_dx=ctx.needs_input_grad[0], **ctx.keywords)
+    weights = n_size * x.shape[1]
+    dw, db = dweight_bias[:weights].view(n_size, x.shape[1]), dweight_bias[weights:]
+    dmean = dscale = dbeta = None
+    if mean is not None:
+        dmean, dscale, dbeta = dnorm
+        dbeta = dbeta[0] if ctx.keywords["groups"] == 1 else dbeta.sum(0)
+    computed_dx = ctx.needs_input_grad[0] or mean is not None
+    return dx if computed_dx else None, dw, db, dmean, dscale, dbeta, dres
+
+
+register_autograd(_linear_op, _linear_grad, _setup_linear)
 
 
 def fused_linear(x, weight, bias, act, config, norm=None, groups=1, res_mode=RES_NONE,
                  residual=None):
+    """out (G*R, N or 2N) for x (G*R, K); see the module docstring."""
     mean, scale, beta = norm if norm is not None else (None, None, None)
-    return FusedLinear.apply(x, weight, bias, mean, scale, beta, residual, act, groups, res_mode,
-                             config)
+    # Without any gradient to compute, the pre-activation need not be stored.
+    store_z = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, weight, bias, mean, scale, beta, residual))
+    _, out = call("triton_linear", x, weight, bias, mean, scale, beta, residual, act=act, groups=groups,
+                  res_mode=res_mode, store_z=store_z, **config_args(config))
+    return out

@@ -19,6 +19,7 @@ import triton.language as tl
 from fastinr.ops.activation import activation, activation_grad
 from fastinr.ops import config as config_module
 from fastinr.ops.config import LaunchConfig, unit_stride
+from fastinr.ops.library import CONFIG_SCHEMA, call, config_args, define, register_autograd, split_config
 from fastinr.ops.tiling import tile_rows
 
 
@@ -88,43 +89,75 @@ def _modulate_bwd_kernel(
         tl.store(partial, tl.sum(dzm, axis=0), mask=n_mask)
 
 
-class ModulateAct(torch.autograd.Function):
+@define("triton_modulate",
+        f"(Tensor z, Tensor mods, Tensor? residual, *, bool film, int act, int pixels, {CONFIG_SCHEMA}) "
+        "-> Tensor")
+def _modulate_op(z, mods, residual, **call):
     """out = act(z (* (1 + g[b])) + s[b]) (+ residual); see the module docstring."""
+    config, call = split_config(call)
+    rows, width = z.shape
+    pixels = call["pixels"]
+    meta = config.modulate(width)
+    tiles = triton.cdiv(pixels, meta["BLOCK_M"])
+    out = config_module.kernel_output(rows, width, device=z.device)
+    res = unit_stride(residual.float()) if residual is not None else z
+    with config_module.device_guard(z):
+        _modulate_fwd_kernel[(rows // pixels * tiles, triton.cdiv(width, meta["BLOCK_N"]))](
+            z, mods, res, out, z.stride(0), mods.stride(0), mods.stride(1), res.stride(0),
+            pixels, width, tiles, FILM=call["film"], HAS_RES=residual is not None, ACT=call["act"],
+            **meta)
+    return out
 
-    @staticmethod
-    def forward(ctx, z, mods, residual, film, act, pixels, config):
-        rows, width = z.shape
-        batch = rows // pixels
-        mods = unit_stride(mods.float())
-        meta = config.modulate(width)
-        tiles = triton.cdiv(pixels, meta["BLOCK_M"])
-        out = config_module.kernel_output(rows, width, device=z.device)
-        res = unit_stride(residual.float()) if residual is not None else z
-        with config_module.device_guard(z):
-            _modulate_fwd_kernel[(batch * tiles, triton.cdiv(width, meta["BLOCK_N"]))](
-                z, mods, res, out, z.stride(0), mods.stride(0), mods.stride(1), res.stride(0),
-                pixels, width, tiles, FILM=film, HAS_RES=residual is not None, ACT=act, **meta)
-        ctx.save_for_backward(z, mods)
-        ctx.meta = (film, act, pixels, tiles, meta, residual is not None)
-        return out
 
-    @staticmethod
-    def backward(ctx, dout):
-        z, mods = ctx.saved_tensors
-        film, act, pixels, tiles, meta, has_res = ctx.meta
-        rows, width = z.shape
-        batch = rows // pixels
-        dout = unit_stride(dout.float())
-        dz = config_module.kernel_output(rows, width, device=z.device)
-        partial = config_module.kernel_output(batch * tiles, mods.shape[1], width, device=z.device)
-        with config_module.device_guard(z):
-            _modulate_bwd_kernel[(batch * tiles, triton.cdiv(width, meta["BLOCK_N"]))](
-                dout, z, mods, dz, partial, dout.stride(0), z.stride(0), mods.stride(0),
-                mods.stride(1), partial.stride(0), pixels, width, tiles, FILM=film, ACT=act, **meta)
-        dmods = partial.view(batch, tiles, mods.shape[1], width).sum(1)
-        return dz, dmods, dout if has_res else None, None, None, None, None
+@_modulate_op.register_fake
+def _(z, mods, residual, **call):
+    return z.new_empty(z.shape, dtype=torch.float32)
+
+
+@define("triton_modulate_backward",
+        f"(Tensor dout, Tensor z, Tensor mods, *, bool film, int act, int pixels, {CONFIG_SCHEMA}) "
+        "-> (Tensor, Tensor)")
+def _modulate_backward_op(dout, z, mods, **call):
+    """(dz (B*P, N), dmods (B, k, N))."""
+    config, call = split_config(call)
+    rows, width = z.shape
+    pixels = call["pixels"]
+    batch = rows // pixels
+    meta = config.modulate(width)
+    tiles = triton.cdiv(pixels, meta["BLOCK_M"])
+    dz = config_module.kernel_output(rows, width, device=z.device)
+    partial = config_module.kernel_output(batch * tiles, mods.shape[1], width, device=z.device)
+    with config_module.device_guard(z):
+        _modulate_bwd_kernel[(batch * tiles, triton.cdiv(width, meta["BLOCK_N"]))](
+            dout, z, mods, dz, partial, dout.stride(0), z.stride(0), mods.stride(0),
+            mods.stride(1), partial.stride(0), pixels, width, tiles, FILM=call["film"],
+            ACT=call["act"], **meta)
+    return dz, partial.view(batch, tiles, mods.shape[1], width).sum(1)
+
+
+@_modulate_backward_op.register_fake
+def _(dout, z, mods, **call):
+    return z.new_empty(z.shape, dtype=torch.float32), mods.new_empty(mods.shape, dtype=torch.float32)
+
+
+def _setup_modulate(ctx, inputs, keyword_only_inputs, output):
+    z, mods, residual = inputs
+    ctx.save_for_backward(z, mods)
+    ctx.keywords = keyword_only_inputs
+    ctx.has_res = residual is not None
+
+
+def _modulate_grad(ctx, dout):
+    z, mods = ctx.saved_tensors
+    dout = unit_stride(dout.float())
+    dz, dmods = call("triton_modulate_backward", dout, z, mods, **ctx.keywords)
+    return dz, dmods, dout if ctx.has_res else None
+
+
+register_autograd(_modulate_op, _modulate_grad, _setup_modulate)
 
 
 def modulate_act(z, mods, film: bool, act: int, pixels: int, config: LaunchConfig, residual=None):
     """z (B*P, N) float32 with unit column stride; mods (B, k, N) this layer's (k = 2 for FiLM)."""
-    return ModulateAct.apply(z, mods, residual, film, act, pixels, config)
+    return call("triton_modulate", z, unit_stride(mods.float()), residual, film=film, act=act,
+                pixels=pixels, **config_args(config))

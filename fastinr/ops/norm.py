@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from fastinr.ops import config as config_module
+from fastinr.ops.library import CONFIG_SCHEMA, call, config_args, define, register_autograd, split_config
 from fastinr.ops.tiling import tile_rows
 
 
@@ -51,41 +52,68 @@ def _norm_stats_bwd_kernel(
     tl.store(dh_ptr + rows[:, None] * K + k[None, :], dh, mask=mask)
 
 
-class NormStats(torch.autograd.Function):
-    """(mean (G, K), scale (G, K), var (G, K), not differentiable) of h's groups; see the module
-    docstring."""
+@define("triton_norm_stats",
+        f"(Tensor h, Tensor gamma, *, int groups, float eps, {CONFIG_SCHEMA}) "
+        "-> (Tensor, Tensor, Tensor, Tensor)")
+def _norm_stats_op(h, gamma, **call):
+    """(mean, scale, var, rstd), each (G, K), of h's groups; see the module docstring."""
+    var, mean = torch.var_mean(h.view(call["groups"], -1, h.shape[1]), dim=1, correction=0)
+    rstd = torch.rsqrt(var + call["eps"])
+    return mean, gamma * rstd, var, rstd
 
-    @staticmethod
-    def forward(ctx, h, gamma, groups, eps, config):
-        width = h.shape[1]
-        var, mean = torch.var_mean(h.view(groups, -1, width), dim=1, correction=0)
-        rstd = torch.rsqrt(var + eps)
-        scale = gamma * rstd
-        ctx.save_for_backward(h, mean, rstd, gamma)
-        ctx.meta = (groups, config)
-        ctx.mark_non_differentiable(var)
-        ctx.set_materialize_grads(False)    # no zero-filled gradient for var (nothing uses it)
-        return mean, scale, var
 
-    @staticmethod
-    def backward(ctx, dmean, dscale, _):
-        h, mean, rstd, gamma = ctx.saved_tensors
-        groups, config = ctx.meta
-        rows, width = h.shape
-        r_size = rows // groups
-        dmean = torch.zeros_like(mean) if dmean is None else dmean.contiguous()
-        dscale = torch.zeros_like(mean) if dscale is None else dscale.contiguous()
-        meta = config.modulate(width)      # the same elementwise tiles
-        tiles = triton.cdiv(r_size, meta["BLOCK_M"])
-        dh = config_module.kernel_output(rows, width, device=h.device)
-        with config_module.device_guard(h):
-            _norm_stats_bwd_kernel[(groups * tiles, triton.cdiv(width, meta["BLOCK_N"]))](
-                h, mean, rstd, gamma, dmean, dscale, dh, h.stride(0), r_size, width, tiles,
-                **meta)
-        dgamma = dscale * rstd
-        return dh, (dgamma[0] if groups == 1 else dgamma.sum(0)), None, None, None
+@_norm_stats_op.register_fake
+def _(h, gamma, **call):
+    return tuple(h.new_empty(call["groups"], h.shape[1]) for _ in range(4))
+
+
+@define("triton_norm_stats_backward",
+        f"(Tensor h, Tensor mean, Tensor rstd, Tensor gamma, Tensor dmean, Tensor dscale, *, "
+        f"int groups, {CONFIG_SCHEMA}) -> (Tensor, Tensor)")
+def _norm_stats_backward_op(h, mean, rstd, gamma, dmean, dscale, **call):
+    """(dh (G*R, K), dgamma (K,))."""
+    config, call = split_config(call)
+    groups = call["groups"]
+    rows, width = h.shape
+    r_size = rows // groups
+    meta = config.modulate(width)      # the same elementwise tiles
+    tiles = triton.cdiv(r_size, meta["BLOCK_M"])
+    dh = config_module.kernel_output(rows, width, device=h.device)
+    with config_module.device_guard(h):
+        _norm_stats_bwd_kernel[(groups * tiles, triton.cdiv(width, meta["BLOCK_N"]))](
+            h, mean, rstd, gamma, dmean, dscale, dh, h.stride(0), r_size, width, tiles, **meta)
+    return dh, (dscale * rstd).sum(0)
+
+
+@_norm_stats_backward_op.register_fake
+def _(h, mean, rstd, gamma, dmean, dscale, **call):
+    return h.new_empty(h.shape), gamma.new_empty(gamma.shape)
+
+
+def _setup_norm_stats(ctx, inputs, keyword_only_inputs, output):
+    h, gamma = inputs
+    mean, _, var, rstd = output
+    ctx.mark_non_differentiable(var, rstd)
+    ctx.set_materialize_grads(False)    # no zero-filled gradient for var (nothing uses it)
+    ctx.save_for_backward(h, mean, rstd, gamma)
+    ctx.keywords = {k: v for k, v in keyword_only_inputs.items() if k != "eps"}
+
+
+def _norm_stats_grad(ctx, dmean, dscale, _var, _rstd):
+    h, mean, rstd, gamma = ctx.saved_tensors
+    if dmean is None and dscale is None:
+        return None, None
+    dmean = torch.zeros_like(mean) if dmean is None else dmean.contiguous()
+    dscale = torch.zeros_like(mean) if dscale is None else dscale.contiguous()
+    return call("triton_norm_stats_backward", h, mean, rstd, gamma, dmean, dscale, **ctx.keywords)
+
+
+register_autograd(_norm_stats_op, _norm_stats_grad, _setup_norm_stats)
 
 
 def norm_stats(h, gamma, groups: int, eps: float, config):
-    """h (G*R, K) float32 with unit column stride; gamma (K,) float32."""
-    return NormStats.apply(h, gamma.float().contiguous(), groups, eps, config)
+    """(mean, scale, var), each (G, K), var not differentiable, for h (G*R, K) float32 with unit
+    column stride; gamma (K,) float32."""
+    mean, scale, var, _ = call("triton_norm_stats", h, gamma.float().contiguous(), groups=groups,
+                               eps=float(eps), **config_args(config))
+    return mean, scale, var

@@ -19,10 +19,12 @@ import triton
 import triton.language as tl
 
 from fastinr.activations import activation_code
+from fastinr.contract import DecoderParams, DecoderSpec
 from fastinr.ops.activation import activation
 from fastinr.ops import config as config_module
-from fastinr.ops.config import LaunchConfig, feature_block, unit_stride
+from fastinr.ops.config import DOT_DTYPES, LaunchConfig, feature_block, unit_stride
 from fastinr.ops.embed import pixel_embedding, embedding_tables
+from fastinr.ops.library import CONFIG_SCHEMA, call, config_args, define, split_config
 
 MAX_OUT_CHANNELS = 64       # the colors of a tile are one padded (BLOCK_P, OUT_PAD) tile
 
@@ -204,13 +206,34 @@ def render_meta(spec, config: LaunchConfig) -> dict:
         HAS_BN=bool(spec.batch_norm), ACT=activation_code(spec.activation),
         ACT_OUT=activation_code(spec.activation_out),
         BLOCK_P=config.block_m or 64, BLOCK_N=block, BLOCK_K=block,
-        DOT_DTYPE=config.dot_dtype, PRECISION=config.precision,
+        DOT_DTYPE=DOT_DTYPES[config.dot_dtype], PRECISION=config.precision,
         # Exact fp32 dots on 8 warps spilled for wide or layer-less decoders under Triton 3.6.
         num_warps=8 if config.wide else 4, num_stages=1)
 
 
 def render_forward(codes, params, spec, shape, running, config: LaunchConfig):
-    """Colors (B, out, H, W) in one pass; BatchNorm (if any) uses `running` statistics."""
+    """Colors (B, out, H, W) in one pass; BatchNorm (if any) uses `running` statistics. Runs as
+    the custom op fastinr::triton_render (inference only: it has no backward)."""
+    return call("triton_render", codes, params.flat(), [t for pair in running for t in pair],
+                **spec.op_fields(), height=int(shape[0]), width=int(shape[1]), **config_args(config))
+
+
+@define("triton_render", f"(Tensor codes, Tensor[] params, Tensor[] running, *, {DecoderSpec.OP_SCHEMA}, "
+                         f"int height, int width, {CONFIG_SCHEMA}) -> Tensor")
+def _render_op(codes, params, running, **call):
+    config, call = split_config(call)
+    spec = DecoderSpec.from_op_fields(call)
+    return _render(codes, DecoderParams.from_flat(spec, params), spec, (call["height"], call["width"]),
+                   list(zip(running[0::2], running[1::2])), config)
+
+
+@_render_op.register_fake
+def _(codes, params, running, **call):
+    return codes.new_empty(codes.shape[0], call["out_channels"], call["height"], call["width"],
+                           dtype=torch.float32)
+
+
+def _render(codes, params, spec, shape, running, config: LaunchConfig):
     height, width = shape
     batch, device = codes.shape[0], codes.device
     f32 = dict(device=device, dtype=torch.float32)
