@@ -1,6 +1,6 @@
 """Side-by-side CPU measurement of the native backend against the seed loop and torch.
 
-    python benchmarks/native_perf.py [--repeat 5] [--no-compiled] [--precision fp32|bf16|both]
+    python benchmarks/native_perf.py [--repeat 5] [--no-compiled] [--precision auto|fp32|bf16|both]
 
 1. Training step (forward + backward + Adam), the seed configuration: batch 64, 32x32, code 102,
    hidden 256, 2 blocks x 2 layers, BatchNorm per image. Providers: seed-loop
@@ -8,7 +8,8 @@
    native.
 2. Eval render of 16 codes at 256x256: the same providers; and the peak-RSS growth of each
    render in a fresh subprocess.
-With --precision bf16 or both (the default), every provider also runs under
+With --precision bf16 or both (auto, the default, is both where the CPU has AMX-BF16 or
+AVX512-BF16, as the pytest speed runs decide), every provider also runs under
 torch.autocast("cpu", dtype=torch.bfloat16) ("<provider> bf16"; native then takes its bf16 GEMMs
 where the CPU has AVX512-BF16, see fastinr.backends.native_backend).
 Times are medians over rounds that call every provider once (the load of a shared machine
@@ -30,7 +31,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import fastinr  # noqa: E402
-from benchmarks.measure import decoder_flops, quartiles, verdict  # noqa: E402
+from benchmarks.measure import decoder_flops, has_bf16_units, quartiles, verdict  # noqa: E402
 from fastinr.seed_loop import SeedLoopDecoder  # noqa: E402
 
 CODE, HIDDEN, BLOCKS, LAYERS, OUT, FREQS = 102, 256, 2, 2, 3, (7, 17)
@@ -179,8 +180,9 @@ def main():
     parser.add_argument("--render-size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--no-compiled", action="store_true", help="skip torch.compile (slow to build)")
-    parser.add_argument("--precision", choices=("fp32", "bf16", "both"), default="both",
-                        help="float32 providers, their bf16-autocast twins, or both side by side")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "both"), default="auto",
+                        help="float32 providers, their bf16-autocast twins, or both side by side "
+                             "(auto: both where the CPU has bf16 matrix units, else fp32)")
     parser.add_argument("--rss-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:
@@ -195,6 +197,8 @@ def main():
           f"{_C.elementwise_isa()}, tile {_C.tile_rows()} rows, packed float weights "
           f"{'yes' if _C.blas_packs_weights() else 'no'}, native bf16 GEMMs "
           f"{'yes' if native.bf16_matmul() else 'no (float32 GEMMs under autocast)'}")
+    if args.precision == "auto":   # without bf16 units autocast only emulates bf16: not a user's choice
+        args.precision = "both" if has_bf16_units(torch.device("cpu")) else "fp32"
     precisions = {"fp32": [""], "bf16": [" bf16"], "both": ["", " bf16"]}[args.precision]
 
     def with_precisions(names):
