@@ -48,7 +48,8 @@ def test_near_copy_pairs_match_a_brute_force_search():
     # L1 of d / 255 exactly.
     base = torch.randint(40, 200, (1, 3, 32, 32), generator=gen, dtype=torch.uint8)
     limit_levels = split_mod.NEAR_COPY_L1 * 255
-    edge = torch.cat([base, base + math.floor(limit_levels), base.flip(-1) + math.ceil(limit_levels)])
+    edge = torch.cat([base, base + math.floor(limit_levels),
+                      base.flip(-1) + math.ceil(limit_levels)])
     tiles = torch.cat([tiles, edge])
     pairs = split_mod.near_copy_pairs(tiles)
     expected = brute_force_pairs(tiles, split_mod.NEAR_COPY_L1)
@@ -82,7 +83,8 @@ def test_groups_split_keeps_near_copies_together_and_depends_only_on_contents(tm
     part = torch.zeros(n, dtype=torch.int64)
     part[split.val], part[split.test] = 1, 2
     pairs = split_mod.near_copy_pairs(tiles)
-    assert len(pairs) >= 1 + 1 + 3 + 6 + 21 + 66 and bool((part[pairs[:, 0]] == part[pairs[:, 1]]).all())
+    assert len(pairs) >= 1 + 1 + 3 + 6 + 21 + 66
+    assert bool((part[pairs[:, 0]] == part[pairs[:, 1]]).all())
     group = split_mod.near_copy_groups(n, pairs)
     big = torch.bincount(group, minlength=n)[group] > split_mod.MAX_HELD_OUT_GROUP
     assert bool((part[big] == 0).all())            # families of 7 and 12 train
@@ -131,7 +133,8 @@ def test_dcss_groups_split_counts_and_no_near_copy_across_parts():
     gen = torch.Generator().manual_seed(torch.randint(0, 2 ** 31, ()).item())
     sample = {name: held[torch.randperm(len(held), generator=gen)[:16]]
               for name, held in (("val", split.val), ("test", split.test))}
-    others = {"val": torch.cat([split.train, split.test]), "test": torch.cat([split.train, split.val])}
+    others = {"val": torch.cat([split.train, split.test]),
+              "test": torch.cat([split.train, split.val])}
     values = tiles[0].numel() * 255
     for name, picked in sample.items():
         queries = tiles[picked].flatten(1).float()

@@ -1,4 +1,4 @@
-"""Train / validation / test parts of a tile set: by groups of near-copies (the default) or by index.
+"""Train / validation / test parts of a tile set, by groups of near-copies (the default) or by index.
 
 ``split_indices(tiles, method)`` -> ``Split(train, val, test)``, int64 index tensors into ``tiles``
 (uint8 ``(N, 3, H, W)``), disjoint, covering every tile, each sorted.
@@ -25,8 +25,8 @@
 Finding the pairs is exact and vectorised: the L1 of cell averages is a lower bound of the L1 of
 the tiles (the triangle inequality), so all pairs are screened on 16x16-pixel averages (12 values
 per tile), the survivors on 8x8 and 4x4 averages, and only the pairs that pass all three are
-compared in full (about 10 s for the DCSS sheets on one CPU core). The result is cached next to the tile
-cache, keyed by the tiles' bytes and the criterion.
+compared in full (about 10 s for the DCSS sheets on one CPU core). The result is cached next to
+the tile cache, keyed by the tiles' bytes and the criterion.
 
 ``"index"``: the seed's split, unchanged: index ``i % 10 == 0`` is a validation candidate, the
 first 500 candidates are validation and every other index trains (``tiles.split_tiles``). Its
@@ -45,8 +45,8 @@ import torch
 from .tiles import default_cache_dir, read_cached, save_atomic
 
 __all__ = ["DCSS_GROUP_COUNTS", "DCSS_SPLIT_COUNTS", "MAX_HELD_OUT_GROUP", "NEAR_COPY_L1",
-           "SPLITS", "Split", "cell_means", "groups_split", "held_out_size", "near_copy_groups", "near_copy_pairs",
-           "split_indices"]
+           "SPLITS", "Split", "cell_means", "groups_split", "held_out_size", "near_copy_groups",
+           "near_copy_pairs", "split_indices"]
 
 SPLITS = ("groups", "index")
 SPLIT_VERSION = 1
@@ -94,7 +94,7 @@ def near_copy_pairs(tiles: torch.Tensor, threshold: float = NEAR_COPY_L1) -> tor
     n = len(tiles)
     x = tiles.float()                                   # 0..255: the full L1 sums are exact
     limit = threshold * 255 * x[0].numel()              # on the sums of |a - b| over C*H*W values
-    screen_limit = limit * (1 + 1e-6)                   # rounding of the averages never drops a pair
+    screen_limit = limit * (1 + 1e-6)                   # the averages' rounding drops no pair
     mine = cell_means(x, SCREEN_POOLS)
     found = []
     for flipped in _flips(x):
