@@ -1,6 +1,6 @@
 """One run of the example from its config: data, model and optimizer set up or restored from a
-checkpoint, the training loop with validations and checkpoints, the final pictures and summary. The test
-tiles are scored once, when the run has finished (never during it), next to the references.
+checkpoint, the training loop with validations and checkpoints, the final pictures and summary.
+The test tiles are scored once, when the run has finished (never during it), with the references.
 
 `run_training` returns the process's exit code: 0 finished, EXIT_INTERRUPTED (Ctrl-C, SIGTERM;
 the checkpoint is saved), EXIT_DIVERGED (a non-finite loss, gradient or validation metric).
