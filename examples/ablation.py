@@ -34,10 +34,12 @@ augmentation and schedule. The ladder (each rung adds to the previous unless it 
                     32x32, lattice artifacts in renders above it (examples/render_check.py
                     scores those renders)
 
-Aggregation writes OUTPUT/results.md (validation L1 in eval mode, PSNR, Sobel-edge L1, decoder
-MACs per pixel, training images/s: mean ± standard deviation over the seeds; and for the
-variants with per-image BatchNorm (seed, seed-linear) the validation L1 with it in training vs
-eval mode; and the closed-form references: each tile's mean color and PCA with the code size),
+Aggregation writes OUTPUT/results.md (validation L1 in eval mode, PSNR, Sobel-edge L1, the test
+L1 and PSNR scored once at the end of each run, decoder MACs per pixel, training images/s: mean ±
+standard deviation over the seeds; and for the variants with per-image BatchNorm (seed,
+seed-linear) the validation L1 with it in training vs eval mode; and the references on the
+validation and test tiles: each tile's mean color, PCA with the code size, the nearest training
+tile),
 OUTPUT/curves.png (validation
 L1 against training images, every variant, mean over seeds) and OUTPUT/best_vs_seed.png (the
 reconstruction and 4x-render grids of the best variant and the seed config side by side).
@@ -50,7 +52,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rpgkit.results import mean_spread, mean_spread_cell
+from rpgkit.results import (mean_spread, mean_spread_cell, references_of_runs,
+                            references_table, split_line)
 from rpgkit.training import EXIT_DIVERGED, plot_curves
 
 EXAMPLE = Path(__file__).resolve().parent / "rpg_autoencoder.py"
@@ -156,32 +159,43 @@ def best_variant(root: Path, names):
     return min(scored)[1] if scored else None
 
 
-def references_text(common) -> list:
-    """Lines on the closed-form references (each tile's mean color, PCA with the code size) for
-    the tiles the runs use; nothing when those tiles cannot be loaded here."""
-    from rpgkit.data import load_tiles_uint8, split_tiles
-    from rpgkit.training.references import linear_references
-    tiles_args, code_size = None, 102
+def computed_references(common) -> dict:
+    """{"val": ..., "test": ...} references (rpgkit.training.references) for the tiles and split
+    that `common` (the arguments of every run) names; raises if those tiles do not load here."""
+    from rpgkit.data import load_tiles_uint8, split_indices
+    from rpgkit.training.references import cached_pca, reference_scores
+    tiles_args, code_size, split = None, 102, "groups"
     for k, arg in enumerate(common):
         if arg == "--tiles":
             tiles_args = [a for a in itertools.takewhile(lambda a: not a.startswith("--"), common[k + 1:])]
         elif arg == "--code-size" and k + 1 < len(common):
             code_size = int(common[k + 1])
+        elif arg == "--split" and k + 1 < len(common):
+            split = common[k + 1]
+    tiles = load_tiles_uint8(tiles_args)
+    train, val, test = (tiles[part] for part in split_indices(tiles, split))
+    pca = cached_pca(train, code_size)
+    return {"val": reference_scores(train, val, code_size, pca),
+            "test": reference_scores(train, test, code_size, pca) if len(test) else None}
+
+
+def references_text(summaries, common) -> list:
+    """The references table (validation and test tiles): from the runs' summary.json, else
+    computed for the tiles and split of `common`; a note when neither is possible."""
+    from_runs = references_of_runs(summaries)
+    if from_runs:
+        return from_runs
     try:
-        train, val = split_tiles(load_tiles_uint8(tiles_args))
+        return references_table(computed_references(common))
     except (FileNotFoundError, ValueError) as err:
         return [f"(References skipped: the tiles do not load here: {err})", ""]
-    refs = linear_references(train, val, code_size)
-    cells = ", ".join(f"{name} {r['val_l1']:.4f} (PSNR {r['val_psnr']:.2f} dB)" for name, r in refs.items())
-    return [f"Closed-form references on the same validation tiles (no training): {cells}. A "
-            f"variant above PCA-{code_size} is not limited by its {code_size}-float code.", ""]
 
 
 def aggregate(root: Path, names, common=()) -> str:
     """Write results.md, curves.png (and best_vs_seed.png when both exist); return the table."""
     root = Path(root)
-    lines = ["| variant | seeds | val L1 (eval) | PSNR dB | Sobel-edge L1 | decoder MACs/px | "
-             "train images/s |", "|---|---|---|---|---|---|---|"]
+    lines = ["| variant | seeds | val L1 (eval) | PSNR dB | Sobel-edge L1 | test L1 | test PSNR dB "
+             "| decoder MACs/px | train images/s |", "|---|---|---|---|---|---|---|---|---|"]
     curves = {}
     for name in names:
         runs = variant_runs(root, name)
@@ -193,13 +207,17 @@ def aggregate(root: Path, names, common=()) -> str:
             f"| {name} | {len(runs)} | {mean_spread_cell([s['val_l1'] for s in summaries], 4)} | "
             f"{mean_spread_cell([s['val_psnr'] for s in summaries], 2)} | "
             f"{mean_spread_cell([s.get('val_edge_l1') for s in summaries], 4)} | "
+            f"{mean_spread_cell([(s.get('test') or {}).get('l1') for s in summaries], 4)} | "
+            f"{mean_spread_cell([(s.get('test') or {}).get('psnr') for s in summaries], 2)} | "
             f"{'-' if macs is None else f'{macs:,.0f}'} | "
             f"{mean_spread_cell([s.get('images_per_second') for s in summaries], 1)} |")
         curves[name] = [[(int(r["images"]), float(r["val_l1"])) for r in rows if r["val_l1"]]
                         for _, _, rows in runs]
-    budgets = sorted({s["images"] for n in names for _, s, _ in variant_runs(root, n)})
+    summaries = [s for n in names for _, s, _ in variant_runs(root, n)]
+    budgets = sorted({s["images"] for s in summaries})
     text = [f"Budget: {', '.join(f'{b:,}' for b in budgets) or '-'} training images per run; "
-            "mean ± standard deviation over seeds.", "", *lines, "", *references_text(list(common))]
+            "mean ± standard deviation over seeds.", "", *split_line(summaries), *lines, "",
+            *references_text(summaries, list(common))]
     # The per-image BatchNorm hypothesis, on every variant that has it (seed, seed-linear).
     for name in names:
         runs = variant_runs(root, name)

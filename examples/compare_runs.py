@@ -6,9 +6,10 @@
     tensorboard --logdir runs/compare
 
 Each argument is LABEL=FOLDER (a run's --output). Runs that share a label are seeds of one
-variant: the table gives mean ± standard deviation over them and the curve their mean, as
-examples/ablation.py does for its ladder (whose layout this does not need). Diverged runs are
-listed under the table, apart from it. --logdir gathers
+variant: the table gives mean ± standard deviation over them (validation and the test scored
+once at the end) and the curve their mean, as examples/ablation.py does for its ladder (whose
+layout this does not need), with its references table (from the runs' summary.json). Diverged
+runs are listed under the table, apart from it. --logdir gathers
 the runs into one TensorBoard log dir, LOGDIR/<label>/seed<k>: a copy of each run's event files,
 or for a run without any (written with --no-tensorboard, or before the example wrote them) its
 metrics.csv as scalars.
@@ -20,7 +21,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from rpgkit.results import mean_spread_cell
+from rpgkit.results import mean_spread_cell, references_of_runs, split_line
 from rpgkit.training import plot_curves
 from rpgkit.training.tensorboard import EVENT_FILE_GLOB, open_tensorboard
 
@@ -85,15 +86,22 @@ def main(argv=None) -> int:
         else:
             variants.setdefault(label, []).append((summary, curve))
             folders.append((label, Path(folder), summary))
-    print("| variant | seeds | val L1 (eval) | PSNR dB | Sobel-edge L1 | batch | images |")
-    print("|---|---|---|---|---|---|---|")
+    print("| variant | seeds | val L1 (eval) | PSNR dB | Sobel-edge L1 | test L1 | test PSNR dB | "
+          "batch | images |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for label, runs in variants.items():
         summaries = [s for s, _ in runs]
         batches = sorted({s["config"]["batch_size"] for s in summaries})
         print(f"| {label} | {len(runs)} | {mean_spread_cell([s['val_l1'] for s in summaries], 4)} | "
               f"{mean_spread_cell([s['val_psnr'] for s in summaries], 2)} | "
               f"{mean_spread_cell([s.get('val_edge_l1') for s in summaries], 4)} | "
+              f"{mean_spread_cell([(s.get('test') or {}).get('l1') for s in summaries], 4)} | "
+              f"{mean_spread_cell([(s.get('test') or {}).get('psnr') for s in summaries], 2)} | "
               f"{', '.join(map(str, batches))} | {summaries[0]['images']:,} |")
+    finished = [s for runs in variants.values() for s, _ in runs]
+    references = references_of_runs(finished)
+    if references:
+        print("\n" + "\n".join(split_line(finished) + references).rstrip())
     if diverged:
         print("\ndiverged (not in the table):\n" + "\n".join(f"- {line}" for line in diverged))
     plot_curves({label: [curve for _, curve in runs] for label, runs in variants.items()}, Path(args.output))

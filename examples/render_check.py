@@ -5,8 +5,9 @@
         sharp=runs/ablation/sharp/seed0 subpixel=runs/ablation/sharp-subpixel/seed0
 
 Each LABEL=FOLDER is a finished run of rpg_autoencoder.py (its --output). Every run's decoder
-renders the validation tiles at --scale times their size. The table gives the validation L1 at the
-pixel centres (what the run itself measures) and the render's L1 against the tiles enlarged by
+renders the test tiles of its own split (its --split of its tiles; the validation tiles where that
+split has no test part: the index split of fewer than 5,000 tiles) at --scale times their size.
+The table gives the L1 at the pixel centres and the render's L1 against the tiles enlarged by
 nearest neighbour: the target of sub-pixel training, low when each pixel stays a flat square,
 raised by blur and ringing between the centres that the L1 at the centres cannot see. Runs that
 share a label are seeds: mean ± standard deviation. The PNG shows the renders of the first
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 
 from rpgkit.config import saved_config
-from rpgkit.data import load_tiles_uint8, split_tiles
+from rpgkit.data import load_tiles_uint8, split_indices
 from rpgkit.models import build_autoencoder
 from rpgkit.results import mean_spread_cell
 from rpgkit.training import load_checkpoint, nearest_render_l1_sum, plot_renders
@@ -38,6 +39,13 @@ def load_model(folder: Path):
 
 
 @torch.no_grad()
+def held_out_tiles(cfg: dict):
+    """(uint8 tiles, part name): the run's test tiles, or its validation tiles without any."""
+    tiles = load_tiles_uint8(cfg["tiles"])
+    split = split_indices(tiles, cfg["split"])
+    return (tiles[split.test], "test") if len(split.test) else (tiles[split.val], "validation")
+
+
 def score(model, val: torch.Tensor, scale: int, pictures: int):
     """(centre L1, nearest-render L1, the first `pictures` renders)."""
     centre = render_sum = render_count = 0.0
@@ -60,7 +68,7 @@ def main(argv=None) -> int:
     parser.add_argument("runs", nargs="+", metavar="LABEL=FOLDER")
     parser.add_argument("--output", required=True, help="the PNG of renders to write")
     parser.add_argument("--scale", type=int, default=4, help="render size / tile size")
-    parser.add_argument("--pictures", type=int, default=6, help="validation tiles in the PNG")
+    parser.add_argument("--pictures", type=int, default=6, help="test tiles in the PNG")
     args = parser.parse_args(argv)
     if args.scale < 1 or args.pictures < 1:
         raise SystemExit("error: --scale and --pictures must be >= 1")
@@ -75,22 +83,24 @@ def main(argv=None) -> int:
     val_sets, scores, renders = {}, {}, {}
     for label, folder in runs:
         model, cfg = load_model(folder)
-        key = tuple(cfg["tiles"] or ())
+        key = (tuple(cfg["tiles"] or ()), cfg["split"])
         if key not in val_sets:
-            val_sets[key] = split_tiles(load_tiles_uint8(cfg["tiles"]))[1]
-        centre, render_l1, shown = score(model, val_sets[key], args.scale, args.pictures)
+            val_sets[key] = held_out_tiles(cfg)
+        centre, render_l1, shown = score(model, val_sets[key][0], args.scale, args.pictures)
         print(f"{label} ({folder}): centre L1 {centre:.4f}, {args.scale}x render L1 vs nearest "
               f"{render_l1:.4f}", flush=True)
         scores.setdefault(label, []).append((centre, render_l1))
         renders.setdefault(label, shown)
     if len(val_sets) > 1:
-        print("warning: the runs use different tiles; their scores are not comparable")
-    print(f"\n| variant | seeds | val L1 at the pixel centres | {args.scale}x render L1 vs nearest |")
+        print("warning: the runs use different tiles or splits; their scores are not comparable")
+    part = next(iter(val_sets.values()))[1]
+    print(f"\n| variant | seeds | {part} L1 at the pixel centres | {args.scale}x render L1 vs "
+          "nearest |")
     print("|---|---|---|---|")
     for label, values in scores.items():
         print(f"| {label} | {len(values)} | {mean_spread_cell([c for c, _ in values], 4)} | "
               f"{mean_spread_cell([r for _, r in values], 4)} |")
-    val = next(iter(val_sets.values()))[:args.pictures].float().div(255.0)
+    val = next(iter(val_sets.values()))[0][:args.pictures].float().div(255.0)
     nearest = val.repeat_interleave(args.scale, -2).repeat_interleave(args.scale, -1)
     plot_renders(nearest, renders, Path(args.output))
     print(f"renders: {args.output}")

@@ -7,10 +7,13 @@
     python examples/rpg_autoencoder.py --preset sharp             # the sharpest variant so far
     python examples/rpg_autoencoder.py --decoder inr --conditioning film --grid-size 4 --subpixel
     python examples/rpg_autoencoder.py --output runs/rpg --resume   # continue a stopped run
+    python examples/rpg_autoencoder.py --output runs/rpg --evaluate --tiles my_sprites/
     torchrun --nproc_per_node=2 examples/rpg_autoencoder.py        # DistributedDataParallel
 
 Data: 3 x 32 x 32 tiles cut from the Dungeon Crawl Stone Soup sheets (`apt-get install
-crawl-tiles-data`) or from --tiles; every 10th tile is validation (500 of them), training tiles
+crawl-tiles-data`) or from --tiles, split by groups of near-copies into training, validation (500
+tiles, for tuning and curves) and test (500, scored once when the run finishes) parts
+(rpgkit.data.split; --split index: the seed's split, every 10th tile validation); training tiles
 get a random shift of up to 4 px and random flips. Model: the seed's CNN encoder (or resnet18)
 and ImageManifoldDecoder(code, 3, hidden 256, 2 blocks of 2 layers, gelu, frequencies (7, 17)).
 The default output is linear (bias started at 0.5) without BatchNorm: the seed's sigmoid output
@@ -21,11 +24,16 @@ latent grid with an encoder grid head, sub-pixel training) and --decoder conv th
 baseline, both at the same code size; --preset seed|baseline|sharp sets the seed's, the
 default's or the best variant's decoder flags (explicit flags override).
 
-The output folder gets metrics.csv, loss.png, reconstructions.png, summary.json and
+The output folder gets metrics.csv, loss.png, reconstructions.png, summary.json (with the test
+metrics and the references: each tile's mean color, PCA with the code size, the nearest training
+tile, on the validation and test tiles) and
 checkpoint.pt (written atomically at intervals and on Ctrl-C; --resume continues it exactly), and
 TensorBoard event files (`tensorboard --logdir runs`; --no-tensorboard: none): the metrics and
 the reconstruction grid at every validation against training images, the settings as text and
 hparams.
+
+--evaluate scores a finished run (--output) without training, on the tiles of --tiles (all of
+them test tiles) or on its test part: a table and OUTPUT/evaluation.json.
 
 This file is the command line; the pieces live in rpgkit beside it (rpgkit.config: presets and
 settings; rpgkit.models; rpgkit.training.loop: the run itself).
@@ -43,8 +51,10 @@ from rpgkit.config import (BATCH_NORM_MODES, CPU_DEFAULT_MAX_INPUTS, GPU_DEFAULT
                            PRESETS, RUNTIME_KEYS, VALIDATIONS_PER_RUN, apply_preset,
                            batch_statistics, changed_settings, resolve_config, resolve_device,
                            saved_config)
+from rpgkit.data import SPLITS
 from rpgkit.models import DECODERS, ENCODERS, RESNET_WEIGHTS
 from rpgkit.training import init_distributed, load_checkpoint
+from rpgkit.training.evaluate_run import evaluate_run
 from rpgkit.training.loop import run_training
 
 
@@ -64,7 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--tiles", nargs="+", metavar="PATH", default=None,
                       help="tile sheets (PNG) or folders of PNGs instead of the DCSS sheets; "
                            "PATH:16 cuts a 16 px grid (default grid 32), other sizes are "
-                           "resized to 32x32 with nearest-neighbour")
+                           "resized to 32x32 with nearest-neighbour; with --evaluate: the tiles "
+                           "to score (all of them test tiles)")
+    data.add_argument("--split", choices=SPLITS, default="groups",
+                      help="groups: training, validation (500) and test (500) tiles, near-copies "
+                           "(L1 under 0.03, up to flips) always in one part; index: the seed's "
+                           "split (every 10th tile validation, the first 500; the next ones test), "
+                           "for comparison with the seed's setup")
     model = p.add_argument_group("model")
     model.add_argument("--preset", choices=tuple(PRESETS), default="baseline",
                        help="seed: the seed exactly (sigmoid output, per-image BatchNorm; it "
@@ -170,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", default="runs/rpg_autoencoder", help="output folder")
     run.add_argument("--resume", action="store_true",
                      help="continue from OUTPUT/checkpoint.pt with its settings")
+    run.add_argument("--evaluate", action="store_true",
+                     help="no training: score the run in OUTPUT (its checkpoint) on --tiles or on "
+                          "its test tiles, with the references; prints a table and writes "
+                          "OUTPUT/evaluation.json")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
                      help="write TensorBoard event files into the output folder (on by default; "
@@ -231,6 +251,10 @@ def configure(argv):
 def main(argv=None) -> int:
     from tqdm import tqdm
 
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.evaluate:
+        return evaluate_run(parser, args, explicit_keys(build_parser(), argv))
     parser, cfg, device, dist, checkpoint = configure(argv)
     try:
         code = run_training(parser, cfg, device, dist, checkpoint, tqdm)

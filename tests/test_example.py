@@ -119,7 +119,16 @@ def test_end_to_end_writes_outputs_and_learns(straight_run):
     assert summary["collapsed"] == is_collapsed(summary["val_spread"], summary["val_tiles_spread"])
     assert summary["config"]["hidden"] == 32 and summary["config"]["activation_out"] == "none"
     assert summary["config"]["batch_norm"] == "none" and summary["config"]["code_size"] == 102
-    assert summary["tiles"]["train"] + summary["tiles"]["val"] <= 200
+    tiles = summary["tiles"]
+    assert tiles["split"] == "groups" and tiles["val"] == tiles["test"] == 20
+    assert tiles["train"] + tiles["val"] + tiles["test"] <= 200   # exact duplicates dropped
+    # The test tiles scored once, at the end; the references on both held-out parts.
+    assert set(summary["test"]) == {"l1", "psnr", "edge_l1", "tiles"}
+    assert summary["test"]["tiles"] == 20 and 0 < summary["test"]["l1"] < 1
+    assert set(summary["references"]) == {"val", "test"}
+    for part in summary["references"].values():
+        assert set(part) == {"mean color", "PCA-102", "nearest training tile"}
+        assert all(0 < ref["l1"] < 1 and ref["psnr"] > 0 for ref in part.values())
     for name, min_size in (("loss.png", 200), ("reconstructions.png", 400)):
         with PIL.Image.open(straight_run / name) as image:
             assert min(image.size) >= min_size
@@ -193,6 +202,51 @@ def test_resume_refuses_changed_settings(example, straight_run, capsys):
     with pytest.raises(SystemExit):  # a fresh run never overwrites a checkpoint
         example.main(["--output", str(straight_run), "--quiet"])
     assert "--resume" in capsys.readouterr().err
+
+
+def test_evaluate_scores_a_finished_run_without_training(example, run_env, straight_run, tmp_path,
+                                                         capsys):
+    checkpoint = (straight_run / "checkpoint.pt").read_bytes()
+    summary = json.loads((straight_run / "summary.json").read_text())
+    assert example.main(["--output", str(straight_run), "--evaluate"]) == 0
+    result = json.loads((straight_run / "evaluation.json").read_text())
+    # Without --tiles: the run's test tiles, the numbers the run wrote when it finished.
+    assert result["tiles"] == {"count": 20, "sources": [str(run_env["sheet"])], "split": "groups"}
+    assert result["l1"] == pytest.approx(summary["test"]["l1"], rel=1e-6)
+    assert result["psnr"] == pytest.approx(summary["test"]["psnr"], rel=1e-6)
+    for name, ref in summary["references"]["test"].items():
+        assert result["references"][name] == pytest.approx(ref, rel=1e-9)
+    out = capsys.readouterr().out
+    assert f"| model | {result['l1']:.4f} |" in out and "| PCA-102 |" in out
+    # With --tiles: every tile of the sheets counts; a tile seen in training has itself as its
+    # nearest training tile, so that reference drops below its test-split value.
+    other = sprite_sheet(tmp_path / "other.png", 30, run_env["seed"] + 1)
+    assert example.main(["--output", str(straight_run), "--evaluate", "--tiles",
+                         str(run_env["sheet"]), str(other)]) == 0
+    result = json.loads((straight_run / "evaluation.json").read_text())
+    all_tiles = summary["tiles"]["train"] + summary["tiles"]["val"] + summary["tiles"]["test"]
+    assert result["tiles"]["count"] == all_tiles + 30 and result["tiles"]["split"] is None
+    assert result["references"]["nearest training tile"]["l1"] < \
+        summary["references"]["test"]["nearest training tile"]["l1"]
+    assert (straight_run / "checkpoint.pt").read_bytes() == checkpoint   # nothing trained
+    capsys.readouterr()
+    # Bad values: one line naming the flag.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    constant = tmp_path / "constant.png"
+    PIL.Image.new("RGBA", (64, 32), (9, 9, 9, 255)).save(constant)
+    for argv, words in (
+            (["--output", str(tmp_path / "nothing")], ("--output", "no such folder")),
+            (["--output", str(empty)], ("--output", "no checkpoint.pt")),
+            (["--output", str(straight_run), "--tiles", str(empty)], ("--tiles", "no PNG files")),
+            (["--output", str(straight_run), "--tiles", str(constant)],
+             ("--tiles", "no usable")),
+            (["--output", str(straight_run), "--hidden", "8"], ("do not apply", "--hidden"))):
+        with pytest.raises(SystemExit):
+            example.main(argv + ["--evaluate"])
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "error: " in err
+        assert all(word in err for word in words), err
 
 
 def test_collapse_is_reported(example, run_env, monkeypatch):

@@ -178,7 +178,8 @@ def test_campaign_tools_list_diverged_runs_apart(env, straight, diverged, tmp_pa
     shutil.copytree(diverged[0], root / "bad" / "seed0")
     assert ablation.is_done(root / "bad" / "seed0")  # not rerun: it would diverge again
     table = ablation.aggregate(root, ["good", "bad"])
-    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    variants = table.partition("References")[0]    # the references table follows
+    rows = [line for line in variants.splitlines() if line.startswith("| ")]
     assert [r.split("|")[1].strip() for r in rows[1:]] == ["good"]
     assert "Diverged runs" in table and "bad seed0" in table and "nan" in table
     proc = subprocess.run([sys.executable, str(ROOT / "examples" / "compare_runs.py"),

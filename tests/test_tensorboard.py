@@ -4,6 +4,7 @@ Tiny in-process runs on generated tiles (the helpers of tests/test_example.py): 
 a Ctrl-C'd and resumed one, one killed between a validation and its checkpoint, --no-tensorboard,
 a missing tensorboard package, and the campaign layouts (ablation, compare_runs --logdir).
 """
+import json
 import shutil
 import signal
 import sys
@@ -69,6 +70,11 @@ def test_run_writes_metrics_image_and_config(tensorboard_run):
     (text,) = events.Tensors("config/text_summary")
     assert text.step == 0 and b"| hidden | 16 |" in text.tensor_proto.string_val[0]
     assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
+    # The test tiles: scored once, at the last step.
+    test = json.loads((tensorboard_run / "summary.json").read_text())["test"]
+    for key in ("l1", "psnr", "edge_l1"):
+        logged = [(e.step, np.float32(e.value)) for e in events.Scalars(f"test/{key}")]
+        assert logged == [(STEPS * BATCH, np.float32(test[key]))], key
 
 
 def test_no_tensorboard_writes_no_events_and_trains_the_same(example, run_env, tensorboard_run):

@@ -378,18 +378,3 @@ def test_real_dcss_sheets(tmp_path):
     assert tiles.min() >= 0 and tiles.max() <= 1
     train, val = split_tiles(tiles)
     assert (len(train), len(val)) == (6536 - 654, 500)  # 654 validation candidates, 500 used
-
-
-def test_linear_references_on_structured_tiles():
-    """Tiles made of 3 basis images: PCA-3 reconstructs them up to uint8 rounding; PCA-1 and
-    each tile's mean color do worse."""
-    from rpgkit.training.references import linear_references
-    gen = torch.Generator().manual_seed(0)
-    basis = torch.rand(3, 3 * 8 * 8, generator=gen)
-    weights = torch.rand(60, 3, generator=gen) / 3
-    tiles = (weights @ basis * 255).round().clamp(0, 255).to(torch.uint8).reshape(60, 3, 8, 8)
-    refs = linear_references(tiles[:50], tiles[50:], code_size=3)
-    assert refs["PCA-3"]["val_l1"] < 0.01 < refs["mean color"]["val_l1"]
-    assert linear_references(tiles[:50], tiles[50:], code_size=1)["PCA-1"]["val_l1"] > refs["PCA-3"]["val_l1"]
-    with pytest.raises(ValueError, match="code_size must be >= 1"):
-        linear_references(tiles[:50], tiles[50:], code_size=0)

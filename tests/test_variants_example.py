@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rpgkit.config import DECODER_DEFAULTS, decoder_backend
-from rpgkit.data import load_tiles_uint8, split_tiles
+from rpgkit.data import load_tiles_uint8, split_indices
 from rpgkit.models import ConvEncoder, build_autoencoder
 from rpgkit.training import (EXIT_INTERRUPTED, evaluate, load_checkpoint, nearest_render_l1_sum,
                              save_checkpoint, sobel_edge_l1_sum, subpixel_jitter)
@@ -128,7 +128,8 @@ def test_seed_preset_records_batch_norm_train_and_eval(example, run_env):
     saved = load_checkpoint(output / "checkpoint.pt")["model"]
     model = build_autoencoder(summary["config"])
     model.load_state_dict(saved)
-    _, val = split_tiles(load_tiles_uint8([run_env["sheet"]]))
+    tiles = load_tiles_uint8([run_env["sheet"]])
+    val = tiles[split_indices(tiles, summary["config"]["split"]).val]
     assert evaluate(model, val)["val_l1"] == pytest.approx(summary["val_l1"], rel=1e-6)
     assert evaluate(model, val, train_mode=True)["val_l1"] == \
         pytest.approx(summary["val_l1_bn_train_mode"], rel=1e-6)
@@ -232,14 +233,15 @@ def test_nearest_render_l1():
 
 
 def test_render_check_rebuilds_runs_and_scores_their_renders(inr_run, conv_run, tmp_path):
-    """The command as documented: each run's model from its checkpoint, at the run's own val L1."""
+    """The command as documented: each run's model from its checkpoint, scored on its own test
+    tiles as the run scored them when it finished."""
     picture = tmp_path / "renders.png"
     proc = subprocess.run([sys.executable, str(ROOT / "examples" / "render_check.py"), "--output",
                            str(picture), "--pictures", "2", f"inr={inr_run}", f"conv={conv_run}"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     for label, run in (("inr", inr_run), ("conv", conv_run)):
-        l1 = json.loads((run / "summary.json").read_text())["val_l1"]
+        l1 = json.loads((run / "summary.json").read_text())["test"]["l1"]
         assert f"| {label} | 1 | {l1:.4f} ± 0.0000 | 0." in proc.stdout
     assert picture.stat().st_size > 1000
     bad = subprocess.run([sys.executable, str(ROOT / "examples" / "render_check.py"), "--output",
@@ -258,7 +260,12 @@ def test_ablation_plans_skips_and_aggregates(ablation, inr_run, conv_run, run_en
     assert f"| film-grid | 1 | {inr_l1:.4f} ± 0.0000 |" in table
     assert f"| conv | 2 | {conv_l1:.4f} ± 0.0000 |" in table
     assert "| seed |" not in table
-    assert "mean color 0." in table and "PCA-102 0." in table
+    summary = json.loads((inr_run / "summary.json").read_text())
+    assert f"Split: groups ({summary['tiles']['train']:,} training, " in table
+    refs = summary["references"]
+    for name in ("mean color", "PCA-102", "nearest training tile"):
+        assert f"| {name} | {refs['val'][name]['l1']:.4f} | " in table
+        assert f" | {refs['test'][name]['l1']:.4f} | {refs['test'][name]['psnr']:.2f} | " in table
     assert (root / "results.md").read_text() == table
     assert (root / "curves.png").stat().st_size > 1000
     assert ablation.best_variant(root, ["film-grid", "conv"]) == \

@@ -40,14 +40,16 @@ INR_KEYS = ("conditioning", "norm", "inr_output", "embedding", "num_freqs", "max
 # --decoder inr without --norm / --inr-output follows --batch-norm / --activation-out.
 INR_NORM_FROM_BATCH_NORM = {"none": "none", "image": "image-bn", "batch": "batch-bn"}
 INR_OUTPUT_FROM_ACTIVATION_OUT = {"none": "linear", "sigmoid": "sigmoid"}
-# Settings added with --decoder; a checkpoint written before them gets these values on --resume.
+# Settings added with --decoder (and --split); a checkpoint written before them gets these values
+# on --resume (runs before --split trained on the seed's split by index).
 DECODER_DEFAULTS = {"preset": "baseline", "decoder": "seed", "conditioning": "concat",
                     "norm": None, "inr_output": None, "embedding": "seed", "num_freqs": 6,
                     "max_freq": None, "sigma": 10.0, "grid_size": 0, "grid_channels": 6,
                     "grid_head": "pool", "grid_blend": "bilinear", "subpixel": False,
-                    "conv_channels": 64, "warmup": 0}
+                    "conv_channels": 64, "warmup": 0, "split": "index"}
 # Settings that may change when a run is resumed; everything else must match the checkpoint.
-RUNTIME_KEYS = ("output", "resume", "device", "backend", "tiles", "quiet", "tensorboard")
+RUNTIME_KEYS = ("output", "resume", "evaluate", "device", "backend", "tiles", "quiet",
+                "tensorboard")
 
 
 def apply_preset(args, given: set) -> None:
@@ -200,13 +202,14 @@ def describe_decoder(cfg: dict) -> str:
             + (", sub-pixel training" if cfg["subpixel"] else "") + ")")
 
 
-def describe_run(cfg, model, backend, device, dist, n_train, n_val, total_steps, step) -> str:
+def describe_run(cfg, model, backend, device, dist, n_train, n_val, n_test, total_steps,
+                 step) -> str:
     counts = {name: sum(p.numel() for p in part.parameters())
               for name, part in (("encoder", model.encoder), ("decoder", model.decoder))}
     batch = cfg["batch_size"]
     lines = [
-        f"tiles: {n_train} training, {n_val} validation "
-        f"({', '.join(cfg['tiles']) if cfg['tiles'] else 'DCSS sheets'})",
+        f"tiles: {n_train} training, {n_val} validation, {n_test} test, split by "
+        f"{cfg['split']} ({', '.join(cfg['tiles']) if cfg['tiles'] else 'DCSS sheets'})",
         f"model: {cfg['encoder']} encoder ({counts['encoder']:,} parameters) -> code "
         f"{cfg['code_size']} -> {describe_decoder(cfg)} decoder ({counts['decoder']:,} "
         f"parameters, {model.decoder.macs_per_pixel(SHAPE[1:]):,.0f} MACs per pixel); "

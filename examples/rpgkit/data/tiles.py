@@ -23,9 +23,11 @@ Cache: the uint8 tensor is ``torch.save``-d in ``cache_dir`` (argument), else
 ``FORMAT_VERSION``, ``size`` and each source file's grid and content sha256.
 Written atomically (temp file + ``os.replace``); a bad cache file is rebuilt.
 
-``split_tiles``: index ``i % val_every == 0`` is a validation candidate; the
-first ``val_limit`` (500) candidates are validation, later candidates are in
-neither set (so training never depends on ``val_limit``); the rest is training.
+``split_tiles``: the seed's split. Index ``i % val_every == 0`` is a validation
+candidate; the first ``val_limit`` (500) candidates are validation, later
+candidates are in neither set (so training never depends on ``val_limit``); the
+rest is training. The example's default splits by groups of near-copies instead
+(``split.py``, which keeps this one as ``--split index``).
 """
 
 from __future__ import annotations
@@ -217,30 +219,39 @@ def cache_key(files: Sequence[tuple[Path, int]], size: int = DEFAULT_GRID) -> st
     return h.hexdigest()
 
 
-def _read_cache(path: Path, key: str, size: int) -> torch.Tensor | None:
+def read_cached(path: Path, key: str) -> dict | None:
+    """The dict saved by `save_atomic(path, key, ...)`, or None if it is missing, unreadable or
+    of another format version or key (the caller then rebuilds it)."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-        tiles = obj["tiles"]
-        ok = (obj.get("version") == FORMAT_VERSION and obj.get("key") == key
-              and isinstance(tiles, torch.Tensor) and tiles.dtype == torch.uint8
-              and tiles.dim() == 4 and tuple(tiles.shape[1:]) == (3, size, size)
-              and len(tiles) > 0)
-        return tiles.contiguous() if ok else None
-    except Exception:  # missing, truncated, garbage, wrong structure: rebuild
+    except Exception:  # missing, truncated, garbage: rebuild
         return None
+    if not isinstance(obj, dict) or obj.get("version") != FORMAT_VERSION or obj.get("key") != key:
+        return None
+    return obj
 
 
-def _write_cache(path: Path, key: str, tiles: torch.Tensor) -> None:
+def _read_cache(path: Path, key: str, size: int) -> torch.Tensor | None:
+    obj = read_cached(path, key)
+    tiles = None if obj is None else obj.get("tiles")
+    ok = (isinstance(tiles, torch.Tensor) and tiles.dtype == torch.uint8
+          and tiles.dim() == 4 and tuple(tiles.shape[1:]) == (3, size, size) and len(tiles) > 0)
+    return tiles.contiguous() if ok else None
+
+
+def save_atomic(path: Path, key: str, payload: dict) -> None:
+    """torch.save {version, key, **payload} to `path` atomically (temp file + os.replace); a
+    failure to write is a warning (the cache is an optimisation)."""
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
-            torch.save({"version": FORMAT_VERSION, "key": key, "tiles": tiles}, f)
+            torch.save({"version": FORMAT_VERSION, "key": key, **payload}, f)
         os.replace(tmp, path)
         tmp = None
     except OSError as err:
-        warnings.warn(f"could not write tile cache {path}: {err}", stacklevel=3)
+        warnings.warn(f"could not write cache file {path}: {err}", stacklevel=3)
     finally:
         if tmp is not None:
             with contextlib.suppress(OSError):
@@ -270,7 +281,7 @@ def load_tiles_uint8(sources: Sequence[SourceSpec] | None = None,
         if tiles is None:
             tiles = build_tiles(files, size)
             if len(tiles):
-                _write_cache(path, key, tiles)
+                save_atomic(path, key, {"tiles": tiles})
     if len(tiles) == 0:
         raise ValueError(f"no usable (non-constant) tiles in {[str(p) for p, _ in files]}")
     return tiles

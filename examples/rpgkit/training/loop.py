@@ -1,5 +1,6 @@
 """One run of the example from its config: data, model and optimizer set up or restored from a
 checkpoint, the training loop with validations and checkpoints, the final pictures and summary.
+The test tiles are scored once, when the run has finished (never during it), with the references.
 
 `run_training` returns the process's exit code: 0 finished, EXIT_INTERRUPTED (Ctrl-C, SIGTERM;
 the checkpoint is saved), EXIT_DIVERGED (a non-finite loss, gradient or validation metric).
@@ -15,7 +16,7 @@ import torch
 import fastinr
 from rpgkit.config import (SHAPE, VALIDATIONS_PER_RUN, decoder_backend, describe_run,
                            per_image_batch_norm, precision_of)
-from rpgkit.data import load_tiles_uint8, split_tiles
+from rpgkit.data import load_tiles_uint8, split_indices
 from rpgkit.models import build_autoencoder
 from rpgkit.training.atomic import remove_temporaries, write_json
 from rpgkit.training.checkpoint import rng_states, save_checkpoint, set_rng_states
@@ -24,6 +25,7 @@ from rpgkit.training.evaluation import collapse_message, evaluate, sample_pictur
 from rpgkit.training.interrupt import GracefulStop
 from rpgkit.training.metrics import is_collapsed, reconstruction_spread, write_csv
 from rpgkit.training.plots import plot_losses
+from rpgkit.training.references import cached_pca, reference_scores
 from rpgkit.training.step import (batch_for_step, make_optimizer, make_scheduler, set_seeds,
                                   subpixel_jitter, train_step)
 from rpgkit.training.tensorboard import open_tensorboard
@@ -45,22 +47,24 @@ def run_training(parser, cfg, device, dist, checkpoint, tqdm) -> int:
 
 
 def load_data(cfg: dict, dist, parser):
-    """(train, val) uint8 tiles on the CPU and a fingerprint of the whole tile set."""
+    """(train, val, test) uint8 tiles on the CPU by the run's --split, and a fingerprint of the
+    whole tile set."""
     def load():
         try:
-            return load_tiles_uint8(cfg["tiles"])
+            tiles = load_tiles_uint8(cfg["tiles"])
+            return tiles, split_indices(tiles, cfg["split"])
         except (FileNotFoundError, ValueError) as err:
             raise SystemExit(f"error: {err}")
-    if dist.is_main:  # builds the cache once; the other ranks then read it
-        tiles = load()
+    if dist.is_main:  # builds the caches once; the other ranks then read them
+        tiles, split = load()
     dist.barrier()
     if not dist.is_main:
-        tiles = load()
+        tiles, split = load()
     fingerprint = hashlib.sha256(tiles.numpy().tobytes()).hexdigest()
-    train, val = split_tiles(tiles)
+    train, val, test = (tiles[part] for part in split)
     if len(train) == 0 or len(val) < 1:
         parser.error(f"need at least 2 tiles for a training and a validation set, got {len(tiles)}")
-    return train, val, fingerprint
+    return train, val, test, fingerprint
 
 
 def _fmt(value) -> str:
@@ -79,11 +83,11 @@ class Training:
         # A saturated sigmoid (the seed's collapse) drives values into the denormal range, where
         # CPU float math is ~5x slower; flushing them to zero changes nothing measurable.
         torch.set_flush_denormal(True)
-        train_cpu, val_cpu, self.fingerprint = load_data(cfg, dist, parser)
+        train_cpu, val_cpu, self.test_cpu, self.fingerprint = load_data(cfg, dist, parser)
         if checkpoint is not None and checkpoint["data_fingerprint"] != self.fingerprint:
             parser.error("--resume: the tiles differ from the ones the checkpoint was trained on "
                          "(same sources and sheets needed)")
-        self.n_train, self.n_val = len(train_cpu), len(val_cpu)
+        self.n_train, self.n_val, self.n_test = len(train_cpu), len(val_cpu), len(self.test_cpu)
         if cfg["batch_size"] > self.n_train:
             parser.error(f"--batch-size {cfg['batch_size']} is larger than the {self.n_train} "
                          "training tiles")
@@ -131,7 +135,7 @@ class Training:
         self.say = tqdm.write if dist.is_main else (lambda *a, **k: None)
         if dist.is_main:
             self.say(describe_run(cfg, self.model, self.backend, device, dist, self.n_train,
-                                  self.n_val, self.total_steps, self.step))
+                                  self.n_val, self.n_test, self.total_steps, self.step))
         # Rank 0 alone; a resumed run drops the events written after its checkpoint.
         resume_images = self.step * batch if checkpoint is not None else None
         self.board = (open_tensorboard(self.output, resume_images, cfg, self.say)
@@ -284,6 +288,24 @@ class Training:
             if stopped:
                 break
 
+    def score_test(self, images: int):
+        """The finished model's test metrics (None without test tiles; TensorBoard test/... at
+        the last step) and the references {"val": ..., "test": ...} (references.py)."""
+        train, code_size = self.train_tiles.cpu(), self.cfg["code_size"]
+        pca = cached_pca(train, code_size)
+        references = {"val": reference_scores(train, self.val_tiles.cpu(), code_size, pca)}
+        if not self.n_test:
+            return None, {**references, "test": None}
+        references["test"] = reference_scores(train, self.test_cpu, code_size, pca)
+        scored = evaluate(self.model, self.test_cpu.to(self.device), precision=self.precision)
+        test = {"l1": scored["val_l1"], "psnr": scored["val_psnr"],
+                "edge_l1": scored["val_edge_l1"], "tiles": self.n_test}
+        if self.board:
+            self.board.log_row({"images": images, **{f"test_{k}": v for k, v in test.items()
+                                                     if k != "tiles"}})
+            self.board.flush()
+        return test, references
+
     def finish(self) -> None:
         """Pictures, summary.json and the closing line (main process)."""
         if not self.dist.is_main:
@@ -297,6 +319,8 @@ class Training:
         # its training mode (each image's own statistics) on the same final weights.
         bn_train = (evaluate(model, self.val_tiles, train_mode=True, precision=self.precision)
                     if per_image_batch_norm(cfg) and status != "diverged" else None)
+        test, references = (self.score_test(self.step * self.batch) if status == "finished"
+                            else (None, None))
         summary = {
             "status": status, "divergence": self.divergence,
             "images": self.step * self.batch, "steps": self.step,
@@ -307,12 +331,14 @@ class Training:
             "decoder_macs_per_pixel": float(model.decoder.macs_per_pixel(SHAPE[1:])),
             "val_spread": final["val_spread"], "val_tiles_spread": self.target_spread,
             "val_at_images": final["images"],
+            "test": test, "references": references,
             "collapsed": self.collapse is not None, "collapse_message": self.collapse,
             "images_per_second": (self.step * self.batch / self.train_seconds
                                   if self.train_seconds else None),
             "train_seconds": self.train_seconds, "device": str(self.device), "backend": self.backend,
             "world_size": self.dist.world_size,
-            "tiles": {"train": self.n_train, "val": self.n_val, "fingerprint": self.fingerprint},
+            "tiles": {"train": self.n_train, "val": self.n_val, "test": self.n_test,
+                      "split": cfg["split"], "fingerprint": self.fingerprint},
             "torch": torch.__version__, "config": cfg,
         }
         write_json(output / "summary.json", summary)
@@ -325,6 +351,11 @@ class Training:
         else:
             self.say(f"done: validation L1 {final['val_l1']:.4f}, PSNR {final['val_psnr']:.2f} dB, "
                      f"{summary['images_per_second']:.1f} images/s; outputs in {output}")
+            if test is not None:
+                self.say(f"test ({self.n_test} tiles, scored once): L1 {test['l1']:.4f}, "
+                         f"PSNR {test['psnr']:.2f} dB; references "
+                         + ", ".join(f"{name} {r['l1']:.4f}"
+                                     for name, r in references["test"].items()))
         if self.collapse:
             self.say(self.collapse)
         if self.board:
