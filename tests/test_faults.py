@@ -270,7 +270,7 @@ def test_folder_of_ten_thousand_files(tmp_path):
     folder = tmp_path / "many"
     folder.mkdir()
     rng = np.random.default_rng(random.randint(0, 2 ** 31))
-    distinct = 0
+    distinct, first = 0, None
     for i in range(10_000):
         if i % 10 == 0:   # every tenth is a constant tile (dropped)
             tile = np.full((32, 32, 4), 255, np.uint8)
