@@ -13,12 +13,18 @@ of mean and scale. Backward (d var / d mean sums to zero over a group):
 
 dh is one elementwise pass (read h, write dh) instead of torch's ~13 ops for the gradients of
 var_mean, rsqrt and the product.
+
+With a reducer (one group, this process's R rows of a batch of N rows split across processes;
+fastinr.contract): mean and var are the global batch's (fastinr.reference.global_moments), and
+the backward first sums dmean and dscale over the processes (every process normalizes with the
+same mean and scale), then divides by N instead of R; dgamma stays this process's share.
 """
 import torch
 import triton
 import triton.language as tl
 
 from fastinr.ops import config as config_module
+from fastinr.reference import global_moments
 from fastinr.ops.tiling import tile_rows
 
 
@@ -56,13 +62,16 @@ class NormStats(torch.autograd.Function):
     docstring."""
 
     @staticmethod
-    def forward(ctx, h, gamma, groups, eps, config):
+    def forward(ctx, h, gamma, groups, eps, config, reducer=None, total=None):
         width = h.shape[1]
         var, mean = torch.var_mean(h.view(groups, -1, width), dim=1, correction=0)
+        if reducer is not None:   # one group: the global batch's moments
+            mean, var = global_moments(mean, var, h.shape[0], total, reducer)
+            mean, var = mean.to(h.dtype), var.to(h.dtype)
         rstd = torch.rsqrt(var + eps)
         scale = gamma * rstd
         ctx.save_for_backward(h, mean, rstd, gamma)
-        ctx.meta = (groups, config)
+        ctx.meta = (groups, config, reducer, total)
         ctx.mark_non_differentiable(var)
         ctx.set_materialize_grads(False)    # no zero-filled gradient for var (nothing uses it)
         return mean, scale, var
@@ -70,11 +79,18 @@ class NormStats(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dmean, dscale, _):
         h, mean, rstd, gamma = ctx.saved_tensors
-        groups, config = ctx.meta
+        groups, config, reducer, total = ctx.meta
         rows, width = h.shape
         r_size = rows // groups
         dmean = torch.zeros_like(mean) if dmean is None else dmean.contiguous()
         dscale = torch.zeros_like(mean) if dscale is None else dscale.contiguous()
+        dgamma = dscale * rstd
+        if reducer is not None:
+            # summed over the processes, and scaled by R / N: the kernel divides by its R rows
+            sums = torch.cat([dmean, dscale], dim=1).double()
+            reducer(sums)
+            dmean, dscale = (sums * (r_size / total)).to(h.dtype).split(width, dim=1)
+            dmean, dscale = dmean.contiguous(), dscale.contiguous()
         meta = config.modulate(width)      # the same elementwise tiles
         tiles = triton.cdiv(r_size, meta["BLOCK_M"])
         dh = config_module.kernel_output(rows, width, device=h.device)
@@ -82,10 +98,10 @@ class NormStats(torch.autograd.Function):
             _norm_stats_bwd_kernel[(groups * tiles, triton.cdiv(width, meta["BLOCK_N"]))](
                 h, mean, rstd, gamma, dmean, dscale, dh, h.stride(0), r_size, width, tiles,
                 **meta)
-        dgamma = dscale * rstd
-        return dh, (dgamma[0] if groups == 1 else dgamma.sum(0)), None, None, None
+        return dh, (dgamma[0] if groups == 1 else dgamma.sum(0)), None, None, None, None, None
 
 
-def norm_stats(h, gamma, groups: int, eps: float, config):
-    """h (G*R, K) float32 with unit column stride; gamma (K,) float32."""
-    return NormStats.apply(h, gamma.float().contiguous(), groups, eps, config)
+def norm_stats(h, gamma, groups: int, eps: float, config, reducer=None, total=None):
+    """h (G*R, K) float32 with unit column stride; gamma (K,) float32. With `reducer` (groups 1),
+    h holds this process's rows of a batch of `total` rows split across processes."""
+    return NormStats.apply(h, gamma.float().contiguous(), groups, eps, config, reducer, total)
