@@ -219,6 +219,24 @@ Call prepare(const DecoderPlan& plan, const Tensor& codes, const std::vector<Ten
   return call;
 }
 
+// A reducer (a Python callable summing a float64 tensor in place over the processes) as the core's
+// sum_across, for statistics over a batch split across processes. The core runs without the GIL
+// and calls it from this thread at each BatchNorm; it takes the GIL to call back. The callable is
+// the caller's argument, alive for the whole call.
+void attach_reducer(DecoderConfig& cfg, const pybind11::object& reducer, int64_t global_rows) {
+  if (reducer.is_none()) return;
+  TORCH_CHECK_VALUE(cfg.norm_stats == NormStats::batch, "a reducer shares statistics over the batch across "
+                    "processes; it needs norm_stats='batch'");
+  TORCH_CHECK_VALUE(global_rows >= cfg.rows(), "global_rows must count the rows of every process, at least this "
+                    "one's ", cfg.rows(), ", got ", global_rows);
+  const pybind11::handle fn = reducer;
+  cfg.sum_across = [fn](double* values, int64_t count) {
+    pybind11::gil_scoped_acquire gil;
+    fn(torch::from_blob(values, {count}, torch::kFloat64));
+  };
+  cfg.global_rows = global_rows;
+}
+
 // The call's tensors as the core's named pointers.
 template <typename T>
 DecoderWeights<T> weights_of(const Call& call) {
@@ -342,9 +360,10 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>
     const DecoderPlan& plan, const Tensor& codes, const std::vector<Tensor>& params,
     const std::vector<Tensor>& running, const std::optional<Tensor>& mods, const std::optional<Tensor>& offset_basis,
     const std::optional<Tensor>& offset_cells, int64_t height, int64_t width, const std::string& norm_stats,
-    bool save, bool bf16_matmul) {
-  const Call call =
+    bool save, bool bf16_matmul, const pybind11::object& reducer, int64_t global_rows) {
+  Call call =
       prepare(plan, codes, params, running, mods, offset_basis, offset_cells, height, width, norm_stats, bf16_matmul);
+  attach_reducer(call.cfg, reducer, global_rows);
   const DecoderConfig& cfg = call.cfg;
 #ifdef FASTINR_WITH_CUDA
   if (codes.is_cuda()) {
@@ -387,9 +406,11 @@ std::vector<Tensor> backward(const DecoderPlan& plan, const Tensor& grad_colors,
                              const std::vector<Tensor>& params, const std::vector<Tensor>& running,
                              const std::vector<Tensor>& saved, const std::optional<Tensor>& mods,
                              const std::optional<Tensor>& offset_basis, const std::optional<Tensor>& offset_cells,
-                             int64_t height, int64_t width, const std::string& norm_stats, bool bf16_matmul) {
-  const Call call =
+                             int64_t height, int64_t width, const std::string& norm_stats, bool bf16_matmul,
+                             const pybind11::object& reducer, int64_t global_rows) {
+  Call call =
       prepare(plan, codes, params, running, mods, offset_basis, offset_cells, height, width, norm_stats, bf16_matmul);
+  attach_reducer(call.cfg, reducer, global_rows);
   const DecoderConfig& cfg = call.cfg;
   TORCH_CHECK_VALUE(codes.device().is_cpu(), "backward runs on the CPU only, got codes on ", codes.device());
   check_tensor(grad_colors, "grad_colors", codes, {cfg.batch, cfg.out_channels, height, width});
@@ -466,16 +487,20 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            py::arg("norm_stats"))
       .def("stats_widths", &fastinr::DecoderPlan::stats_widths,
            "widths of the (groups, width) block statistics forward returns", py::arg("norm_stats"));
-  m.def("forward", &fastinr::forward, "colors, stats means, stats vars, saved tensors", py::arg("plan"),
+  m.def("forward", &fastinr::forward,
+        "colors, stats means, stats vars, saved tensors; with a reducer (a callable summing a float64 tensor in "
+        "place over the processes) and global_rows, statistics over a batch split across processes",
+        py::arg("plan"),
         py::arg("codes"), py::arg("params"), py::arg("running"), py::arg("mods"), py::arg("offset_basis"),
         py::arg("offset_cells"), py::arg("height"), py::arg("width"), py::arg("norm_stats"), py::arg("save"),
-        py::arg("bf16_matmul") = false);
+        py::arg("bf16_matmul") = false, py::arg("reducer") = py::none(), py::arg("global_rows") = 0);
   m.def("backward", &fastinr::backward,
         "gradients of every params tensor (flat order), of codes, of mods (when modulated) and of offset_cells "
         "(when given)",
         py::arg("plan"), py::arg("grad_colors"), py::arg("codes"), py::arg("params"), py::arg("running"),
         py::arg("saved"), py::arg("mods"), py::arg("offset_basis"), py::arg("offset_cells"), py::arg("height"),
-        py::arg("width"), py::arg("norm_stats"), py::arg("bf16_matmul") = false);
+        py::arg("width"), py::arg("norm_stats"), py::arg("bf16_matmul") = false, py::arg("reducer") = py::none(),
+        py::arg("global_rows") = 0);
   m.def("built_with_cuda", &fastinr::built_with_cuda);
   m.def("activation_codes", [] {
     std::vector<std::pair<std::string, int>> codes;

@@ -16,8 +16,14 @@
 // per-thread scratch. BatchNorm with batch statistics needs a block's statistics before any tile can
 // normalise, so a pass over the tiles stops at such a block (stores h, accumulates statistics) and
 // the next pass resumes there; eval mode and decoders without BatchNorm run in one streaming pass.
+// Statistics over a batch split across processes (SyncBatchNorm): the pass boundary is where the
+// per-channel sums cross processes. The caller's sum_across is called at every BatchNorm with
+// batch statistics: forward, the block's sums of x, then its sums of squares about the global mean
+// (w values each, the Chan et al. merge of the processes' moments); backward, the sums of dy and of
+// dy * xhat (2w values). The global rows are the caller's (they normalise the sums).
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "elementwise.h"
@@ -46,6 +52,10 @@ struct DecoderConfig {
   // The hidden layers' GEMMs (forward, input and weight gradients) with bf16 operands and float32
   // accumulation (float only; set only where bf16_gemm_supported()). Everything else stays float32.
   bool bf16_matmul = false;
+  // With batch statistics across processes: sums `count` doubles in place over the processes, and
+  // the rows of the global batch. Empty: one process, the batch is the whole batch.
+  std::function<void(double* values, int64_t count)> sum_across;
+  int64_t global_rows = 0;
 
   int64_t pixels() const { return height * width; }
   int64_t rows() const { return batch * pixels(); }
@@ -56,6 +66,7 @@ struct DecoderConfig {
   bool batch_stats() const { return batch_norm && norm_stats != NormStats::running; }
   bool normalized() const { return batch_norm || layer_norm; }   // blocks have norm_weight, norm_bias
   int64_t groups() const { return norm_stats == NormStats::image ? batch : 1; }
+  bool synced() const { return batch_stats() && norm_stats == NormStats::batch && sum_across != nullptr; }
   bool modulated() const { return modulation != Modulation::none; }
   int64_t modulated_layers() const { return 1 + num_blocks() * layers; }
   // Index of basis row p of image `image` (its first of K values).

@@ -1,7 +1,8 @@
 // Fused backward of the decoder on the CPU: the forward's passes in reverse. With batch statistics
 // a pass stops at each BatchNorm (its input gradient needs per-group sums of dx and dx * xhat) and
-// the next pass finishes it; with per-image statistics each image runs its passes on one thread,
-// as in the forward (runs_per_image). Weight gradients are accumulated per thread, then summed.
+// the next pass finishes it (across processes: after summing those sums over the processes); with
+// per-image statistics each image runs its passes on one thread, as in the forward
+// (runs_per_image). Weight gradients are accumulated per thread, then summed.
 #include <omp.h>
 
 #include <algorithm>
@@ -150,6 +151,14 @@ class Backward {
         s1[k * w + c] += sums.mean[t * w + c];
         s2[k * w + c] += sums.m2[t * w + c];
       }
+    }
+    if (cfg_.synced()) {   // one group: the sums of dx0 and dx0 * xhat over every process
+      std::vector<double> both(s1);
+      both.insert(both.end(), s2.begin(), s2.end());
+      cfg_.sum_across(both.data(), 2 * w);
+      std::copy(both.begin(), both.begin() + w, s1.begin());
+      std::copy(both.begin() + w, both.end(), s2.begin());
+      count[0] = static_cast<double>(cfg_.global_rows);
     }
     const T* gamma = wts_.norm_weight[i];
     for (int64_t g = g0; g < g1; ++g) {

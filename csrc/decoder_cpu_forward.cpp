@@ -130,6 +130,7 @@ class Forward {
       }
       count[k] = n;
     }
+    if (cfg_.synced()) merge_across(w, norm.mean.data(), m2.data(), count[0]);
     for (int64_t g = g0; g < g1; ++g) {
       const int64_t k = g - g0;
       for (int64_t c = 0; c < w; ++c) {
@@ -144,6 +145,22 @@ class Forward {
       std::copy(norm.mean.data() + g0 * w, norm.mean.data() + g1 * w, saved_->mean[i] + g0 * w);
       std::copy(norm.rstd.data() + g0 * w, norm.rstd.data() + g1 * w, saved_->rstd[i] + g0 * w);
     }
+  }
+
+  // One group's (mean, M2) over `rows` rows of this process -> those of the global batch: the sums of
+  // x give the global mean, then M2 + rows (mean - global mean)^2 summed gives the global M2.
+  void merge_across(int64_t w, double* mean, double* m2, double& rows) const {
+    std::vector<double> sums(mean, mean + w);
+    for (double& v : sums) v *= rows;
+    cfg_.sum_across(sums.data(), w);
+    const double total = static_cast<double>(cfg_.global_rows);
+    for (int64_t c = 0; c < w; ++c) {
+      const double global = sums[c] / total, delta = mean[c] - global;
+      m2[c] += rows * delta * delta;
+      mean[c] = global;
+    }
+    cfg_.sum_across(m2, w);
+    rows = total;
   }
 
   void run_tile(int64_t t, int64_t start, Scratch<T>& s) {

@@ -49,8 +49,7 @@ from fastinr.backends import BACKENDS
 from fastinr.inr_decoder import CONDITIONINGS, EMBEDDINGS, NORMS, OUTPUTS
 from rpgkit.config import (BATCH_NORM_MODES, CPU_DEFAULT_MAX_INPUTS, GPU_DEFAULT_MAX_INPUTS,
                            PRESETS, RUNTIME_KEYS, VALIDATIONS_PER_RUN, apply_preset,
-                           batch_statistics, changed_settings, resolve_config, resolve_device,
-                           saved_config)
+                           changed_settings, resolve_config, resolve_device, saved_config)
 from rpgkit.data import SPLITS
 from rpgkit.models import DECODERS, ENCODERS, RESNET_WEIGHTS
 from rpgkit.training import init_distributed, load_checkpoint
@@ -240,11 +239,6 @@ def configure(argv):
     if cfg["batch_size"] % dist.world_size:
         parser.error(f"--batch-size {cfg['batch_size']} must be divisible by the number of "
                      f"processes ({dist.world_size})")
-    if dist.enabled and batch_statistics(cfg):
-        parser.error(f"{'--norm batch-bn' if cfg['decoder'] == 'inr' else '--batch-norm batch'} "
-                     "normalizes with statistics over the batch, which the fused decoders do not "
-                     "reduce across processes: under torchrun use per-image statistics "
-                     "(--batch-norm image, --norm image-bn or instance), or train in one process")
     return parser, cfg, device, dist, checkpoint
 
 

@@ -1,6 +1,7 @@
 """The decode contract: what every backend computes, its arguments, and the one validation.
 
-    decode(codes (B, C), params, spec, shape (H, W), norm_stats, running, mods, input_offset)
+    decode(codes (B, C), params, spec, shape (H, W), norm_stats, running, mods, input_offset,
+           reducer=None)
         -> (colors (B, out, H, W), [BlockStats of each BatchNorm block, in training])
 
 `spec` (DecoderSpec) is everything that is not a tensor; `params` (DecoderParams) the tensors in
@@ -12,6 +13,19 @@ before a backend sees it, so a backend checks only what its own memory safety ne
 
 norm_stats: "image" (statistics per image over its pixels, the seed's per-image loop),
 "batch" (over all pixels of the batch), "running" (the running statistics `running`, eval mode).
+
+reducer (with "batch" only): statistics over a batch split across processes (SyncBatchNorm). A
+callable that sums a float64 tensor in place over the processes (e.g. `dist.all_reduce`;
+fastinr.running_stats.group_reducer). Every process holds its share of the global batch and
+makes the same decode call; the backend reduces its per-channel sums at each BatchNorm, so each
+block is normalized with the moments of the global batch, and its backward reduces the gradient
+sums (in effect those of dy and dy * xhat) before the input gradient. A call with BatchNorm blocks
+reduces, in order: the row count (one value), then per block the sums of x, then the sums of
+(x - mean)^2 about the global mean (w_i values each); its backward then reduces each block's
+gradient sums, from the last block (their layout is the backend's). The BlockStats returned are
+the global ones (count: rows of the global batch). The parameters' gradients stay this
+process's share (DDP averages them; with each process's loss the mean over its equal share,
+that is the gradient of the global batch's mean loss).
 """
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Optional, Sequence, Tuple
@@ -195,6 +209,42 @@ def concat_offsets(offsets: Sequence[Optional[InputOffset]]) -> Optional[InputOf
     return InputOffset(torch.cat(bases, dim=-1).contiguous(), torch.cat([o.cells for o in offsets], dim=1))
 
 
+StatsReducer = Callable[[torch.Tensor], None]   # sums a float64 tensor in place over the processes
+
+
+_REDUCERS = {}   # handle -> reducer
+_HANDLES = {}    # reducer (or its id, if unhashable) -> handle
+
+
+def reducer_handle(reducer: Optional[StatsReducer]) -> int:
+    """An int for `reducer` (0 for None), how a custom op's schema carries it (reducer_of gives it
+    back). A reducer is kept for the life of the process, so a backward finds it: pass the same one
+    every step (fastinr.running_stats keeps one per process group), not a fresh closure."""
+    if reducer is None:
+        return 0
+    try:
+        hash(reducer)
+        key = reducer
+    except TypeError:
+        key = id(reducer)
+    if key not in _HANDLES:
+        _HANDLES[key] = len(_REDUCERS) + 1
+        _REDUCERS[_HANDLES[key]] = reducer
+    return _HANDLES[key]
+
+
+def reducer_of(handle: int) -> Optional[StatsReducer]:
+    """The reducer of reducer_handle's int (None for 0)."""
+    return _REDUCERS.get(handle)
+
+
+def reduced_rows(reducer: StatsReducer, rows: int, device) -> int:
+    """Rows of the global batch: this process's `rows` summed over the processes by `reducer`."""
+    total = torch.tensor([float(rows)], dtype=torch.float64, device=device)
+    reducer(total)
+    return int(round(total.item()))
+
+
 class BlockStats(NamedTuple):
     """Normalization statistics of one block's input, for the running-statistics update."""
     mean: torch.Tensor      # (B, w) per image, or (w,) per batch
@@ -363,7 +413,7 @@ def _check_alongside(name: str, tensor: torch.Tensor, codes: torch.Tensor, dtype
 
 
 def validate(codes, params, spec, shape, norm_stats="image", running=(), mods=None,
-             input_offset=None) -> Tuple[int, int]:
+             input_offset=None, reducer=None) -> Tuple[int, int]:
     """Every check of a decode call, in one place; returns (H, W). Errors name the argument and
     what was expected (TypeError for a wrong type or dtype, ValueError otherwise)."""
     if not isinstance(spec, DecoderSpec):
@@ -375,6 +425,13 @@ def validate(codes, params, spec, shape, norm_stats="image", running=(), mods=No
                              f"({canonical_activation(name)!r}), got {name!r}")
     if norm_stats not in NORM_STATS:
         raise ValueError(f"norm_stats must be one of {NORM_STATS}, got {norm_stats!r}")
+    if reducer is not None:
+        if not callable(reducer):
+            raise TypeError(f"reducer must be a callable that sums a float64 tensor in place across "
+                            f"processes, got {type(reducer).__name__}")
+        if norm_stats != "batch":
+            raise ValueError(f"a reducer shares statistics over the batch across processes; it needs "
+                             f"norm_stats='batch', got {norm_stats!r}")
     check_codes(codes, spec.code_size, "spec.code_size")
     check_params(params, spec)
     if codes.device != params.w_in.device:
@@ -428,5 +485,5 @@ def needs_grad(codes: torch.Tensor, params: DecoderParams, mods=None, input_offs
 
 
 __all__ = ["BlockStats", "DecoderParams", "DecoderSpec", "InputOffset", "MODULATIONS", "NORM_STATS",
-           "check_codes", "check_input_offset", "check_mods", "check_norm_pixels", "check_params",
-           "check_shape", "needs_grad", "validate"]
+           "StatsReducer", "check_codes", "check_input_offset", "check_mods", "check_norm_pixels", "check_params",
+           "check_shape", "needs_grad", "reduced_rows", "reducer_handle", "reducer_of", "validate"]

@@ -46,7 +46,7 @@ from fastinr.embedding import embed_coordinates, pixel_coordinates, pos_embeddin
 from fastinr.inr_lowering import blend_members, lower
 from fastinr.inr_points import evaluate_at_points
 from fastinr.latent_grid import AREA_MEMBERS, LatentGrid
-from fastinr.running_stats import decode_norm_stats, fold_decode_stats
+from fastinr.running_stats import batch_reducer, decode_norm_stats, fold_decode_stats
 
 CONDITIONINGS = ("concat", "shift", "film")
 NORMS = ("none", "image-bn", "instance", "batch-bn", "layer")
@@ -238,7 +238,8 @@ class INRDecoder(nn.Module):
         lowered = lower(self, codes, shape, jitter)
         colors, stats = backends.decode(lowered.codes, lowered.params, lowered.spec, shape, norm_stats,
                                         running, mods=lowered.mods, input_offset=lowered.input_offset,
-                                        backend=self.backend)
+                                        backend=self.backend,
+                                        reducer=batch_reducer(self, norm_stats) if norms else None)
         colors = blend_members(colors, lowered.blend)
         if self.output == "wide-sigmoid":   # the kernels' sigmoid, widened by one elementwise op
             colors = colors * 1.002 - 0.001

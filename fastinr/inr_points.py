@@ -11,7 +11,7 @@ from fastinr.activations import apply_activation
 from fastinr.contract import check_norm_pixels
 from fastinr.inr_lowering import fused_spec
 from fastinr.reference import modulate, normalize
-from fastinr.running_stats import decode_norm_stats, fold_decode_stats
+from fastinr.running_stats import batch_reducer, decode_norm_stats, fold_decode_stats
 
 
 def evaluate_at_points(decoder, codes: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
@@ -65,6 +65,7 @@ def _normalize(decoder, i: int, h: torch.Tensor, pixels: int) -> torch.Tensor:
         return norm(h)
     stats, running = decode_norm_stats(decoder, [norm], "batch" if decoder.norm == "batch-bn" else "image")
     check_norm_pixels(stats, h.shape[0], pixels)
-    x, block_stats = normalize(h, norm.weight, norm.bias, norm.eps, stats, running[0] if running else None)
+    x, block_stats = normalize(h, norm.weight, norm.bias, norm.eps, stats, running[0] if running else None,
+                               batch_reducer(decoder, stats))
     fold_decode_stats(decoder, [norm], [block_stats] if block_stats is not None else [], decoder.members)
     return x

@@ -15,7 +15,7 @@ from fastinr.activations import activation_module, canonical_activation
 from fastinr.contract import DecoderParams, DecoderSpec, check_codes, check_shape
 from fastinr.embedding import pos_embedding_size
 from fastinr.points import check_points, decode_points
-from fastinr.running_stats import decode_norm_stats, fold_decode_stats
+from fastinr.running_stats import batch_reducer, decode_norm_stats, fold_decode_stats
 
 BATCH_NORM_STATS = ("image", "batch")
 
@@ -44,7 +44,8 @@ class ImageManifoldDecoder(nn.Module):
 
     The seed's arguments, plus:
       batch_norm_stats: "image" (default, the seed's per-image loop: statistics over each image's
-          pixels, running statistics updated once per image) or "batch" (over the whole batch).
+          pixels, running statistics updated once per image) or "batch" (over the whole batch;
+          across processes after fastinr.sync_running_stats, as SyncBatchNorm).
       backend: "auto" | "torch" | "triton" | "native" (see fastinr.backends).
     """
 
@@ -165,12 +166,13 @@ class ImageManifoldDecoder(nn.Module):
             shape = self.default_shape
         norms = self._norms()
         norm_stats, running = decode_norm_stats(self, norms, self.batch_norm_stats)
+        reducer = batch_reducer(self, norm_stats) if norms else None
         codes = x.reshape(-1, self.num_input_channels)
         if coords is None:
             colors, stats = backends.decode(codes, self.decoder_params(), self.spec, shape, norm_stats,
-                                            running, backend=self.backend)
+                                            running, backend=self.backend, reducer=reducer)
         else:
             colors, stats = decode_points(codes, self.decoder_params(), self.spec, coords, norm_stats,
-                                          running, backend=self.backend)
+                                          running, backend=self.backend, reducer=reducer)
         fold_decode_stats(self, norms, stats)
         return colors[0] if x.ndim == 1 else colors

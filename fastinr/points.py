@@ -56,7 +56,7 @@ def points_offset(points: torch.Tensor, spec: DecoderSpec, w_pos: torch.Tensor, 
 
 def decode_points(codes: torch.Tensor, params: DecoderParams, spec: DecoderSpec, points: torch.Tensor,
                   norm_stats: str = "image", running=(), mods=None,
-                  input_offset: Optional[InputOffset] = None, backend: str = "auto"):
+                  input_offset: Optional[InputOffset] = None, backend: str = "auto", reducer=None):
     """Colors (B, out, P) at the query points, (P, 2) shared by the batch or (B, P, 2) per image,
     and the BlockStats of each BatchNorm block: fastinr.backends.decode's contract with points
     instead of a pixel grid (an `input_offset`, if given, has a basis (1, P, K) or (B, 1, P, K))."""
@@ -67,5 +67,5 @@ def decode_points(codes: torch.Tensor, params: DecoderParams, spec: DecoderSpec,
     offset = points_offset(points, spec, params.w_in[:, spec.code_size:], codes.shape[0])
     colors, stats = backends.decode(codes, params, spec, (1, count), norm_stats, running,
                                     mods=mods, input_offset=concat_offsets([input_offset, offset]),
-                                    backend=backend)
+                                    backend=backend, reducer=reducer)
     return colors.reshape(colors.shape[0], spec.out_channels, count), stats

@@ -30,6 +30,9 @@ Normalization statistics come from `norm_stats`:
     "image"   - per image over its pixels (the seed's per-image loop, in training)
     "batch"   - over all pixels of the batch
     "running" - the running statistics (eval mode)
+With a `reducer` ("batch" only, fastinr.contract) the batch is this process's share of a batch split
+across processes: the moments are those of the global batch (global_moments), and autograd's
+backward through them reduces their gradients (the sums of dy and dy * xhat, in effect).
 """
 import functools
 from typing import Optional, Sequence, Tuple
@@ -37,21 +40,57 @@ from typing import Optional, Sequence, Tuple
 import torch
 
 from fastinr.activations import apply_activation
-from fastinr.contract import BlockStats, DecoderParams, DecoderSpec, InputOffset
+from fastinr.contract import BlockStats, DecoderParams, DecoderSpec, InputOffset, reduced_rows
 from fastinr.embedding import embed_coordinates, pos_embedding
 
 
+class _SumAcross(torch.autograd.Function):
+    """The reducer's sum over the processes; its gradient is the sum of the processes' gradients
+    (every process uses the total)."""
+
+    @staticmethod
+    def forward(ctx, values, reducer):
+        ctx.reducer = reducer
+        total = values.detach().clone()
+        reducer(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        ctx.reducer(grad)
+        return grad, None
+
+
+def global_moments(mean: torch.Tensor, var: torch.Tensor, rows: int, total: int, reducer):
+    """(mean, biased var) in float64 over the `total` rows of every process, from this process's
+    mean and biased var (w,) over its `rows` rows: the sums of x, then the sums of squares about
+    the global mean (Chan et al.: sum_p (m2_p + n_p (mean_p - mean)^2)), each summed by `reducer`.
+    Differentiable: the backward reduces the gradients of both sums."""
+    mean, var = mean.double(), var.double()
+    global_mean = _SumAcross.apply(mean * rows, reducer) / total
+    m2 = _SumAcross.apply(var * rows + rows * (mean - global_mean) ** 2, reducer)
+    return global_mean, m2 / total
+
+
 def normalize(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
-              norm_stats: str, running: Optional[Tuple[torch.Tensor, torch.Tensor]]):
-    """BatchNorm of x (B, P, w). Returns (normalized x, BlockStats or None)."""
+              norm_stats: str, running: Optional[Tuple[torch.Tensor, torch.Tensor]],
+              reducer=None, total: Optional[int] = None):
+    """BatchNorm of x (B, P, w). Returns (normalized x, BlockStats or None). With `reducer`
+    ("batch"), x is this process's share of `total` rows (fastinr.contract.reduced_rows; None:
+    reduced here)."""
     if norm_stats == "running":
         mean, var = running
         scale = weight * torch.rsqrt(var + eps)
         return x * scale + (bias - mean * scale), None
     dims = (1,) if norm_stats == "image" else (0, 1)
     var, mean = torch.var_mean(x, dim=dims, keepdim=True, correction=0)
-    y = (x - mean) * torch.rsqrt(var + eps) * weight + bias
     count = x.shape[1] if norm_stats == "image" else x.shape[0] * x.shape[1]
+    if reducer is not None and norm_stats == "batch":
+        total = reduced_rows(reducer, count, x.device) if total is None else total
+        mean, var = global_moments(mean, var, count, total, reducer)
+        mean, var, count = mean.to(x.dtype), var.to(x.dtype), total
+    y = (x - mean) * torch.rsqrt(var + eps) * weight + bias
     unbiased = var * (count / max(count - 1, 1))
     stat_shape = (-1, x.shape[2]) if norm_stats == "image" else (x.shape[2],)
     return y, BlockStats(mean.detach().reshape(stat_shape), unbiased.detach().reshape(stat_shape),
@@ -71,7 +110,7 @@ def decode(codes: torch.Tensor, params: DecoderParams, spec: DecoderSpec, shape:
            norm_stats: str = "image",
            running: Sequence[Tuple[torch.Tensor, torch.Tensor]] = (),
            mods: Optional[torch.Tensor] = None, input_offset: Optional[InputOffset] = None,
-           points: Optional[torch.Tensor] = None):
+           points: Optional[torch.Tensor] = None, reducer=None):
     """Colors (B, out, H, W) for codes (B, C), and the BlockStats of each normalized block.
 
     `running` holds (running_mean, running_var) per block, used when norm_stats == "running";
@@ -79,7 +118,8 @@ def decode(codes: torch.Tensor, params: DecoderParams, spec: DecoderSpec, shape:
     given, is added to the input layer's pre-activation (see InputOffset). The arguments are
     those fastinr.contract.validate accepts. `points` (H*W, 2) shared by the batch or (B, H*W, 2)
     per image, if given, are the query points (x, y) in place of the pixel centres (the oracle of
-    fastinr.points.decode_points).
+    fastinr.points.decode_points). `reducer`: statistics over a batch split across processes
+    (fastinr.contract).
     """
     batch, height, width = codes.shape[0], shape[0], shape[1]
     emb = (pos_embedding(height, width, spec.freqs, device=codes.device, dtype=params.w_in.dtype)
@@ -94,11 +134,14 @@ def decode(codes: torch.Tensor, params: DecoderParams, spec: DecoderSpec, shape:
     layer = 1
 
     stats = []
+    synced = reducer is not None and spec.batch_norm and spec.num_blocks > 0
+    total = reduced_rows(reducer, h.shape[0] * h.shape[1], h.device) if synced else None
     for i in range(spec.num_blocks):
         x = h
         if spec.batch_norm:
             x, block_stats = normalize(x, params.norm_weight[i], params.norm_bias[i], spec.eps,
-                                       norm_stats, running[i] if norm_stats == "running" else None)
+                                       norm_stats, running[i] if norm_stats == "running" else None,
+                                       reducer if synced else None, total)
             if block_stats is not None:
                 stats.append(block_stats)
         elif spec.layer_norm:

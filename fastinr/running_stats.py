@@ -12,8 +12,11 @@ Under DDP every process sees only its share of the global batch. After
 `sync_running_stats(model)`, each decoder gathers the per-image statistics of all processes
 (one all_gather per forward) and every process applies the same update, in global batch order
 (process 0's images first), so the buffers equal a single process's that saw the whole batch.
-Statistics over the batch would have to be reduced across processes inside the decode (before
-the normalization), which the fused kernels do not do: a synced decoder refuses them.
+Statistics over the batch are reduced across processes inside the decode, SyncBatchNorm's
+semantics: `batch_reducer(decoder, mode)` gives the decode a reducer (an all_reduce over the
+process group; fastinr.contract), every BatchNorm normalizes with the global batch's moments and
+its backward reduces the sums of dy and dy * xhat, and the returned statistics are the global
+batch's, so every process applies the one update a single process would.
 """
 import contextlib
 from typing import Sequence
@@ -25,8 +28,8 @@ from torch import nn
 from fastinr.contract import BlockStats
 from fastinr.reference import update_running_stats as update_buffers
 
-__all__ = ["check_syncable", "decode_norm_stats", "fold_decode_stats", "fold_running_stats",
-           "local_running_stats", "sync_running_stats"]
+__all__ = ["batch_reducer", "decode_norm_stats", "fold_decode_stats", "fold_running_stats",
+           "group_reducer", "local_running_stats", "sync_running_stats"]
 
 _ATTRIBUTE = "running_stats_group"  # set on a decoder by sync_running_stats
 
@@ -59,12 +62,29 @@ def local_running_stats(model: nn.Module):
             setattr(module, _ATTRIBUTE, group)
 
 
-def check_syncable(decoder: nn.Module, norm_stats: str) -> None:
-    """A synced decoder cannot normalize with statistics over (its share of) the batch."""
-    if getattr(decoder, _ATTRIBUTE, None) is not None and norm_stats == "batch":
-        raise ValueError(
-            "BatchNorm with statistics over the batch cannot run across processes (each would "
-            "normalize its own share); use per-image statistics, or train in one process")
+_GROUP_REDUCERS = {}  # process group -> its reducer: one object per group (the native ops keep it)
+
+
+def group_reducer(process_group):
+    """The reducer (fastinr.contract) of `process_group`: an all_reduce sum in place (a CPU tensor
+    of an nccl group goes through the current CUDA device)."""
+    if process_group not in _GROUP_REDUCERS:
+        def reduce_(tensor: torch.Tensor) -> None:
+            if tensor.device.type == "cpu" and dist.get_backend(process_group) == "nccl":
+                on_device = tensor.to(torch.device("cuda", torch.cuda.current_device()))
+                dist.all_reduce(on_device, group=process_group)
+                tensor.copy_(on_device)
+            else:
+                dist.all_reduce(tensor, group=process_group)
+        _GROUP_REDUCERS[process_group] = reduce_
+    return _GROUP_REDUCERS[process_group]
+
+
+def batch_reducer(decoder: nn.Module, norm_stats: str):
+    """The reducer for a decode of `decoder` with `norm_stats` (from decode_norm_stats): its process
+    group's when the decoder is synced and normalizes with statistics over the batch, else None."""
+    group = getattr(decoder, _ATTRIBUTE, None)
+    return group_reducer(group) if group is not None and norm_stats == "batch" else None
 
 
 def decode_norm_stats(decoder: nn.Module, norms: Sequence[nn.BatchNorm1d], mode: str):
@@ -74,7 +94,6 @@ def decode_norm_stats(decoder: nn.Module, norms: Sequence[nn.BatchNorm1d], mode:
     if not norms:
         return "running", []   # unused without BatchNorm
     if decoder.training or not norms[0].track_running_stats:
-        check_syncable(decoder, mode)
         return mode, []
     return "running", [(norm.running_mean, norm.running_var) for norm in norms]
 
@@ -91,11 +110,13 @@ def fold_running_stats(norms: Sequence[nn.BatchNorm1d], stats: Sequence[BlockSta
                          process_group=None, members: int = 1) -> None:
     """Fold one forward's statistics into the BatchNorms' buffers.
 
+    Per-image statistics are gathered across processes (`process_group`); statistics over the
+    batch came out of a synced decode already global (batch_reducer), one update as in one process.
     `members` > 1: the batch is `members` copies of the images one after the other (the area
     ensemble's members), each copy gathered across processes in its own place.
     """
     for norm, block_stats in zip(norms, stats):
-        if process_group is not None:
+        if process_group is not None and block_stats.mean.ndim == 2:
             block_stats = _gather(block_stats, process_group, members)
         update_buffers(norm.running_mean, norm.running_var, norm.num_batches_tracked,
                        block_stats, norm.momentum)

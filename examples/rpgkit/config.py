@@ -177,12 +177,6 @@ def precision_of(cfg: dict, device: torch.device) -> str:
     return precision
 
 
-def batch_statistics(cfg: dict) -> bool:
-    """Whether the decoder normalizes with statistics over the whole batch in training."""
-    return (cfg["decoder"] == "seed" and cfg["batch_norm"] == "batch") or \
-        (cfg["decoder"] == "inr" and cfg["norm"] == "batch-bn")
-
-
 def per_image_batch_norm(cfg: dict) -> bool:
     """Whether the decoder has the seed's per-image BatchNorm (running statistics in eval)."""
     return (cfg["decoder"] == "seed" and cfg["batch_norm"] == "image") or \

@@ -2,13 +2,14 @@
 the compiled extension) and picks a backend.
 
     decode(codes, params, spec, shape, norm_stats="image", running=(), mods=None,
-           input_offset=None, backend="auto") -> (colors (B, out, H, W), [BlockStats])
+           input_offset=None, backend="auto", reducer=None) -> (colors (B, out, H, W), [BlockStats])
 
 checks its arguments once (fastinr.contract.validate), picks a backend (`resolve_backend`) and
 runs it. Every backend is a module with two functions:
 
-    decode(codes, params, spec, (H, W), norm_stats, running, mods, input_offset)
-        the contract's computation, for arguments that passed validate
+    decode(codes, params, spec, (H, W), norm_stats, running, mods, input_offset[, reducer=])
+        the contract's computation, for arguments that passed validate (reducer, statistics
+        over a batch split across processes, is passed only when given)
     supports(device, spec, needs_grad) -> None, or the reason it cannot run such a call
 
     torch   fastinr.backends.torch_backend    anywhere (the reference math, chunked on the CPU)
@@ -118,13 +119,16 @@ def _resolve(requested: str, device: torch.device, spec, needs_grad: bool) -> st
 
 
 def decode(codes, params, spec, shape, norm_stats: str = "image", running=(), mods=None,
-           input_offset=None, backend: Optional[str] = "auto"):
+           input_offset=None, backend: Optional[str] = "auto", reducer=None):
     """Colors (B, out, H, W) for codes (B, C) and the BlockStats of each BatchNorm block (in
     training), by the backend `backend` ("auto", or a name in BACKENDS): the arguments are
-    validated once (fastinr.contract.validate), then handed to the backend."""
-    shape = validate(codes, params, spec, shape, norm_stats, running, mods, input_offset)
+    validated once (fastinr.contract.validate), then handed to the backend. `reducer`: statistics
+    over a batch split across processes (see fastinr.contract)."""
+    shape = validate(codes, params, spec, shape, norm_stats, running, mods, input_offset, reducer)
     grad = _needs_grad(codes, params, mods, input_offset)
     _, run = resolve_backend(backend, codes.device, spec, grad)
+    if reducer is not None:
+        return run(codes, params, spec, shape, norm_stats, running, mods, input_offset, reducer=reducer)
     return run(codes, params, spec, shape, norm_stats, running, mods, input_offset)
 
 

@@ -37,7 +37,7 @@ import torch
 
 from fastinr import _C, reference
 from fastinr.backends import native_ops  # noqa: F401  (registers the fastinr::native_* ops)
-from fastinr.contract import BlockStats, DecoderParams, DecoderSpec, InputOffset
+from fastinr.contract import BlockStats, DecoderParams, DecoderSpec, InputOffset, reduced_rows, reducer_handle
 
 # Asked once: torch.compile cannot trace a call into the extension.
 _BUILT_WITH_CUDA = bool(_C.built_with_cuda())
@@ -105,25 +105,27 @@ def reduced_precision(codes: torch.Tensor) -> Optional[torch.dtype]:
 
 def decode(codes: torch.Tensor, params: DecoderParams, spec: DecoderSpec, shape: Tuple[int, int],
            norm_stats: str = "image", running: Sequence[Tuple[torch.Tensor, torch.Tensor]] = (),
-           mods: Optional[torch.Tensor] = None, input_offset: Optional[InputOffset] = None):
+           mods: Optional[torch.Tensor] = None, input_offset: Optional[InputOffset] = None, reducer=None):
     """Colors (B, out, H, W) and the BlockStats of each normalized block (see fastinr.reference),
-    for arguments that passed fastinr.contract.validate; the extension checks what it reads."""
+    for arguments that passed fastinr.contract.validate; the extension checks what it reads. With
+    a reducer the core calls it at each BatchNorm (statistics over a batch split across processes)."""
     reduced = reduced_precision(codes)
     if reduced == torch.float16 or (reduced is not None and codes.device.type != "cpu"):
         # no float16 GEMMs in the core, and the CUDA render is float32 / float64
-        return reference.decode(codes, params, spec, shape, norm_stats, running, mods, input_offset)
+        return reference.decode(codes, params, spec, shape, norm_stats, running, mods, input_offset,
+                                reducer=reducer)
     tensors = params.flat()
     if reduced == torch.bfloat16:
-        return _decode_bf16(codes, tensors, spec, shape, norm_stats, running, mods, input_offset)
+        return _decode_bf16(codes, tensors, spec, shape, norm_stats, running, mods, input_offset, reducer)
     if codes.device.type != "cpu":
         if mods is not None or input_offset is not None or spec.layer_norm:
             raise ValueError("the native backend renders on CUDA without modulation, input_offset or "
                              "LayerNorm only; use the triton or torch backend for these decoders on the GPU")
         return _render(codes, tensors, spec, shape, norm_stats, running), []
-    return _decode_cpu(codes, tensors, spec, shape, norm_stats, running, mods, input_offset)
+    return _decode_cpu(codes, tensors, spec, shape, norm_stats, running, mods, input_offset, reducer=reducer)
 
 
-def _decode_bf16(codes, tensors, spec, shape, norm_stats, running, mods, input_offset):
+def _decode_bf16(codes, tensors, spec, shape, norm_stats, running, mods, input_offset, reducer=None):
     """A bfloat16 call (autocast or bf16 tensors): float32 tensors into the core with bf16 GEMMs
     (where the CPU has them), colors back in the parameters' dtype."""
     if not torch.is_autocast_enabled(codes.device.type):
@@ -136,12 +138,13 @@ def _decode_bf16(codes, tensors, spec, shape, norm_stats, running, mods, input_o
         input_offset = InputOffset(as_float(input_offset.basis), as_float(input_offset.cells))
     running = [(as_float(mean), as_float(var)) for mean, var in running]
     colors, stats = _decode_cpu(codes.float(), [t.float() for t in tensors], spec, shape, norm_stats, running,
-                                as_float(mods), input_offset, bf16_matmul())
+                                as_float(mods), input_offset, bf16_matmul(), reducer)
     dtype = tensors[-1].dtype
     return colors.to(dtype), [BlockStats(s.mean.to(dtype), s.var.to(dtype), s.count) for s in stats]
 
 
-def _decode_cpu(codes, tensors, spec, shape, norm_stats, running, mods, input_offset, bf16=False):
+def _decode_cpu(codes, tensors, spec, shape, norm_stats, running, mods, input_offset, bf16=False,
+                reducer=None):
     """The fused CPU forward (and backward through the ops' autograd) for checked arguments."""
     flat_running = []
     if spec.batch_norm and norm_stats == "running":
@@ -153,10 +156,14 @@ def _decode_cpu(codes, tensors, spec, shape, norm_stats, running, mods, input_of
     # Only keep activations for a backward that can happen (needs_input_grad ignores no_grad).
     inputs = [t for t in (codes, mods, cells, *tensors) if t is not None]
     save = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
-    colors, means, variances, _ = _native_forward(codes, tensors, flat_running, mods, basis, cells, spec,
-                                                  shape, norm_stats, save, bf16)
     pixels = int(shape[0]) * int(shape[1])
     count = pixels if norm_stats == "image" else codes.shape[0] * pixels
+    synced = reducer is not None and spec.batch_norm and spec.num_blocks > 0
+    if synced:
+        count = reduced_rows(reducer, count, codes.device)
+    colors, means, variances, _ = _native_forward(codes, tensors, flat_running, mods, basis, cells, spec,
+                                                  shape, norm_stats, save, bf16,
+                                                  reducer if synced else None, count if synced else 0)
     # per image (B, w), per batch (w,)
     stats = [BlockStats(mean, var, count) if norm_stats == "image" else BlockStats(mean[0], var[0], count)
              for mean, var in zip(means, variances)]
@@ -178,9 +185,11 @@ def _render(codes, tensors, spec, shape, norm_stats, running):
                                False)[0]
 
 
-def _native_forward(codes, tensors, running, mods, basis, cells, spec, shape, norm_stats, save, bf16):
+def _native_forward(codes, tensors, running, mods, basis, cells, spec, shape, norm_stats, save, bf16,
+                    reducer=None, global_rows=0):
     """colors, means, vars, saved of fastinr::native_forward (native_ops)."""
+    sync = dict(reducer=reducer_handle(reducer), global_rows=global_rows) if reducer else {}
     return torch.ops.fastinr.native_forward(codes, tensors, running, mods, basis, cells,
                                             **spec.op_fields(), height=int(shape[0]),
                                             width=int(shape[1]), norm_stats=norm_stats, save=save,
-                                            bf16_matmul=bf16)
+                                            bf16_matmul=bf16, **sync)

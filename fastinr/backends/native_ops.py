@@ -4,7 +4,8 @@ each as one node (a fake kernel gives every output's shape and dtype) and autogr
     fastinr::native_forward(codes (B, C), params [DecoderParams.flat()], running [mean_0, var_0, ...],
                             mods (B, M, k, hidden)?,
                             offset_basis (H, W, K) or (B, H, W, K)?, offset_cells (B, K, hidden)?,
-                            *, <the DecoderSpec's fields>, height, width, norm_stats, save, bf16_matmul)
+                            *, <the DecoderSpec's fields>, height, width, norm_stats, bf16_matmul,
+                            reducer, global_rows, save)
         -> colors (B, out, H, W), means [(groups, w_i)], vars [(groups, w_i)], saved [...]
     fastinr::native_backward(grad_colors, codes, params, running, saved, mods?, offset_basis?,
                              offset_cells?, *, <the same keywords but save>)
@@ -15,7 +16,10 @@ empty without batch statistics, saved is empty without `save`. Gradients flow to
 mods and offset_cells (running and offset_basis are constants).
 
 Custom-op arguments are schema types, so the spec travels as its fields (keyword-only); the C++
-DecoderPlan, the spec checked once, is looked up from a cache keyed by them.
+DecoderPlan, the spec checked once, is looked up from a cache keyed by them. A reducer (statistics
+over a batch split across processes, fastinr.contract) travels as an int handle
+(fastinr.contract.reducer_handle; 0: none) with the rows of the global batch; the backward gets
+both with the other keywords.
 """
 import functools
 from typing import Tuple
@@ -23,11 +27,10 @@ from typing import Tuple
 import torch
 
 from fastinr import _C
-from fastinr.contract import DecoderSpec
+from fastinr.contract import DecoderSpec, reducer_of
 
 SPEC_FIELDS = tuple(DecoderSpec.__dataclass_fields__)
-_CALL_SCHEMA = "int height, int width, str norm_stats, bool bf16_matmul"
-
+_CALL_SCHEMA = "int height, int width, str norm_stats, bool bf16_matmul, int reducer=0, int global_rows=0"
 
 @functools.lru_cache(maxsize=64)
 def _cached_plan(key: Tuple) -> "_C.DecoderPlan":
@@ -51,13 +54,19 @@ def _split(call: dict):
             {name: value for name, value in call.items() if name not in SPEC_FIELDS})
 
 
+def _extension_call(call: dict):
+    """(the spec's fields, the extension's keywords): the reducer's handle as the reducer."""
+    spec, rest = _split(call)
+    return spec, dict(rest, reducer=reducer_of(rest.get("reducer", 0)))
+
+
 @torch.library.custom_op(
     "fastinr::native_forward", mutates_args=(),
     schema=f"(Tensor codes, Tensor[] params, Tensor[] running, Tensor? mods, Tensor? offset_basis, "
            f"Tensor? offset_cells, *, {DecoderSpec.OP_SCHEMA}, {_CALL_SCHEMA}, bool save) "
            f"-> (Tensor, Tensor[], Tensor[], Tensor[])")
 def native_forward(codes, params, running, mods, offset_basis, offset_cells, **call):
-    spec, rest = _split(call)
+    spec, rest = _extension_call(call)
     return _C.forward(plan_of(spec), codes, params, running, mods, offset_basis, offset_cells, **rest)
 
 
@@ -82,7 +91,7 @@ def _native_forward_fake(codes, params, running, mods, offset_basis, offset_cell
            f"Tensor? mods, Tensor? offset_basis, Tensor? offset_cells, *, {DecoderSpec.OP_SCHEMA}, {_CALL_SCHEMA}) "
            f"-> Tensor[]")
 def native_backward(grad_colors, codes, params, running, saved, mods, offset_basis, offset_cells, **call):
-    spec, rest = _split(call)
+    spec, rest = _extension_call(call)
     return _C.backward(plan_of(spec), grad_colors, codes, params, running, saved, mods, offset_basis,
                        offset_cells, **rest)
 

@@ -25,10 +25,12 @@ def supports(device, spec=None, needs_grad=True):
     return None
 
 
-def decode(codes, params, spec, shape, norm_stats="image", running=(), mods=None, input_offset=None):
+def decode(codes, params, spec, shape, norm_stats="image", running=(), mods=None, input_offset=None,
+           reducer=None):
     chunk = images_per_chunk(spec, shape[0] * shape[1], params.w_in.element_size())
     if codes.device.type != "cpu" or norm_stats == "batch" or codes.shape[0] <= chunk:
-        return reference_decode(codes, params, spec, shape, norm_stats, running, mods, input_offset)
+        return reference_decode(codes, params, spec, shape, norm_stats, running, mods, input_offset,
+                                reducer=reducer)
 
     def parts(tensor):   # per-image tensors split like the codes (None stays None)
         return torch.split(tensor, chunk) if tensor is not None else [None] * -(-codes.shape[0] // chunk)

@@ -20,7 +20,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 
 from fastinr.activations import activation_code
-from fastinr.contract import BlockStats, DecoderParams, DecoderSpec
+from fastinr.contract import BlockStats, DecoderParams, DecoderSpec, reduced_rows
 from fastinr.ops.config import LaunchConfig, interpreting, unit_stride
 from fastinr.ops.embed import embed_linear
 from fastinr.ops.linear import RES_ADD, RES_CONCAT, RES_NONE, fused_linear
@@ -56,9 +56,11 @@ def _needs_grad(codes, params: DecoderParams) -> bool:
 
 def decode(codes: torch.Tensor, params: DecoderParams, spec: DecoderSpec, shape: Tuple[int, int],
            norm_stats: str = "image",
-           running: Sequence[Tuple[torch.Tensor, torch.Tensor]] = (), mods=None, input_offset=None):
+           running: Sequence[Tuple[torch.Tensor, torch.Tensor]] = (), mods=None, input_offset=None,
+           reducer=None):
     """Colors (B, out, H, W) for codes (B, C), and the BlockStats of each normalized block; shape
-    is (H, W) as validate returns it."""
+    is (H, W) as validate returns it. With a reducer the statistics' sums are reduced across
+    processes where the statistics are computed (fastinr.ops.norm)."""
     _check_memory_safety(codes, params, spec)
     normalized = spec.batch_norm and spec.num_blocks > 0
     config = LaunchConfig.for_call(codes.device)
@@ -68,10 +70,11 @@ def decode(codes: torch.Tensor, params: DecoderParams, spec: DecoderSpec, shape:
                   and not spec.layer_norm)
     if renderable and (not normalized or norm_stats == "running") and not _needs_grad(codes, params):
         return render_forward(codes, params, spec, shape, running, config), []
-    return _train_forward(codes, params, spec, shape, norm_stats, running, config, mods, input_offset)
+    return _train_forward(codes, params, spec, shape, norm_stats, running, config, mods, input_offset, reducer)
 
 
-def _train_forward(codes, params, spec, shape, norm_stats, running, config, mods=None, input_offset=None):
+def _train_forward(codes, params, spec, shape, norm_stats, running, config, mods=None, input_offset=None,
+                   reducer=None):
     batch, (height, width) = codes.shape[0], shape
     pixels = height * width
     act = activation_code(spec.activation)
@@ -89,6 +92,9 @@ def _train_forward(codes, params, spec, shape, norm_stats, running, config, mods
     layer = 1
 
     groups = batch if norm_stats == "image" else 1
+    sync = None
+    if reducer is not None and spec.batch_norm and spec.num_blocks:   # (reducer, rows of the global batch)
+        sync = reducer, reduced_rows(reducer, batch * pixels, codes.device)
     stats = []
     for i in range(spec.num_blocks):
         norm = None
@@ -96,7 +102,7 @@ def _train_forward(codes, params, spec, shape, norm_stats, running, config, mods
             norm, block_stats = _norm_params(h, params.norm_weight[i], params.norm_bias[i],
                                              spec.eps, norm_stats, groups,
                                              running[i] if norm_stats == "running" else None,
-                                             config)
+                                             config, sync)
             if block_stats is not None:
                 stats.append(block_stats)
         mode = RES_CONCAT if spec.concat[i] else RES_ADD
@@ -126,16 +132,17 @@ def _train_forward(codes, params, spec, shape, norm_stats, running, config, mods
     return colors.reshape(batch, spec.out_channels, height, width), stats
 
 
-def _norm_params(h, gamma, beta, eps, norm_stats_mode, groups, running, config):
-    """((mean (G, w), scale (G, w), beta), BlockStats or None) for the block input h (B*P, w)."""
+def _norm_params(h, gamma, beta, eps, norm_stats_mode, groups, running, config, sync=None):
+    """((mean (G, w), scale (G, w), beta), BlockStats or None) for the block input h (B*P, w);
+    `sync`: (reducer, rows of the global batch) for statistics over a batch split across processes."""
     width = h.shape[1]
     if norm_stats_mode == "running":
         mean, var = running
         scale = gamma * torch.rsqrt(var.float() + eps)
         return (mean.float().view(1, width).contiguous(), scale.view(1, width),
                 beta.contiguous()), None
-    mean, scale, var = norm_stats(h, gamma, groups, eps, config)                  # (G, w)
-    count = h.shape[0] // groups
+    mean, scale, var = norm_stats(h, gamma, groups, eps, config, *(sync or ()))   # (G, w)
+    count = h.shape[0] // groups if sync is None else sync[1]
     unbiased = var.detach() * (count / max(count - 1, 1))
     # The reference's layout: (B, w) per image, (w,) per batch.
     stat_shape = (-1, width) if norm_stats_mode == "image" else (width,)

@@ -13,14 +13,22 @@ of mean and scale. Backward (d var / d mean sums to zero over a group):
 
 dh is one elementwise pass (read h, write dh) instead of torch's ~13 ops for the gradients of
 var_mean, rsqrt and the product.
+
+With a reducer (one group, this process's R rows of a batch of N rows split across processes;
+fastinr.contract, carried by the ops as its int handle): mean and var are the global batch's
+(fastinr.reference.global_moments), and the backward first sums dmean and dscale over the
+processes (every process normalizes with the same mean and scale), then divides by N instead of
+R; dgamma stays this process's share.
 """
 import torch
 import triton
 import triton.language as tl
 
+from fastinr.contract import reducer_handle, reducer_of
 from fastinr.ops import config as config_module
 from fastinr.ops.library import CONFIG_SCHEMA, call, config_args, define, register_autograd, split_config
 from fastinr.ops.tiling import tile_rows
+from fastinr.reference import global_moments
 
 
 @triton.jit
@@ -52,12 +60,19 @@ def _norm_stats_bwd_kernel(
     tl.store(dh_ptr + rows[:, None] * K + k[None, :], dh, mask=mask)
 
 
+_SYNC_SCHEMA = "int reducer=0, int total=0"   # the reducer's handle, rows of the global batch
+
+
 @define("triton_norm_stats",
-        f"(Tensor h, Tensor gamma, *, int groups, float eps, {CONFIG_SCHEMA}) "
+        f"(Tensor h, Tensor gamma, *, int groups, float eps, {_SYNC_SCHEMA}, {CONFIG_SCHEMA}) "
         "-> (Tensor, Tensor, Tensor, Tensor)")
 def _norm_stats_op(h, gamma, **call):
     """(mean, scale, var, rstd), each (G, K), of h's groups; see the module docstring."""
     var, mean = torch.var_mean(h.view(call["groups"], -1, h.shape[1]), dim=1, correction=0)
+    reducer = reducer_of(call.get("reducer", 0))
+    if reducer is not None:   # one group: the global batch's moments
+        mean, var = global_moments(mean, var, h.shape[0], call.get("total", 0), reducer)
+        mean, var = mean.to(h.dtype), var.to(h.dtype)
     rstd = torch.rsqrt(var + call["eps"])
     return mean, gamma * rstd, var, rstd
 
@@ -69,20 +84,28 @@ def _(h, gamma, **call):
 
 @define("triton_norm_stats_backward",
         f"(Tensor h, Tensor mean, Tensor rstd, Tensor gamma, Tensor dmean, Tensor dscale, *, "
-        f"int groups, {CONFIG_SCHEMA}) -> (Tensor, Tensor)")
+        f"int groups, {_SYNC_SCHEMA}, {CONFIG_SCHEMA}) -> (Tensor, Tensor)")
 def _norm_stats_backward_op(h, mean, rstd, gamma, dmean, dscale, **call):
     """(dh (G*R, K), dgamma (K,))."""
     config, call = split_config(call)
     groups = call["groups"]
     rows, width = h.shape
     r_size = rows // groups
+    dgamma = (dscale * rstd).sum(0)    # this process's share
+    reducer = reducer_of(call.get("reducer", 0))
+    if reducer is not None:
+        # summed over the processes, and scaled by R / N: the kernel divides by its R rows
+        sums = torch.cat([dmean, dscale], dim=1).double()
+        reducer(sums)
+        dmean, dscale = (sums * (r_size / call.get("total", 0))).to(h.dtype).split(width, dim=1)
+        dmean, dscale = dmean.contiguous(), dscale.contiguous()
     meta = config.modulate(width)      # the same elementwise tiles
     tiles = triton.cdiv(r_size, meta["BLOCK_M"])
     dh = config_module.kernel_output(rows, width, device=h.device)
     with config_module.device_guard(h):
         _norm_stats_bwd_kernel[(groups * tiles, triton.cdiv(width, meta["BLOCK_N"]))](
             h, mean, rstd, gamma, dmean, dscale, dh, h.stride(0), r_size, width, tiles, **meta)
-    return dh, (dscale * rstd).sum(0)
+    return dh, dgamma
 
 
 @_norm_stats_backward_op.register_fake
@@ -111,9 +134,11 @@ def _norm_stats_grad(ctx, dmean, dscale, _var, _rstd):
 register_autograd(_norm_stats_op, _norm_stats_grad, _setup_norm_stats)
 
 
-def norm_stats(h, gamma, groups: int, eps: float, config):
+def norm_stats(h, gamma, groups: int, eps: float, config, reducer=None, total=None):
     """(mean, scale, var), each (G, K), var not differentiable, for h (G*R, K) float32 with unit
-    column stride; gamma (K,) float32."""
+    column stride; gamma (K,) float32. With `reducer` (groups 1), h holds this process's rows of a
+    batch of `total` rows split across processes."""
     mean, scale, var, _ = call("triton_norm_stats", h, gamma.float().contiguous(), groups=groups,
-                               eps=float(eps), **config_args(config))
+                               eps=float(eps), reducer=reducer_handle(reducer), total=int(total or 0),
+                               **config_args(config))
     return mean, scale, var
