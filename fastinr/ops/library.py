@@ -9,10 +9,12 @@ an autograd.Function that launches kernels would break the graph.
     call("triton_linear", x, ..., **keywords)         # how the backend runs it
 
 `call` takes the custom op under torch.compile, and in eager mode runs the same body, setup and
-backward through one plain autograd.Function: a custom op's Python dispatch costs ~90 us more
-per call than that on a CPU, and an eager GPU step makes ~16 of these calls in ~2 ms.
+backward through one plain autograd.Function: a custom op's Python dispatch measured 109 us per
+call against 18 us for an autograd.Function (2-core CPU, torch 2.14), and an eager training step
+makes ~16 of these calls.
 
-A LaunchConfig travels as the keyword arguments CONFIG_SCHEMA declares (config_args, config_of).
+A LaunchConfig travels as the keyword arguments CONFIG_SCHEMA declares (config_args gives them,
+split_config takes them back).
 """
 import torch
 
