@@ -9,6 +9,7 @@ from fastinr.embedding import pixel_coordinates, pos_embedding, pos_embedding_si
 from fastinr.conv_decoder import ConvDecoder
 from fastinr.inr_decoder import INRDecoder
 from fastinr.modules import ImageManifoldDecoder
+from fastinr.refine import refine_codes
 from fastinr.running_stats import local_running_stats, sync_running_stats
 
 __version__ = "0.1.0"
@@ -21,6 +22,7 @@ __all__ = [
     "pixel_coordinates",
     "pos_embedding",
     "pos_embedding_size",
+    "refine_codes",
     "local_running_stats",
     "resolve_backend",
     "sync_running_stats",
