@@ -49,7 +49,8 @@ from fastinr.backends import BACKENDS
 from fastinr.inr_decoder import CONDITIONINGS, EMBEDDINGS, NORMS, OUTPUTS
 from rpgkit.config import (BATCH_NORM_MODES, CPU_DEFAULT_MAX_INPUTS, GPU_DEFAULT_MAX_INPUTS,
                            PRESETS, RUNTIME_KEYS, VALIDATIONS_PER_RUN, apply_preset,
-                           changed_settings, resolve_config, resolve_device, saved_config)
+                           changed_settings, check_refinement, resolve_config, resolve_device,
+                           saved_config)
 from rpgkit.data import SPLITS
 from rpgkit.models import DECODERS, ENCODERS, RESNET_WEIGHTS
 from rpgkit.training import init_distributed, load_checkpoint
@@ -178,6 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "validation); a killed run loses at most this much")
     train.add_argument("--seed", type=int, default=0,
                        help="model init, data order and augmentation")
+    train.add_argument("--refine-steps", type=int, default=0,
+                       help="test-time refinement: Adam steps on each held-out tile's code through "
+                            "the fixed decoder before it is scored (the final validation, the test "
+                            "part, --evaluate, the pictures; the curves stay the encoder's own); "
+                            "0: the encoder's codes as they are")
+    train.add_argument("--refine-lr", type=float, default=0.05,
+                       help="learning rate of the test-time refinement")
     train.add_argument("--deterministic", action="store_true",
                        help="deterministic GPU kernels (slower); CPU runs are deterministic anyway")
     run = p.add_argument_group("run")
@@ -227,6 +235,7 @@ def configure(argv):
                          + " (start a new run with another --output to change them)")
         cfg.update({k: getattr(args, k) for k in RUNTIME_KEYS if k in given})
         cfg.update(output=args.output, resume=True)
+        check_refinement(cfg, parser)
         device = resolve_device(cfg["device"], local_rank)
     else:
         if checkpoint_path.exists():

@@ -72,7 +72,9 @@ def run_env(tmp_path_factory):
 
 
 def small_args(env, output, **extra):
-    args = {"--tiles": str(env["sheet"]), "--hidden": "32", "--blocks": "1",
+    # The baseline preset (the seed's decoder), not the example's default: these tests are about
+    # the run's machinery, and the seed's decoder is its smallest, fastest case.
+    args = {"--preset": "baseline", "--tiles": str(env["sheet"]), "--hidden": "32", "--blocks": "1",
             "--layers-per-block": "1", "--batch-size": str(BATCH),
             "--max-inputs": str(STEPS * BATCH), "--val-every": str(VAL_EVERY_STEPS * BATCH),
             "--seed": str(env["seed"]), "--device": "cpu", "--output": str(output),
@@ -202,6 +204,32 @@ def test_resume_refuses_changed_settings(example, straight_run, capsys):
     with pytest.raises(SystemExit):  # a fresh run never overwrites a checkpoint
         example.main(["--output", str(straight_run), "--quiet"])
     assert "--resume" in capsys.readouterr().err
+
+
+def test_refined_codes_are_scored_at_the_end_and_by_evaluate(example, run_env, capsys):
+    output = run_env["root"] / "refined"
+    assert example.main(small_args(run_env, output, **{"--refine-steps": "3"})) == 0
+    summary = json.loads((output / "summary.json").read_text())
+    refined, test = summary["val_refined"], summary["test"]
+    assert (test["refine_steps"], test["refine_lr"], refined["refine_steps"]) == (3, 0.05, 3)
+    # The encoder's own codes are what the curves show; refinement moved them.
+    assert refined["encoder"]["l1"] == pytest.approx(summary["val_l1"], rel=1e-6)
+    assert refined["l1"] != refined["encoder"]["l1"] and test["l1"] != test["encoder"]["l1"]
+    # --evaluate refines as the run says, or as told.
+    assert example.main(["--output", str(output), "--evaluate"]) == 0
+    result = json.loads((output / "evaluation.json").read_text())
+    assert result["l1"] == pytest.approx(test["l1"], rel=1e-6) and result["refine_steps"] == 3
+    assert example.main(["--output", str(output), "--evaluate", "--refine-steps", "0"]) == 0
+    result = json.loads((output / "evaluation.json").read_text())
+    assert result["l1"] == pytest.approx(test["encoder"]["l1"], rel=1e-6)
+    for flags, words in ((["--refine-steps", "-1"], "--refine-steps must be >= 0"),
+                         (["--refine-lr", "0"], "--refine-lr must be a finite number > 0")):
+        with pytest.raises(SystemExit):
+            example.main(["--output", str(output), "--evaluate", *flags])
+        assert words in capsys.readouterr().err
+        with pytest.raises(SystemExit):
+            example.main(small_args(run_env, run_env["root"] / "bad_refine", **dict([flags])))
+        assert words in capsys.readouterr().err
 
 
 def test_evaluate_scores_a_finished_run_without_training(example, run_env, straight_run, tmp_path,

@@ -46,10 +46,12 @@ DECODER_DEFAULTS = {"preset": "baseline", "decoder": "seed", "conditioning": "co
                     "norm": None, "inr_output": None, "embedding": "seed", "num_freqs": 6,
                     "max_freq": None, "sigma": 10.0, "grid_size": 0, "grid_channels": 6,
                     "grid_head": "pool", "grid_blend": "bilinear", "subpixel": False,
-                    "conv_channels": 64, "warmup": 0, "split": "index"}
+                    "conv_channels": 64, "warmup": 0, "split": "index", "refine_steps": 0,
+                    "refine_lr": 0.05}
 # Settings that may change when a run is resumed; everything else must match the checkpoint.
+# (Refinement happens after training: a resumed or evaluated run may change it.)
 RUNTIME_KEYS = ("output", "resume", "evaluate", "device", "backend", "tiles", "quiet",
-                "tensorboard")
+                "tensorboard", "refine_steps", "refine_lr")
 
 
 def apply_preset(args, given: set) -> None:
@@ -126,7 +128,17 @@ def resolve_config(args: argparse.Namespace, parser, device: torch.device) -> di
         parser.error("--sigma and --max-freq must be > 0")
     if cfg["lr"] <= 0:
         parser.error(f"--lr must be > 0, got {cfg['lr']}")
+    check_refinement(cfg, parser)
     return cfg
+
+
+def check_refinement(cfg: dict, parser) -> None:
+    """parser.error unless --refine-steps and --refine-lr are usable (also after a resume, which
+    may change them)."""
+    if cfg["refine_steps"] < 0:
+        parser.error(f"--refine-steps must be >= 0, got {cfg['refine_steps']}")
+    if not (math.isfinite(cfg["refine_lr"]) and cfg["refine_lr"] > 0):
+        parser.error(f"--refine-lr must be a finite number > 0, got {cfg['refine_lr']}")
 
 
 def resolve_device(name: str, local_rank: int) -> torch.device:

@@ -3,14 +3,15 @@
 The run's model comes from RUN/checkpoint.pt with its saved settings. The tiles scored are every
 tile of the sheets and folders of --tiles (all of them test tiles), or without --tiles the run's
 own test part (its --split of its tiles). Next to the model: the references of references.py,
-fitted on the run's training part. A table goes to stdout and RUN/evaluation.json gets
-{"tiles": {"count", "sources", "split"}, "l1", "psnr", "edge_l1", "references": {name: {"l1",
-"psnr", "edge_l1"}}, "run": {"images", "status"}}.
+fitted on the run's training part. The codes are refined as the run's --refine-steps and
+--refine-lr say (both may be given here). A table goes to stdout and RUN/evaluation.json gets
+{"tiles": {"count", "sources", "split"}, "l1", "psnr", "edge_l1", "refine_steps", "refine_lr",
+"references": {name: {"l1", "psnr", "edge_l1"}}, "run": {"images", "status"}}.
 """
 import hashlib
 from pathlib import Path
 
-from rpgkit.config import precision_of, resolve_device, saved_config
+from rpgkit.config import check_refinement, precision_of, resolve_device, saved_config
 from rpgkit.data import load_tiles_uint8, split_indices
 from rpgkit.models import build_autoencoder
 from rpgkit.training.atomic import write_json
@@ -19,7 +20,8 @@ from rpgkit.training.evaluation import evaluate
 from rpgkit.training.references import reference_scores
 
 # What --evaluate reads from the command line; the run's own settings come from its checkpoint.
-EVALUATE_KEYS = {"evaluate", "output", "tiles", "device", "backend", "quiet"}
+EVALUATE_KEYS = {"evaluate", "output", "tiles", "device", "backend", "quiet", "refine_steps",
+                 "refine_lr"}
 
 
 def load_run(parser, folder: Path):
@@ -45,8 +47,9 @@ def evaluate_run(parser, args, given: set) -> int:
                      "apply: " + ", ".join(f"--{k.replace('_', '-')}" for k in extra))
     folder = Path(args.output)
     checkpoint, cfg = load_run(parser, folder)
-    if "backend" in given:
-        cfg["backend"] = args.backend
+    cfg.update({key: getattr(args, key) for key in ("backend", "refine_steps", "refine_lr")
+                if key in given})
+    check_refinement(cfg, parser)
     cfg["encoder_weights"] = "none"   # the checkpoint holds the weights; nothing to download
     device = resolve_device(args.device, 0)
     try:
@@ -74,17 +77,21 @@ def evaluate_run(parser, args, given: set) -> int:
     model = build_autoencoder(cfg)
     model.load_state_dict(checkpoint["model"])
     model.to(device).eval()
-    scored = evaluate(model, tiles.to(device), precision=precision_of(cfg, device))
+    scored = evaluate(model, tiles.to(device), precision=precision_of(cfg, device),
+                      refine_steps=cfg["refine_steps"], refine_lr=cfg["refine_lr"])
     references = reference_scores(run_tiles[split.train], tiles, cfg["code_size"])
     finished = checkpoint["step"] >= -(-cfg["max_inputs"] // cfg["batch_size"])
     result = {"tiles": where, "l1": scored["val_l1"], "psnr": scored["val_psnr"],
-              "edge_l1": scored["val_edge_l1"], "references": references,
+              "edge_l1": scored["val_edge_l1"], "refine_steps": cfg["refine_steps"],
+              "refine_lr": cfg["refine_lr"], "references": references,
               "run": {"images": checkpoint["step"] * cfg["batch_size"],
                       "status": "finished" if finished else "unfinished"}}
     print(f"{folder} after {result['run']['images']:,} training images"
           f"{'' if result['run']['status'] == 'finished' else ' (unfinished)'}, on {said}:")
     print("| | L1 | PSNR dB | Sobel-edge L1 |\n|---|---|---|---|")
-    for name, row in [("model", result), *references.items()]:
+    model_name = (f"model, codes refined by {cfg['refine_steps']} steps" if cfg["refine_steps"]
+                  else "model")
+    for name, row in [(model_name, result), *references.items()]:
         print(f"| {name} | {row['l1']:.4f} | {row['psnr']:.2f} | {row['edge_l1']:.4f} |")
     write_json(folder / "evaluation.json", result)
     print(f"evaluation: {folder / 'evaluation.json'}")

@@ -15,12 +15,27 @@ NUM_PICTURES = 8
 EVAL_CHUNK = 128
 
 
+def reconstruct(model, images: torch.Tensor, refine_steps: int = 0, refine_lr: float = 0.05,
+                shape=None) -> torch.Tensor:
+    """The model's reconstructions of images (B, C, H, W) in [0, 1] (at `shape` if given): from
+    the encoder's codes, refined first by `refine_steps` Adam steps through the fixed decoder
+    (fastinr.refine_codes) when asked. Not clamped."""
+    codes = model.encoder(images)
+    if refine_steps:
+        codes = fastinr.refine_codes(model.decode, images, codes, steps=refine_steps, lr=refine_lr,
+                                     parameters=model.parameters())
+    with torch.no_grad():
+        return model.decode(codes, shape)
+
+
 @torch.no_grad()
-def evaluate(model, val_tiles: torch.Tensor, train_mode: bool = False, precision: str = "fp32") -> dict:
+def evaluate(model, val_tiles: torch.Tensor, train_mode: bool = False, precision: str = "fp32",
+             refine_steps: int = 0, refine_lr: float = 0.05) -> dict:
     """Validation L1, PSNR, Sobel-edge L1 and spread, outputs clamped to [0, 1].
 
     In eval mode, or with `train_mode` in training mode (BatchNorm then normalizes with the
-    statistics of what it sees; every buffer it updates is restored afterwards)."""
+    statistics of what it sees; every buffer it updates is restored afterwards). With
+    `refine_steps`, each tile's code is refined first (`reconstruct`)."""
     was_training = model.training
     buffers = [b.clone() for b in model.buffers()] if train_mode else None
     model.train(train_mode)
@@ -31,7 +46,7 @@ def evaluate(model, val_tiles: torch.Tensor, train_mode: bool = False, precision
         for start in range(0, len(val_tiles), EVAL_CHUNK):
             images = val_tiles[start:start + EVAL_CHUNK].float().div_(255.0)
             with autocast(precision, images.device):
-                recon = model(images).float().clamp_(0, 1)
+                recon = reconstruct(model, images, refine_steps, refine_lr).float().clamp_(0, 1)
             diff = recon - images
             abs_sum += diff.abs().sum().item()
             sq_sum += diff.square().sum().item()
@@ -50,13 +65,17 @@ def evaluate(model, val_tiles: torch.Tensor, train_mode: bool = False, precision
 
 
 @torch.no_grad()
-def sample_pictures(model, val_tiles: torch.Tensor):
-    """(originals, reconstructions, renders at RENDER_SCALE x) of NUM_PICTURES validation tiles."""
+def sample_pictures(model, val_tiles: torch.Tensor, refine_steps: int = 0, refine_lr: float = 0.05):
+    """(originals, reconstructions, renders at RENDER_SCALE x) of NUM_PICTURES validation tiles;
+    with `refine_steps`, from refined codes (`reconstruct`)."""
     was_training = model.training
     model.eval()
     pick = torch.linspace(0, len(val_tiles) - 1, min(NUM_PICTURES, len(val_tiles))).round().long()
     images = val_tiles[pick.to(val_tiles.device)].float().div_(255.0)
     codes = model.encoder(images)
+    if refine_steps:
+        codes = fastinr.refine_codes(model.decode, images, codes, steps=refine_steps, lr=refine_lr,
+                                     parameters=model.parameters())
     recon = model.decode(codes).clamp_(0, 1)
     size = (RENDER_SCALE * SHAPE[1], RENDER_SCALE * SHAPE[2])
     render = model.decode(codes, size).clamp_(0, 1)  # the conv decoder: a bilinear resample
@@ -64,9 +83,11 @@ def sample_pictures(model, val_tiles: torch.Tensor):
     return images.cpu(), recon.cpu(), render.cpu()
 
 
-def save_pictures(model, val_tiles: torch.Tensor, path: Path) -> None:
+def save_pictures(model, val_tiles: torch.Tensor, path: Path, refine_steps: int = 0,
+                  refine_lr: float = 0.05) -> None:
     """The picture grid of sample_pictures as a PNG."""
-    plot_reconstructions(*sample_pictures(model, val_tiles), path, scale=RENDER_SCALE)
+    plot_reconstructions(*sample_pictures(model, val_tiles, refine_steps, refine_lr), path,
+                         scale=RENDER_SCALE)
 
 
 def collapse_message(cfg: dict, spread: float, target_spread: float) -> str:

@@ -297,14 +297,25 @@ class Training:
         if not self.n_test:
             return None, {**references, "test": None}
         references["test"] = reference_scores(train, self.test_cpu, code_size, pca)
-        scored = evaluate(self.model, self.test_cpu.to(self.device), precision=self.precision)
-        test = {"l1": scored["val_l1"], "psnr": scored["val_psnr"],
-                "edge_l1": scored["val_edge_l1"], "tiles": self.n_test}
+        test = {**self.refined_scores(self.test_cpu.to(self.device)), "tiles": self.n_test}
         if self.board:
             self.board.log_row({"images": images, **{f"test_{k}": v for k, v in test.items()
-                                                     if k != "tiles"}})
+                                                     if k in ("l1", "psnr", "edge_l1")}})
             self.board.flush()
         return test, references
+
+    def refined_scores(self, tiles: torch.Tensor) -> dict:
+        """{"l1", "psnr", "edge_l1"} of the finished model on uint8 tiles, after --refine-steps
+        of test-time refinement; with refinement also "refine_steps", "refine_lr" and
+        "encoder": the same scores from the encoder's codes as they are."""
+        steps, lr = self.cfg["refine_steps"], self.cfg["refine_lr"]
+        scored = [evaluate(self.model, tiles, precision=self.precision, refine_steps=s,
+                           refine_lr=lr) for s in ((0, steps) if steps else (0,))]
+        short = [{"l1": s["val_l1"], "psnr": s["val_psnr"], "edge_l1": s["val_edge_l1"]}
+                 for s in scored]
+        if not steps:
+            return short[0]
+        return {**short[1], "refine_steps": steps, "refine_lr": lr, "encoder": short[0]}
 
     def finish(self) -> None:
         """Pictures, summary.json and the closing line (main process)."""
@@ -313,7 +324,8 @@ class Training:
         cfg, model, output = self.cfg, self.model, self.output
         status = self.status
         if status != "diverged":  # a diverged model's pictures and statistics would be NaN
-            save_pictures(model, self.val_tiles, output / "reconstructions.png")
+            save_pictures(model, self.val_tiles, output / "reconstructions.png",
+                          cfg["refine_steps"], cfg["refine_lr"])
         final = self.history[-1]
         # The per-image BatchNorm hypothesis: the seed's eval mode (running statistics) against
         # its training mode (each image's own statistics) on the same final weights.
@@ -321,6 +333,9 @@ class Training:
                     if per_image_batch_norm(cfg) and status != "diverged" else None)
         test, references = (self.score_test(self.step * self.batch) if status == "finished"
                             else (None, None))
+        # The validation tiles refined as the test part is (the curves are the encoder's own).
+        val_refined = (self.refined_scores(self.val_tiles)
+                       if status == "finished" and cfg["refine_steps"] else None)
         summary = {
             "status": status, "divergence": self.divergence,
             "images": self.step * self.batch, "steps": self.step,
@@ -331,7 +346,7 @@ class Training:
             "decoder_macs_per_pixel": float(model.decoder.macs_per_pixel(SHAPE[1:])),
             "val_spread": final["val_spread"], "val_tiles_spread": self.target_spread,
             "val_at_images": final["images"],
-            "test": test, "references": references,
+            "val_refined": val_refined, "test": test, "references": references,
             "collapsed": self.collapse is not None, "collapse_message": self.collapse,
             "images_per_second": (self.step * self.batch / self.train_seconds
                                   if self.train_seconds else None),
@@ -351,8 +366,13 @@ class Training:
         else:
             self.say(f"done: validation L1 {final['val_l1']:.4f}, PSNR {final['val_psnr']:.2f} dB, "
                      f"{summary['images_per_second']:.1f} images/s; outputs in {output}")
+            if val_refined is not None:
+                self.say(f"validation with codes refined by {cfg['refine_steps']} steps: L1 "
+                         f"{val_refined['l1']:.4f}, PSNR {val_refined['psnr']:.2f} dB")
             if test is not None:
-                self.say(f"test ({self.n_test} tiles, scored once): L1 {test['l1']:.4f}, "
+                refined = (f", codes refined by {cfg['refine_steps']} steps" if cfg["refine_steps"]
+                           else "")
+                self.say(f"test ({self.n_test} tiles, scored once{refined}): L1 {test['l1']:.4f}, "
                          f"PSNR {test['psnr']:.2f} dB; references "
                          + ", ".join(f"{name} {r['l1']:.4f}"
                                      for name, r in references["test"].items()))
