@@ -41,6 +41,7 @@ from torch import nn
 
 from fastinr import backends
 from fastinr.activations import canonical_activation
+from fastinr.conditioning import CONDITIONINGS as CONDITIONING_KINDS
 from fastinr.contract import check_codes, check_shape
 from fastinr.embedding import embed_coordinates, pixel_coordinates, pos_embedding_size
 from fastinr.inr_lowering import blend_members, lower
@@ -48,7 +49,7 @@ from fastinr.inr_points import evaluate_at_points
 from fastinr.latent_grid import AREA_MEMBERS, LatentGrid
 from fastinr.running_stats import batch_reducer, decode_norm_stats, fold_decode_stats
 
-CONDITIONINGS = ("concat", "shift", "film")
+CONDITIONINGS = tuple(CONDITIONING_KINDS)
 NORMS = ("none", "image-bn", "instance", "batch-bn", "layer")
 OUTPUTS = ("linear", "sigmoid", "wide-sigmoid")
 EMBEDDINGS = ("seed", "log", "gaussian")
@@ -80,6 +81,7 @@ class INRDecoder(nn.Module):
         self.code_size, self.out_channels, self.hidden = int(code_size), int(out_channels), int(hidden)
         self.activation = canonical_activation(activation, "activation")
         self.conditioning = _choice(conditioning, CONDITIONINGS, "conditioning")
+        self.conditioner = CONDITIONING_KINDS[self.conditioning]   # fastinr/conditioning.py
         self.norm = _choice(norm, NORMS, "norm")
         self.output = _choice(output, OUTPUTS, "output")
         self.embedding = _choice(embedding, EMBEDDINGS, "embedding")
@@ -99,7 +101,7 @@ class INRDecoder(nn.Module):
                              f"in code_size={self.code_size}")
         if self.grid_size and self.grid_channels < 1:
             raise ValueError("grid_channels must be >= 1 when grid_size is set")
-        if self.conditioning != "concat" and self.global_size == 0:
+        if self.conditioner.needs_global and self.global_size == 0:
             raise ValueError(f"conditioning={conditioning!r} modulates with the global part of "
                              f"the code, but the grid takes all {self.code_size} floats")
 
@@ -117,8 +119,7 @@ class INRDecoder(nn.Module):
 
         h = self.hidden
         self.embed_in = nn.Linear(embedding_size, h)
-        self.code_in = (nn.Linear(self.global_size, h, bias=False)
-                        if self.conditioning == "concat" and self.global_size else None)
+        self.conditioner.build_input(self, self.global_size, h)
         self.grid_in = nn.Linear(self.grid_channels + 2, h, bias=False) if self.grid_size else None
         self.blocks = nn.ModuleList(nn.ModuleList(nn.Linear(h, h) for _ in range(layers_per_block))
                                     for _ in range(num_blocks))
@@ -126,13 +127,7 @@ class INRDecoder(nn.Module):
             if self.norm != "none" else None
         self.linear_out = nn.Linear(h, self.out_channels)
         self.modulated_layers = 1 + num_blocks * layers_per_block
-        self.modulation = None
-        if self.conditioning != "concat":
-            per_layer = 2 * h if self.conditioning == "film" else h
-            self.modulation = nn.Linear(self.global_size, self.modulated_layers * per_layer)
-            if self.conditioning == "film":  # identity at init: scale 1 + 0, shift 0
-                nn.init.zeros_(self.modulation.weight)
-                nn.init.zeros_(self.modulation.bias)
+        self.conditioner.build_modulation(self, self.global_size, h)
 
     def _make_norm(self) -> nn.Module:
         if self.norm == "layer":
@@ -158,9 +153,7 @@ class INRDecoder(nn.Module):
         if shape is None:
             return macs
         height, width = check_shape(shape, "shape")
-        per_image = sum(m.in_features * m.out_features
-                        for m in (self.code_in, self.modulation) if m is not None)
-        return macs + per_image / (height * width)
+        return macs + self.conditioner.per_image_macs(self) / (height * width)
 
     @torch.no_grad()
     def init_output_bias(self, value: float) -> "INRDecoder":

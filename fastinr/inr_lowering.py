@@ -12,7 +12,8 @@ enters as the input offset (a fixed basis per pixel times cells per image):
     batch or (B, H, W, 2) per image; then the bases above are per image too):
     W_e·emb(p + jitter) = [the kernels' embedding of p] + W_e·(emb(p + jitter) - emb(p)).
     Query points (P, 2) or (B, P, 2) are a 1 x P grid so jittered (INRDecoder's `coords`).
-A new conditioning that lowers to the contract changes this file (and the module's parameters).
+A new conditioning that lowers to the contract is a class in fastinr/conditioning.py; this file
+only asks it for its code weight and modulation.
 """
 from typing import NamedTuple, Optional, Tuple
 
@@ -46,11 +47,8 @@ def lower(decoder, codes: torch.Tensor, shape: Tuple[int, int],
     # Every area member is a copy of the batch but for its grid part.
     embedding_part = embedding_offset(decoder, codes.shape[0] * decoder.members, shape, codes, jitter)
     codes = codes.repeat(decoder.members, 1) if decoder.members > 1 else codes
-    mods = None
-    if decoder.modulation is not None:  # (B, M, k, hidden)
-        mods = decoder.modulation(codes).reshape(codes.shape[0], decoder.modulated_layers, -1,
-                                                 decoder.hidden)
-    if decoder.code_in is None:
+    mods = decoder.conditioner.mods(decoder, codes)   # (B, M, k, hidden) or None
+    if decoder.conditioner.code_weight(decoder) is None:
         codes = codes[:, :0]
     return Lowered(codes, fused_params(decoder), fused_spec(decoder), mods,
                    concat_offsets([grid_part, embedding_part]), blend)
@@ -67,7 +65,7 @@ def blend_members(colors: torch.Tensor, blend: Optional[torch.Tensor]) -> torch.
 def fused_spec(decoder) -> DecoderSpec:
     norms = decoder.norms
     return DecoderSpec(
-        code_size=decoder.global_size if decoder.code_in is not None else 0,
+        code_size=decoder.global_size if decoder.conditioner.code_weight(decoder) is not None else 0,
         out_channels=decoder.out_channels, hidden=decoder.hidden,
         concat=(False,) * len(decoder.blocks),
         layers_per_block=len(decoder.blocks[0]) if len(decoder.blocks) else 0,
@@ -75,7 +73,7 @@ def fused_spec(decoder) -> DecoderSpec:
         layer_norm=decoder.norm == "layer", activation=decoder.activation,
         activation_out="none" if decoder.output == "linear" else "sigmoid",
         eps=norms[0].eps if norms is not None and len(norms) else 1e-5,
-        modulation="none" if decoder.conditioning == "concat" else decoder.conditioning)
+        modulation=decoder.conditioner.modulation)
 
 
 def fused_params(decoder) -> DecoderParams:
@@ -84,7 +82,8 @@ def fused_params(decoder) -> DecoderParams:
     norms = list(decoder.norms) if decoder.norms is not None else []
     b_out = decoder.linear_out.bias + 0.5 if decoder.output == "linear" else decoder.linear_out.bias
     w_embed = decoder.embed_in.weight[:, :pos_embedding_size(decoder.freqs)]  # the rest: embedding_offset
-    w_in = torch.cat([decoder.code_in.weight, w_embed], dim=1) if decoder.code_in is not None else w_embed
+    w_code = decoder.conditioner.code_weight(decoder)
+    w_in = torch.cat([w_code, w_embed], dim=1) if w_code is not None else w_embed
     return DecoderParams(
         w_in=w_in, b_in=decoder.embed_in.bias,
         norm_weight=tuple(n.weight for n in norms), norm_bias=tuple(n.bias for n in norms),

@@ -19,8 +19,9 @@ def evaluate_at_points(decoder, codes: torch.Tensor, xy: torch.Tensor) -> torch.
     batch, pixels = codes.shape[0], xy.shape[1]
     grid, global_code = codes.split([decoder.grid_floats, decoder.global_size], dim=1)
     z = decoder.embed_in(decoder.embed(xy))
-    if decoder.code_in is not None:
-        z = z + decoder.code_in(global_code)[:, None]
+    w_code = decoder.conditioner.code_weight(decoder)
+    if w_code is not None:
+        z = z + (global_code @ w_code.t())[:, None]
     blend = None
     if decoder.grid_in is not None:
         grid = grid.reshape(batch, decoder.grid.channels, decoder.grid.size, decoder.grid.size)
@@ -30,10 +31,7 @@ def evaluate_at_points(decoder, codes: torch.Tensor, xy: torch.Tensor) -> torch.
             global_code = global_code.repeat(decoder.members, 1)
         else:
             z = z + decoder.grid_in(decoder.grid.sample(grid, xy))
-    mods = None
-    if decoder.modulation is not None:
-        mods = decoder.modulation(global_code).reshape(global_code.shape[0], decoder.modulated_layers,
-                                                       -1, decoder.hidden)
+    mods = decoder.conditioner.mods(decoder, global_code)
     spec = fused_spec(decoder)   # its modulation is the conditioning's
     act = lambda x: apply_activation(decoder.activation, x)  # noqa: E731
     h = act(modulate(z, spec, mods, 0))
