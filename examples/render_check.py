@@ -9,7 +9,8 @@ renders the test tiles of its own split (its --split of its tiles; the validatio
 split has no test part: the index split of fewer than 5,000 tiles) at --scale times their size.
 The table gives the L1 at the pixel centres and the render's L1 against the tiles enlarged by
 nearest neighbour: the target of sub-pixel training, low when each pixel stays a flat square,
-raised by blur and ringing between the centres that the L1 at the centres cannot see. Runs that
+raised by blur and ringing between the centres that the L1 at the centres cannot see. A run's
+codes are refined as it was told (--refine-steps, --refine-lr), as its test scores were. Runs that
 share a label are seeds: mean ± standard deviation. The PNG shows the renders of the first
 run of each label side by side, next to the nearest-neighbour enlargement.
 """
@@ -24,6 +25,8 @@ from rpgkit.data import load_tiles_uint8, split_indices
 from rpgkit.models import build_autoencoder
 from rpgkit.results import mean_spread_cell
 from rpgkit.training import load_checkpoint, nearest_render_l1_sum, plot_renders
+
+import fastinr  # after rpgkit, which puts a source checkout's library on the path
 
 CHUNK = 50
 
@@ -46,16 +49,21 @@ def held_out_tiles(cfg: dict):
     return (tiles[split.test], "test") if len(split.test) else (tiles[split.val], "validation")
 
 
-def score(model, val: torch.Tensor, scale: int, pictures: int):
+def score(model, val: torch.Tensor, scale: int, pictures: int, refine_steps: int = 0,
+          refine_lr: float = 0.05):
     """(centre L1, nearest-render L1, the first `pictures` renders)."""
     centre = render_sum = render_count = 0.0
     shown = None
     size = (scale * val.shape[-2], scale * val.shape[-1])
     for start in range(0, len(val), CHUNK):
         images = val[start:start + CHUNK].float().div_(255.0)
-        codes = model.encoder(images)
-        centre += (model.decode(codes).clamp_(0, 1) - images).abs().sum().item()
-        render = model.decode(codes, size).clamp_(0, 1)
+        with torch.no_grad():
+            codes = model.encoder(images)
+        codes = fastinr.refine_codes(model.decode, images, codes, steps=refine_steps,
+                                     lr=refine_lr, parameters=model.parameters())
+        with torch.no_grad():
+            centre += (model.decode(codes).clamp_(0, 1) - images).abs().sum().item()
+            render = model.decode(codes, size).clamp_(0, 1)
         s, n = nearest_render_l1_sum(render, images)
         render_sum, render_count = render_sum + s, render_count + n
         if shown is None:
@@ -86,7 +94,8 @@ def main(argv=None) -> int:
         key = (tuple(cfg["tiles"] or ()), cfg["split"])
         if key not in val_sets:
             val_sets[key] = held_out_tiles(cfg)
-        centre, render_l1, shown = score(model, val_sets[key][0], args.scale, args.pictures)
+        centre, render_l1, shown = score(model, val_sets[key][0], args.scale, args.pictures,
+                                         cfg["refine_steps"], cfg["refine_lr"])
         print(f"{label} ({folder}): centre L1 {centre:.4f}, {args.scale}x render L1 vs nearest "
               f"{render_l1:.4f}", flush=True)
         scores.setdefault(label, []).append((centre, render_l1))
