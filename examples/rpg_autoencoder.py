@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Train the seed's RPG-tile autoencoder (CNN encoder -> code -> implicit decoder) with fastinr.
 
-    python examples/rpg_autoencoder.py                            # DCSS tiles, defaults below
+    python examples/rpg_autoencoder.py                            # DCSS tiles, the sharp preset
     python examples/rpg_autoencoder.py --tiles sheets/ more.png:16 --max-inputs 200000
     python examples/rpg_autoencoder.py --preset seed              # the seed exactly (collapses)
-    python examples/rpg_autoencoder.py --preset sharp             # the sharpest variant so far
+    python examples/rpg_autoencoder.py --preset baseline          # the seed with a linear output
     python examples/rpg_autoencoder.py --decoder inr --conditioning film --grid-size 4 --subpixel
     python examples/rpg_autoencoder.py --output runs/rpg --resume   # continue a stopped run
     python examples/rpg_autoencoder.py --output runs/rpg --evaluate --tiles my_sprites/
@@ -14,15 +14,16 @@ Data: 3 x 32 x 32 tiles cut from the Dungeon Crawl Stone Soup sheets (`apt-get i
 crawl-tiles-data`) or from --tiles, split by groups of near-copies into training, validation (500
 tiles, for tuning and curves) and test (500, scored once when the run finishes) parts
 (rpgkit.data.split; --split index: the seed's split, every 10th tile validation); training tiles
-get a random shift of up to 4 px and random flips. Model: the seed's CNN encoder (or resnet18)
-and ImageManifoldDecoder(code, 3, hidden 256, 2 blocks of 2 layers, gelu, frequencies (7, 17)).
-The default output is linear (bias started at 0.5) without BatchNorm: the seed's sigmoid output
-collapses to black on these tiles and its per-image BatchNorm is poor in eval mode.
-Training: L1, Adam 1e-3, cosine schedule over the run, batch 64, budget in training images.
---decoder inr selects fastinr.INRDecoder (conditioning, normalization, output, embedding, local
-latent grid with an encoder grid head, sub-pixel training) and --decoder conv the ConvDecoder
-baseline, both at the same code size; --preset seed|baseline|sharp sets the seed's, the
-default's or the best variant's decoder flags (explicit flags override).
+get a random shift of up to 4 px and random flips. Model (the default, --preset sharp): the seed's
+CNN encoder, whose 102 outputs are read as a 4x4x6 local latent grid and 6 global floats, and
+fastinr.INRDecoder (hidden 128, 2 blocks of 2 layers, per-image statistics, log-spaced
+frequencies, linear output); L1 with sub-pixel query points, Adam 2e-3 after a warm-up, cosine
+schedule, batch 16, budget in training images; the held-out codes are refined by 10 Adam steps
+through the decoder before the final scores. --preset baseline is the seed's decoder
+(ImageManifoldDecoder, hidden 256, 2 blocks of 2 layers, gelu, frequencies (7, 17)) with a linear
+output and no BatchNorm, batch 64, Adam 1e-3: the seed's sigmoid output collapses to black on
+these tiles and its per-image BatchNorm is poor in eval mode (--preset seed: the seed exactly).
+--decoder inr|conv and their flags select the other variants (explicit flags override a preset).
 
 The output folder gets metrics.csv, loss.png, reconstructions.png, summary.json (with the test
 metrics and the references: each tile's mean color, PCA with the code size, the nearest training
@@ -47,7 +48,7 @@ import rpgkit  # noqa: F401  (before fastinr: puts a source checkout's library o
 from fastinr.activations import ACTIVATIONS
 from fastinr.backends import BACKENDS
 from fastinr.inr_decoder import CONDITIONINGS, EMBEDDINGS, NORMS, OUTPUTS
-from rpgkit.config import (BATCH_NORM_MODES, CPU_DEFAULT_MAX_INPUTS, GPU_DEFAULT_MAX_INPUTS,
+from rpgkit.config import (BATCH_NORM_MODES, CPU_DEFAULT_MAX_INPUTS, DEFAULT_PRESET, GPU_DEFAULT_MAX_INPUTS,
                            PRESETS, RUNTIME_KEYS, VALIDATIONS_PER_RUN, apply_preset,
                            changed_settings, check_refinement, resolve_config, resolve_device,
                            saved_config)
@@ -59,9 +60,14 @@ from rpgkit.training.loop import run_training
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except None and switches (their help says what happens)."""
+    """Shows defaults, except None and switches (their help says what happens); a flag that the
+    default preset sets shows the preset's value first."""
 
     def _get_help_string(self, action):
+        preset = PRESETS[DEFAULT_PRESET]
+        if action.dest in preset and action.dest != "preset":
+            return (f"{action.help} (default: {preset[action.dest]} from --preset "
+                    f"{DEFAULT_PRESET}; {action.default} in --preset baseline)")
         if action.default is None or isinstance(action.default, bool):
             return action.help
         return super()._get_help_string(action)
@@ -82,16 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
                            "split (every 10th tile validation, the first 500; the next ones test), "
                            "for comparison with the seed's setup")
     model = p.add_argument_group("model")
-    model.add_argument("--preset", choices=tuple(PRESETS), default="baseline",
+    model.add_argument("--preset", choices=tuple(PRESETS), default=DEFAULT_PRESET,
                        help="seed: the seed exactly (sigmoid output, per-image BatchNorm; it "
                             "collapses to black on these tiles); baseline: the seed's "
                             "architecture with the linear output and no BatchNorm; sharp: the "
-                            "best variant so far (INRDecoder, per-image statistics in eval too, "
-                            "6 log-spaced frequencies up to Nyquist, a 4x4x6 local latent grid "
-                            "read from the seed's encoder, 2 blocks of 1 layer, linear output, "
-                            "batch 16, Adam 2e-3 after 5,000 images of warm-up; "
-                            "see docs/experiments.md). Sets the defaults of the flags it names "
-                            "(explicit flags win)")
+                            "best variant so far and the default (INRDecoder, per-image statistics in "
+                            "eval too, 6 log-spaced frequencies up to Nyquist, a 4x4x6 local "
+                            "latent grid read from the seed's encoder, hidden 128, 2 blocks of 2 "
+                            "layers, linear output, batch 16, Adam 2e-3 after 5,000 images of "
+                            "warm-up, sub-pixel training, 10 refinement steps of the held-out "
+                            "codes; see docs/experiments.md). Sets the defaults of the flags it "
+                            "names (explicit flags win)")
     model.add_argument("--decoder", choices=DECODERS, default="seed",
                        help="seed: fastinr.ImageManifoldDecoder (fused backends); inr: "
                             "fastinr.INRDecoder, the sharper-decoder variants (all fused); conv: "

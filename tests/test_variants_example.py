@@ -147,15 +147,20 @@ def test_preset_is_overridden_by_explicit_flags(example):
     _, cfg, *_ = example.configure(["--decoder", "inr", "--preset", "seed",
                                     "--output", "/nonexistent/never-written", "--device", "cpu"])
     assert (cfg["norm"], cfg["inr_output"]) == ("image-bn", "sigmoid")
-    _, cfg, *_ = example.configure(["--output", "/nonexistent/never-written", "--device", "cpu"])
-    assert (cfg["preset"], cfg["decoder"], cfg["activation_out"], cfg["batch_norm"]) == \
-        ("baseline", "seed", "none", "none")   # the default is unchanged
+    _, cfg, *_ = example.configure(["--preset", "baseline", "--output", "/nonexistent/never-written",
+                                    "--device", "cpu"])
+    assert (cfg["preset"], cfg["decoder"], cfg["activation_out"], cfg["batch_norm"], cfg["hidden"],
+            cfg["layers_per_block"], cfg["batch_size"], cfg["lr"], cfg["refine_steps"]) == \
+        ("baseline", "seed", "none", "none", 256, 2, 64, 1e-3, 0)   # the seed with a linear output
+    _, default, *_ = example.configure(["--output", "/nonexistent/never-written", "--device", "cpu"])
     _, cfg, *_ = example.configure(["--preset", "sharp", "--num-freqs", "8",
                                     "--output", "/nonexistent/never-written", "--device", "cpu"])
+    assert default["preset"] == "sharp" and {**default, "num_freqs": 8} == cfg   # the default
     assert (cfg["decoder"], cfg["norm"], cfg["inr_output"], cfg["embedding"], cfg["num_freqs"],
             cfg["batch_size"], cfg["lr"], cfg["warmup"]) == ("inr", "instance", "linear", "log", 8, 16, 2e-3, 5000)
-    assert (cfg["grid_size"], cfg["grid_channels"], cfg["grid_head"], cfg["blocks"], cfg["layers_per_block"],
-            cfg["subpixel"]) == (4, 6, "linear", 2, 1, True)
+    assert (cfg["grid_size"], cfg["grid_channels"], cfg["grid_head"], cfg["hidden"], cfg["blocks"],
+            cfg["layers_per_block"], cfg["subpixel"], cfg["refine_steps"]) == \
+        (4, 6, "linear", 128, 2, 2, True, 10)
     assert cfg["grid_size"] ** 2 * cfg["grid_channels"] + 6 == cfg["code_size"] == 102
     assert decoder_backend(cfg, torch.device("cpu")) in ("native", "torch")  # fused
     for decoder in ("seed", "conv"):   # another decoder takes the preset's recipe, not its INR settings
@@ -174,8 +179,9 @@ def test_preset_is_overridden_by_explicit_flags(example):
     (["--decoder", "inr", "--activation-out", "tanh"], "--inr-output"),
 ])
 def test_bad_variant_flags(example, argv, message, capsys):
-    with pytest.raises(SystemExit):
-        example.configure(argv + ["--output", "/nonexistent/never-written", "--device", "cpu"])
+    with pytest.raises(SystemExit):   # on the baseline preset's seed decoder unless they name one
+        example.configure(["--preset", "baseline"] + argv +
+                          ["--output", "/nonexistent/never-written", "--device", "cpu"])
     assert message in capsys.readouterr().err
 
 

@@ -15,24 +15,27 @@ from fastinr.inr_decoder import OUTPUTS
 
 SHAPE = (3, 32, 32)
 GPU_DEFAULT_MAX_INPUTS = 1_000_000  # the seed's budget
-# Measured with the default model (hidden 256), batch 64, on a 2-core CPU: ~71 training images/s
-# with the native backend when idle (benchmarks/preset_speed.py --hidden 256 --presets baseline);
-# 9 images/s while other jobs shared the cores (10,240 images then took 22 minutes in all,
-# validation ~3 of them). 6,400 images (100 steps) keep a busy machine under 20 minutes.
-CPU_DEFAULT_MAX_INPUTS = 6_400
-CPU_BUSY_IMAGES_PER_SECOND = 9
+# The CPU default is sized for the default preset (sharp) to finish in about 5 minutes on an idle
+# 2-core CPU: it trains ~93 images/s there (benchmarks/preset_speed.py --presets sharp), so
+# 16,000 images take ~3 minutes; validation, the references and the refinement of the held-out
+# codes take the rest. The other presets train slower per image (baseline: hidden 256).
+CPU_DEFAULT_MAX_INPUTS = 16_000
+CPU_IMAGES_PER_SECOND = 93
 VALIDATIONS_PER_RUN = 10  # default --val-every: each costs ~1/3 of a training image per tile
 BATCH_NORM_MODES = ("none", "image", "batch")
 # Presets set these defaults; flags given on the command line override them. "baseline" is the
-# parser's own defaults. "sharp" is the best variant measured so far (docs/experiments.md: two
-# seeds at 100k images, hidden 128, 32% below the baseline and 1.08x its training images/s on a
-# CPU; sub-pixel training keeps its renders above 32x32 free of lattice artifacts).
+# parser's own defaults. "sharp", the example's default, is the best variant measured so far
+# (docs/experiments.md): a local latent grid from the seed's encoder, per-image statistics, 2
+# blocks of 2 layers at hidden 128, batch 16, sub-pixel training (renders above 32x32 free of
+# lattice artifacts) and 10 steps of test-time refinement of the held-out codes.
 PRESETS = {"seed": {"activation_out": "sigmoid", "batch_norm": "image"},
            "baseline": {"activation_out": "none", "batch_norm": "none"},
            "sharp": {"activation_out": "none", "batch_norm": "none", "decoder": "inr",
                      "norm": "instance", "inr_output": "linear", "embedding": "log", "num_freqs": 6,
-                     "grid_size": 4, "grid_channels": 6, "grid_head": "linear", "layers_per_block": 1,
-                     "batch_size": 16, "lr": 2e-3, "warmup": 5000, "subpixel": True}}
+                     "grid_size": 4, "grid_channels": 6, "grid_head": "linear", "hidden": 128,
+                     "layers_per_block": 2, "batch_size": 16, "lr": 2e-3, "warmup": 5000,
+                     "subpixel": True, "refine_steps": 10}}
+DEFAULT_PRESET = "sharp"
 # The --decoder inr settings: a preset's values for them apply only when the decoder is inr (so
 # `--preset sharp --decoder seed` is the seed's decoder with the sharp training recipe).
 INR_KEYS = ("conditioning", "norm", "inr_output", "embedding", "num_freqs", "max_freq", "sigma",
@@ -224,11 +227,11 @@ def describe_run(cfg, model, backend, device, dist, n_train, n_val, n_test, tota
     ]
     budget = f"budget {total_steps * batch:,} training images ({total_steps:,} steps of {batch})"
     if device.type == "cpu" and cfg["max_inputs"] == CPU_DEFAULT_MAX_INPUTS:
-        minutes = CPU_DEFAULT_MAX_INPUTS / CPU_BUSY_IMAGES_PER_SECOND / 60
-        budget += (f": the CPU default, sized to finish in under 20 minutes on a busy 2-core CPU "
-                   f"(about {minutes:.0f} minutes of training at {CPU_BUSY_IMAGES_PER_SECOND} "
-                   f"images/s, under 2 on an idle one); the seed's budget, --max-inputs "
-                   f"{GPU_DEFAULT_MAX_INPUTS}, is meant for a GPU")
+        minutes = CPU_DEFAULT_MAX_INPUTS / CPU_IMAGES_PER_SECOND / 60
+        budget += (f": the CPU default, about {minutes:.0f} minutes of training for the default "
+                   f"preset on an idle 2-core CPU ({CPU_IMAGES_PER_SECOND} images/s; longer on a "
+                   f"busy one); the seed's budget, --max-inputs {GPU_DEFAULT_MAX_INPUTS}, is "
+                   f"meant for a GPU")
     lines.append(budget + (f"; resuming at {step * batch:,} images" if step else ""))
     return "\n".join(lines)
 
