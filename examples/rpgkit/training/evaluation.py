@@ -20,10 +20,13 @@ def reconstruct(model, images: torch.Tensor, refine_steps: int = 0, refine_lr: f
     """The model's reconstructions of images (B, C, H, W) in [0, 1] (at `shape` if given): from
     the encoder's codes, refined first by `refine_steps` Adam steps through the fixed decoder
     (fastinr.refine_codes) when asked. Not clamped."""
-    codes = model.encoder(images)
-    if refine_steps:
-        codes = fastinr.refine_codes(model.decode, images, codes, steps=refine_steps, lr=refine_lr,
-                                     parameters=model.parameters())
+    if not refine_steps:   # the model's own forward, whatever model it is
+        with torch.no_grad():
+            return model(images) if shape is None else model(images, shape)
+    with torch.no_grad():
+        codes = model.encoder(images)
+    codes = fastinr.refine_codes(model.decode, images, codes, steps=refine_steps, lr=refine_lr,
+                                 parameters=model.parameters())
     with torch.no_grad():
         return model.decode(codes, shape)
 
