@@ -25,8 +25,7 @@ from rpgkit.data import load_tiles_uint8, split_indices
 from rpgkit.models import build_autoencoder
 from rpgkit.results import mean_spread_cell
 from rpgkit.training import load_checkpoint, nearest_render_l1_sum, plot_renders
-
-import fastinr  # after rpgkit, which puts a source checkout's library on the path
+from rpgkit.training.evaluation import encode
 
 CHUNK = 50
 
@@ -57,10 +56,7 @@ def score(model, val: torch.Tensor, scale: int, pictures: int, refine_steps: int
     size = (scale * val.shape[-2], scale * val.shape[-1])
     for start in range(0, len(val), CHUNK):
         images = val[start:start + CHUNK].float().div_(255.0)
-        with torch.no_grad():
-            codes = model.encoder(images)
-        codes = fastinr.refine_codes(model.decode, images, codes, steps=refine_steps,
-                                     lr=refine_lr, parameters=model.parameters())
+        codes = encode(model, images, refine_steps, refine_lr)
         with torch.no_grad():
             centre += (model.decode(codes).clamp_(0, 1) - images).abs().sum().item()
             render = model.decode(codes, size).clamp_(0, 1)

@@ -15,20 +15,24 @@ NUM_PICTURES = 8
 EVAL_CHUNK = 128
 
 
-def reconstruct(model, images: torch.Tensor, refine_steps: int = 0, refine_lr: float = 0.05,
-                shape=None) -> torch.Tensor:
-    """The model's reconstructions of images (B, C, H, W) in [0, 1] (at `shape` if given): from
-    the encoder's codes, refined first by `refine_steps` Adam steps through the fixed decoder
-    (fastinr.refine_codes) when asked. Not clamped."""
-    if not refine_steps:   # the model's own forward, whatever model it is
-        with torch.no_grad():
-            return model(images) if shape is None else model(images, shape)
+def encode(model, images: torch.Tensor, refine_steps: int = 0, refine_lr: float = 0.05) -> torch.Tensor:
+    """The encoder's codes of images (B, C, H, W) in [0, 1], refined by `refine_steps` Adam steps
+    through the fixed decoder (fastinr.refine_codes) when asked."""
     with torch.no_grad():
         codes = model.encoder(images)
-    codes = fastinr.refine_codes(model.decode, images, codes, steps=refine_steps, lr=refine_lr,
-                                 parameters=model.parameters())
+    return fastinr.refine_codes(model.decode, images, codes, steps=refine_steps, lr=refine_lr,
+                                parameters=model.parameters()) if refine_steps else codes
+
+
+def reconstruct(model, images: torch.Tensor, refine_steps: int = 0, refine_lr: float = 0.05) -> torch.Tensor:
+    """The model's reconstructions of images (B, C, H, W) in [0, 1], not clamped: its own forward,
+    or from refined codes (`encode`) when asked."""
+    if not refine_steps:   # the model's own forward, whatever model it is
+        with torch.no_grad():
+            return model(images)
+    codes = encode(model, images, refine_steps, refine_lr)
     with torch.no_grad():
-        return model.decode(codes, shape)
+        return model.decode(codes)
 
 
 @torch.no_grad()
@@ -70,15 +74,12 @@ def evaluate(model, val_tiles: torch.Tensor, train_mode: bool = False, precision
 @torch.no_grad()
 def sample_pictures(model, val_tiles: torch.Tensor, refine_steps: int = 0, refine_lr: float = 0.05):
     """(originals, reconstructions, renders at RENDER_SCALE x) of NUM_PICTURES validation tiles;
-    with `refine_steps`, from refined codes (`reconstruct`)."""
+    with `refine_steps`, from refined codes (`encode`)."""
     was_training = model.training
     model.eval()
     pick = torch.linspace(0, len(val_tiles) - 1, min(NUM_PICTURES, len(val_tiles))).round().long()
     images = val_tiles[pick.to(val_tiles.device)].float().div_(255.0)
-    codes = model.encoder(images)
-    if refine_steps:
-        codes = fastinr.refine_codes(model.decode, images, codes, steps=refine_steps, lr=refine_lr,
-                                     parameters=model.parameters())
+    codes = encode(model, images, refine_steps, refine_lr)
     recon = model.decode(codes).clamp_(0, 1)
     size = (RENDER_SCALE * SHAPE[1], RENDER_SCALE * SHAPE[2])
     render = model.decode(codes, size).clamp_(0, 1)  # the conv decoder: a bilinear resample
