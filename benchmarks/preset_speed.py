@@ -2,6 +2,7 @@
 
     python benchmarks/preset_speed.py [--rounds 3] [--steps 20] [--hidden 128] [--presets baseline,sharp]
     python benchmarks/preset_speed.py --presets "baseline,sharp,sharp --layers-per-block 1 --batch-size 8"
+    python benchmarks/preset_speed.py --presets "sharp --precision fp32,sharp --precision bf16"
 
 The issue's rule for a sharper decoder: not slower per image than the baseline on the same
 backend. A training run is one preset in one process, and the process's memory history matters
@@ -26,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "examples"))   # the example's command line and its kit, rpgkit
 
 import rpg_autoencoder  # noqa: E402
-from rpgkit.config import decoder_backend  # noqa: E402
+from rpgkit.config import decoder_backend, precision_of  # noqa: E402
 from rpgkit.models import build_autoencoder  # noqa: E402
 from rpgkit.training import make_optimizer, subpixel_jitter, train_step  # noqa: E402
 
@@ -50,10 +51,10 @@ def measure(variant: str, hidden: int, batch, steps: int) -> dict:
     for step in range(WARMUP_STEPS + steps):
         start = time.perf_counter()
         jitter = subpixel_jitter(step, cfg, device) if cfg["subpixel"] else None
-        train_step(model, optimizer, scheduler, images, jitter)
+        train_step(model, optimizer, scheduler, images, jitter, precision=precision_of(cfg, device))
         if step >= WARMUP_STEPS:
             rates.append(batch / (time.perf_counter() - start))
-    return {"name": f"{variant}, batch {batch} ({decoder_backend(cfg, device)})",
+    return {"name": f"{variant}, batch {batch} ({decoder_backend(cfg, device)}, {precision_of(cfg, device)})",
             "rate": statistics.median(rates)}
 
 

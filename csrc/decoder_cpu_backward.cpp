@@ -37,7 +37,7 @@ struct GradLayout {
     }
     w_out = take(cfg.out_channels * cfg.out_width());
     b_out = take(cfg.out_channels);
-    w_pos = take(cfg.hidden * cfg.emb_size());
+    w_pos = take(cfg.hidden * cfg.emb_size());   // transposed: (emb_size, hidden)
   }
 };
 
@@ -75,7 +75,8 @@ class Backward {
         const int64_t w = cfg.block_width(i);
         input_gemm_.emplace_back(wts.weight[i * cfg.layers + l], w, w, false, rows, cfg.bf16_matmul);
       }
-    out_input_gemm_.emplace_back(wts.w_out, cfg.out_channels, cfg.out_width(), false, rows);
+    if (cfg.out_channels > kFewOutputs)
+      out_input_gemm_.emplace_back(wts.w_out, cfg.out_channels, cfg.out_width(), false, rows);
   }
 
   void run() {
@@ -184,9 +185,15 @@ class Backward {
         for (int64_t j = 0; j < n; ++j) dz[j * o + c] = src[j];
       }
       act_backward(cfg_.act_out, saved_.z_out + r0 * o, dz, dz, n * o);
-      gemm(true, false, o, wo, n, T(1), dz, o, saved_.hidden[nb_] + r0 * wo, wo, T(1), acc + layout_.w_out, wo);
-      add_colsum(dz, n, o, o, acc + layout_.b_out);
-      out_input_gemm_[0](dz, n, T(0), G);
+      const T* h = saved_.hidden[nb_] + r0 * wo;
+      if (o <= kFewOutputs) {
+        few_outputs_weight_grad(dz, h, acc + layout_.w_out, acc + layout_.b_out, n, wo, o);
+        few_outputs_input_grad(dz, wts_.w_out, G, n, wo, o);
+      } else {
+        gemm(true, false, o, wo, n, T(1), dz, o, h, wo, T(1), acc + layout_.w_out, wo);
+        add_column_sums(dz, n, o, o, acc + layout_.b_out);
+        out_input_gemm_[0](dz, n, T(0), G);
+      }
       i = nb_ - 1;
     } else {
       const int64_t w = cfg_.block_width(start);
@@ -206,8 +213,7 @@ class Backward {
         T* dz = s.la.data();
         const T* z_pre = saved_.z[i * L + l] + r0 * w;
         if (have_dact) {
-          const T* d = s.dact.data();
-          for (int64_t k = 0; k < n * w; ++k) dz[k] = dA[k] * d[k];
+          multiply_vectors(dA, s.dact.data(), dz, n * w);
         } else {
           const T* z = modulated(cfg_, wts_.mods, tile.image, 1 + i * L + l, z_pre, n, s.zm);
           if (ld == w) {
@@ -234,7 +240,7 @@ class Backward {
           x = h;
         }
         accumulate_tn(cfg_.bf16_matmul, w, w, n, dz, w, x, w, acc + layout_.weight[i * L + l], w);
-        add_colsum(dz, n, w, w, acc + layout_.bias[i * L + l]);
+        add_column_sums(dz, n, w, w, acc + layout_.bias[i * L + l]);
         input_gemm_[i * L + l](dz, n, T(0), s.lc.data());
         dA = s.lc.data();
         ld = w;
@@ -280,10 +286,10 @@ class Backward {
     if (const int64_t K = cfg_.offset_rank; K > 0)   // this tile's basis^T dz, summed per image in reduce
       gemm(true, false, K, h, n, T(1), wts_.offset_basis + cfg_.offset_basis_index(tile.image, tile.p0), K, dz, h,
            T(0), &dcells_tile_[t * K * h], h);
-    double* dcode = &dcode_tile_[t * h];
-    for (int64_t j = 0; j < n; ++j)
-      for (int64_t c = 0; c < h; ++c) dcode[c] += dz[j * h + c];
-    gemm(true, false, h, e, n, T(1), dz, h, &embedding_[tile.p0 * e], e, T(1), acc + layout_.w_pos, e);
+    add_column_sums(dz, n, h, h, &dcode_tile_[t * h]);
+    // W_pos's gradient, transposed (e x h, summed transposed back in reduce): the embedding has few
+    // columns, so the kernel of the few-output Linear takes it, the columns of dz innermost.
+    few_outputs_weight_grad(&embedding_[tile.p0 * e], dz, acc + layout_.w_pos, static_cast<T*>(nullptr), n, h, e);
   }
 
 
@@ -311,11 +317,6 @@ class Backward {
     affine_rows(h, &norms_[i].scale[k], &norms_[i].shift[k], dst, n, w);
   }
 
-  static void add_colsum(const T* x, int64_t n, int64_t w, int64_t ld, T* dst) {
-    for (int64_t j = 0; j < n; ++j)
-      for (int64_t c = 0; c < w; ++c) dst[c] += x[j * ld + c];
-  }
-
   void reduce(int threads) {
     auto sum_into = [&](int64_t offset, T* dst, int64_t rows, int64_t cols, int64_t ld) {
       for (int64_t r = 0; r < rows; ++r)
@@ -341,7 +342,12 @@ class Backward {
                   e = cfg_.emb_size();
     sum_into(layout_.w_out, grads_.w_out, o, wo, wo);
     sum_into(layout_.b_out, grads_.b_out, 1, o, o);
-    sum_into(layout_.w_pos, grads_.w_in + c, h, e, c + e);
+    for (int64_t r = 0; r < h; ++r)   // W_pos's gradient was accumulated transposed (e x h)
+      for (int64_t k = 0; k < e; ++k) {
+        T total = T(0);
+        for (int t = 0; t < threads; ++t) total += acc_[static_cast<size_t>(t) * layout_.size + layout_.w_pos + k * h + r];
+        grads_.w_in[r * (c + e) + c + k] = total;
+      }
     // d code_proj per image -> codes, W_code and b_in.
     std::vector<T> dcode(cfg_.batch * h);
     std::vector<double> db(h, 0.0);

@@ -64,7 +64,7 @@ class Forward {
         layer_gemm_.emplace_back(weight, w, w, true, rows, cfg.bf16_matmul);
       }
     }
-    out_gemm_.emplace_back(wts.w_out, cfg.out_channels, cfg.out_width(), true, rows);
+    if (cfg.out_channels > kFewOutputs) out_gemm_.emplace_back(wts.w_out, cfg.out_channels, cfg.out_width(), true, rows);
   }
 
   void run() {
@@ -177,7 +177,7 @@ class Forward {
         const T* col = &col_proj_[(p % cfg_.width) * h];
         const T* row = &row_proj_[(p / cfg_.width) * h];
         T* dst = z + j * h;
-        for (int64_t k = 0; k < h; ++k) dst[k] = code[k] + (col[k] + row[k]);
+        sum3_vectors(code, col, row, dst, h);
       }
       if (const int64_t K = cfg_.offset_rank; K > 0)   // z += basis[(b,) p0 .. p0+n) cells[b]
         gemm(false, false, n, h, K, T(1), wts_.offset_basis + cfg_.offset_basis_index(tile.image, tile.p0), K,
@@ -211,8 +211,7 @@ class Forward {
       for (int64_t l = 0; l < L; ++l) {
         T* other = x == s.la.data() ? s.lb.data() : s.la.data();
         T* z = saved_ ? saved_->z[i * L + l] + r0 * w : other;
-        fill_rows(z, l == 0 && fold_norms_ ? folded_[i].bias.data() : wts_.bias[i * L + l], n, w);
-        layer_gemm_[i * L + l](x, n, T(1), z);
+        layer_gemm_[i * L + l].with_bias(x, n, l == 0 && fold_norms_ ? folded_[i].bias.data() : wts_.bias[i * L + l], z);
         const T* za = modulated(cfg_, wts_.mods, tile.image, 1 + i * L + l, z, n, s.zm);
         act_forward(cfg_.act, za, other, n * w);
         x = other;
@@ -224,7 +223,7 @@ class Forward {
           std::memcpy(next + j * wn + w, x + j * w, sizeof(T) * w);
         }
       } else {
-        for (int64_t k = 0; k < n * w; ++k) next[k] = cur[k] + x[k];
+        add_vectors(cur, x, next, n * w);
       }
       cur = next;
       if (i + 1 < nb_ && cfg_.batch_stats()) {
@@ -237,8 +236,12 @@ class Forward {
   void output(const Tile& tile, const T* h, Scratch<T>& s) {
     const int64_t n = tile.rows, o = cfg_.out_channels, pixels = cfg_.pixels();
     T* z = saved_ ? saved_->z_out + tile.r0 * o : s.out0.data();
-    fill_rows(z, wts_.b_out, n, o);
-    out_gemm_[0](h, n, T(1), z);
+    if (o <= kFewOutputs) {
+      few_outputs_forward(h, wts_.w_out, wts_.b_out, z, n, cfg_.out_width(), o);
+    } else {
+      fill_rows(z, wts_.b_out, n, o);
+      out_gemm_[0](h, n, T(1), z);
+    }
     T* a = s.out1.data();
     act_forward(cfg_.act_out, z, a, n * o);
     for (int64_t c = 0; c < o; ++c) {

@@ -117,6 +117,51 @@ void norm_input_grad_rows(const double* in, const double* h, const double* mean,
   kernels().rows.d.input_grad(in, h, mean, rstd, c1, c2, out, n, w);
 }
 
+void few_outputs_forward(const float* x, const float* weight, const float* bias, float* z, int64_t n, int64_t w,
+                         int64_t o) {
+  kernels().rows.f.out_forward(x, weight, bias, z, n, w, o);
+}
+void few_outputs_forward(const double* x, const double* weight, const double* bias, double* z, int64_t n,
+                         int64_t w, int64_t o) {
+  kernels().rows.d.out_forward(x, weight, bias, z, n, w, o);
+}
+void few_outputs_input_grad(const float* dz, const float* weight, float* dx, int64_t n, int64_t w, int64_t o) {
+  kernels().rows.f.out_input_grad(dz, weight, dx, n, w, o);
+}
+void few_outputs_input_grad(const double* dz, const double* weight, double* dx, int64_t n, int64_t w, int64_t o) {
+  kernels().rows.d.out_input_grad(dz, weight, dx, n, w, o);
+}
+void few_outputs_weight_grad(const float* dz, const float* x, float* dweight, float* dbias, int64_t n, int64_t w,
+                             int64_t o) {
+  kernels().rows.f.out_weight_grad(dz, x, dweight, dbias, n, w, o);
+}
+void few_outputs_weight_grad(const double* dz, const double* x, double* dweight, double* dbias, int64_t n,
+                             int64_t w, int64_t o) {
+  kernels().rows.d.out_weight_grad(dz, x, dweight, dbias, n, w, o);
+}
+
+void add_vectors(const float* a, const float* b, float* out, int64_t n) { kernels().rows.f.add(a, b, out, n); }
+void add_vectors(const double* a, const double* b, double* out, int64_t n) { kernels().rows.d.add(a, b, out, n); }
+void sum3_vectors(const float* a, const float* b, const float* c, float* out, int64_t n) {
+  kernels().rows.f.sum3(a, b, c, out, n);
+}
+void sum3_vectors(const double* a, const double* b, const double* c, double* out, int64_t n) {
+  kernels().rows.d.sum3(a, b, c, out, n);
+}
+void multiply_vectors(const float* a, const float* b, float* out, int64_t n) { kernels().rows.f.mul(a, b, out, n); }
+void multiply_vectors(const double* a, const double* b, double* out, int64_t n) {
+  kernels().rows.d.mul(a, b, out, n);
+}
+void add_column_sums(const float* x, int64_t n, int64_t w, int64_t ld, float* dst) {
+  kernels().rows.f.colsum(x, n, w, ld, dst);
+}
+void add_column_sums(const double* x, int64_t n, int64_t w, int64_t ld, double* dst) {
+  kernels().rows.d.colsum(x, n, w, ld, dst);
+}
+void add_column_sums(const float* x, int64_t n, int64_t w, int64_t ld, double* dst) {
+  kernels().rows.f.colsum_wide(x, n, w, ld, dst);
+}
+
 const char* elementwise_isa() { return kernels().isa; }
 
 std::vector<std::string> elementwise_isas() {

@@ -6,6 +6,7 @@
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <cstring>
 #include <type_traits>
 
 extern "C" {
@@ -132,6 +133,19 @@ void TileGemm<T>::operator()(const T* x, int64_t n, T beta, T* c) const {
     }
   }
   gemm(false, transpose_w_, n, cols, inner, T(1), x, inner, w_, in_, beta, c, cols);
+}
+
+template <typename T>
+void TileGemm<T>::with_bias(const T* x, int64_t n, const T* bias, T* c) const {
+  const int64_t inner = transpose_w_ ? in_ : out_, cols = transpose_w_ ? out_ : in_;
+  if constexpr (std::is_same_v<T, float>) {
+    if (bf16_) {
+      bf16_gemm(x, inner, n, *bf16_, false, c, cols, bias);
+      return;
+    }
+  }
+  for (int64_t j = 0; j < n; ++j) std::memcpy(c + j * cols, bias, sizeof(T) * cols);
+  (*this)(x, n, T(1), c);
 }
 
 void accumulate_tn(bool bf16, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,

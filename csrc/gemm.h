@@ -24,6 +24,9 @@ class TileGemm {
  public:
   TileGemm(const T* w, int64_t out, int64_t in, bool transpose_w, int64_t max_rows, bool bf16 = false);
   void operator()(const T* x, int64_t n, T beta, T* c) const;
+  // C = X op(W) + bias (a row of C's width, added to every row): in the bf16 kernel's epilogue, else
+  // the rows filled with the bias first.
+  void with_bias(const T* x, int64_t n, const T* bias, T* c) const;
   bool packed() const { return packed_ != nullptr; }
 
  private:

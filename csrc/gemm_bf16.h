@@ -29,9 +29,10 @@ class Bf16PackedB {
   std::shared_ptr<uint16_t[]> packed_;
 };
 
-// C (m x b.n, row stride ldc) = bf16(X) B (+ C when accumulate); X (m x b.k) float, row stride ldx.
+// C (m x b.n, row stride ldc) = bf16(X) B (+ C when accumulate) (+ bias, a row of b.n, when given);
+// X (m x b.k) float, row stride ldx.
 void bf16_gemm(const float* x, int64_t ldx, int64_t m, const Bf16PackedB& b, bool accumulate, float* c,
-               int64_t ldc);
+               int64_t ldc, const float* bias = nullptr);
 
 // C (m x n) += bf16(A)^T bf16(B) for A (k x m) and B (k x n) row-major float: a weight gradient
 // summed over k rows.
@@ -39,10 +40,10 @@ void bf16_gemm_tn_accumulate(int64_t m, int64_t n, int64_t k, const float* a, in
                              int64_t ldb, float* c, int64_t ldc);
 
 namespace detail {
-// The AVX512-BF16 kernel (gemm_bf16_avx512.cpp): C (m x n) = A B (+ C), A in bf16 with the pair
+// The AVX512-BF16 kernel (gemm_bf16_avx512.cpp): C (m x n) = A B (+ C) (+ bias), A in bf16 with the pair
 // (A[r][2k], A[r][2k+1]) at a + r * a_row + k * a_pair, B packed as above.
 void bf16_kernel_avx512(const uint16_t* a, int64_t a_row, int64_t a_pair, int64_t m, const uint16_t* b, int64_t k2,
-                        int64_t n, bool accumulate, float* c, int64_t ldc);
+                        int64_t n, bool accumulate, const float* bias, float* c, int64_t ldc);
 // n rows of float (stride ldx, k values) to bf16 rows of 2 ceil(k / 2) values (zero padded).
 void bf16_rows_avx512(const float* x, int64_t ldx, int64_t n, int64_t k, uint16_t* out);
 // X (k x n) float, row stride ldx, to bf16 pairs of rows in column blocks of `block` (a multiple of 16):

@@ -22,7 +22,7 @@ constexpr int kRows = 12;
 // The pair (A[r][2k], A[r][2k+1]) is at a + r * a_row + k * a_pair (in bf16 values).
 template <int MR>
 inline void tile(const uint16_t* a, int64_t a_row, int64_t a_pair, const uint16_t* b, int64_t k2, __mmask16 mask0,
-                 __mmask16 mask1, bool accumulate, float* c, int64_t ldc) {
+                 __mmask16 mask1, bool accumulate, const float* bias, float* c, int64_t ldc) {
   __m512 acc0[MR], acc1[MR];
 #pragma GCC unroll 12
   for (int r = 0; r < MR; ++r) acc0[r] = acc1[r] = _mm512_setzero_ps();
@@ -38,6 +38,14 @@ inline void tile(const uint16_t* a, int64_t a_row, int64_t a_pair, const uint16_
       acc1[r] = _mm512_dpbf16_ps(acc1[r], ar, b1);
     }
   }
+  if (bias) {
+    const __m512 b0 = _mm512_maskz_loadu_ps(mask0, bias), b1 = _mm512_maskz_loadu_ps(mask1, bias + 16);
+#pragma GCC unroll 12
+    for (int r = 0; r < MR; ++r) {
+      acc0[r] = _mm512_add_ps(acc0[r], b0);
+      acc1[r] = _mm512_add_ps(acc1[r], b1);
+    }
+  }
 #pragma GCC unroll 12
   for (int r = 0; r < MR; ++r) {
     float* row = c + r * ldc;
@@ -51,7 +59,7 @@ inline void tile(const uint16_t* a, int64_t a_row, int64_t a_pair, const uint16_
 }
 
 using TileFn = void (*)(const uint16_t*, int64_t, int64_t, const uint16_t*, int64_t, __mmask16, __mmask16, bool,
-                        float*, int64_t);
+                        const float*, float*, int64_t);
 
 template <int... R>
 constexpr TileFn tile_for(int rows, std::integer_sequence<int, R...>) {
@@ -66,14 +74,15 @@ inline __mmask16 lanes(int64_t count) {
 }  // namespace
 
 void bf16_kernel_avx512(const uint16_t* a, int64_t a_row, int64_t a_pair, int64_t m, const uint16_t* b, int64_t k2,
-                        int64_t n, bool accumulate, float* c, int64_t ldc) {
+                        int64_t n, bool accumulate, const float* bias, float* c, int64_t ldc) {
   for (int64_t n0 = 0; n0 < n; n0 += 32) {
     const uint16_t* block = b + (n0 / 32) * k2 * 64;
     const __mmask16 mask0 = lanes(n - n0), mask1 = lanes(n - n0 - 16);
     for (int64_t m0 = 0; m0 < m; m0 += kRows) {
       const int rows = static_cast<int>(std::min<int64_t>(kRows, m - m0));
       const TileFn fn = tile_for(rows, std::make_integer_sequence<int, kRows>());
-      fn(a + m0 * a_row, a_row, a_pair, block, k2, mask0, mask1, accumulate, c + m0 * ldc + n0, ldc);
+      fn(a + m0 * a_row, a_row, a_pair, block, k2, mask0, mask1, accumulate, bias ? bias + n0 : nullptr,
+         c + m0 * ldc + n0, ldc);
     }
   }
 }
@@ -121,8 +130,8 @@ void bf16_pairs_avx512(const float* x, int64_t ldx, int64_t k, int64_t n, int64_
 namespace fastinr {
 namespace detail {
 // Never called: bf16_gemm_supported() is false off x86-64.
-void bf16_kernel_avx512(const uint16_t*, int64_t, int64_t, int64_t, const uint16_t*, int64_t, int64_t, bool, float*,
-                        int64_t) {
+void bf16_kernel_avx512(const uint16_t*, int64_t, int64_t, int64_t, const uint16_t*, int64_t, int64_t, bool,
+                        const float*, float*, int64_t) {
   throw std::logic_error("fastinr: no bf16 GEMM kernel on this architecture");
 }
 void bf16_rows_avx512(const float*, int64_t, int64_t, int64_t, uint16_t*) {
