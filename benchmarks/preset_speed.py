@@ -17,7 +17,6 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -28,8 +27,7 @@ sys.path.insert(0, str(ROOT / "examples"))   # the example's command line and it
 
 import rpg_autoencoder  # noqa: E402
 from rpgkit.config import decoder_backend, precision_of  # noqa: E402
-from rpgkit.models import build_autoencoder  # noqa: E402
-from rpgkit.training import make_optimizer, subpixel_jitter, train_step  # noqa: E402
+from rpgkit.training import training_rate  # noqa: E402
 
 WARMUP_STEPS = 3
 
@@ -42,20 +40,10 @@ def measure(variant: str, hidden: int, batch, steps: int) -> dict:
          *flags])
     dist.close()
     torch.manual_seed(0)
-    model = build_autoencoder(cfg)
-    optimizer = make_optimizer(model, 1e-3, device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     batch = batch or cfg["batch_size"]
-    images = torch.rand(batch, 3, 32, 32)
-    rates = []
-    for step in range(WARMUP_STEPS + steps):
-        start = time.perf_counter()
-        jitter = subpixel_jitter(step, cfg, device) if cfg["subpixel"] else None
-        train_step(model, optimizer, scheduler, images, jitter, precision=precision_of(cfg, device))
-        if step >= WARMUP_STEPS:
-            rates.append(batch / (time.perf_counter() - start))
+    rate = training_rate(cfg, device, steps=steps, warmup=WARMUP_STEPS, batch=batch)
     return {"name": f"{variant}, batch {batch} ({decoder_backend(cfg, device)}, {precision_of(cfg, device)})",
-            "rate": statistics.median(rates)}
+            "rate": rate}
 
 
 def main():

@@ -54,7 +54,7 @@ from rpgkit.config import (BATCH_NORM_MODES, CPU_DEFAULT_MAX_INPUTS, DEFAULT_PRE
                            saved_config)
 from rpgkit.data import SPLITS
 from rpgkit.models import DECODERS, ENCODERS, RESNET_WEIGHTS
-from rpgkit.training import init_distributed, load_checkpoint
+from rpgkit.training import CPU_TRAIN_SECONDS, init_distributed, load_checkpoint, timed_budget, training_rate
 from rpgkit.training.evaluate_run import evaluate_run
 from rpgkit.training.loop import run_training
 
@@ -170,8 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--conv-channels", type=int, default=64, help="conv decoder channels")
     train = p.add_argument_group("training")
     train.add_argument("--max-inputs", type=int, default=None,
-                       help=f"training images (default {GPU_DEFAULT_MAX_INPUTS:,} on a GPU, "
-                            f"{CPU_DEFAULT_MAX_INPUTS:,} on a CPU)")
+                       help=f"training images (default {GPU_DEFAULT_MAX_INPUTS:,} on a GPU; on a "
+                            f"CPU, what it trains in about {CPU_TRAIN_SECONDS // 60} minutes, timed "
+                            f"at the start ({CPU_DEFAULT_MAX_INPUTS:,} for several processes))")
     train.add_argument("--batch-size", type=int, default=64,
                        help="global batch, split across torchrun processes")
     train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
@@ -263,9 +264,14 @@ def main(argv=None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    given = explicit_keys(build_parser(), argv)
     if args.evaluate:
-        return evaluate_run(parser, args, explicit_keys(build_parser(), argv))
+        return evaluate_run(parser, args, given)
     parser, cfg, device, dist, checkpoint = configure(argv)
+    if checkpoint is None and device.type == "cpu" and "max_inputs" not in given and not dist.enabled:
+        # The CPU default is a time: this machine's images/s, saved with the run (exact resumes).
+        cfg["budget_rate"] = training_rate(cfg, device)
+        cfg["max_inputs"] = timed_budget(cfg["budget_rate"], cfg["batch_size"])
     try:
         code = run_training(parser, cfg, device, dist, checkpoint, tqdm)
     except BaseException:

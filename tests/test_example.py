@@ -78,8 +78,9 @@ def small_args(env, output, **extra):
             "--layers-per-block": "1", "--batch-size": str(BATCH),
             "--max-inputs": str(STEPS * BATCH), "--val-every": str(VAL_EVERY_STEPS * BATCH),
             "--seed": str(env["seed"]), "--device": "cpu", "--output": str(output),
-            # The reference backend: these tests are about the example, not the kernels.
-            "--backend": "torch"}
+            # The reference backend and float32: these tests are about the example, not the
+            # kernels (some compare runs within float32 rounding; --precision: test_native_bf16).
+            "--backend": "torch", "--precision": "fp32"}
     args.update(extra)
     flat = [item for pair in args.items() for item in pair]
     return flat + ["--quiet"]
@@ -300,6 +301,54 @@ def test_collapse_is_reported(example, run_env, monkeypatch):
     assert "--activation-out none" in summary["collapse_message"]
     linear = collapse_message({"activation_out": "none", "batch_norm": "image"}, 1e-5, 0.2)
     assert "ignores its code" in linear and "--batch-norm none" in linear
+
+
+def test_cpu_default_budget_is_timed_on_the_machine(example, run_env, monkeypatch, capsys):
+    """Without --max-inputs a CPU run times its own training steps and trains CPU_TRAIN_SECONDS'
+    worth of images, saved with the run (its checkpoint resumes that count); with --max-inputs, or
+    on --resume, nothing is timed."""
+    from rpgkit.training import CPU_TRAIN_SECONDS
+    rate = (3 * BATCH + 0.5) / CPU_TRAIN_SECONDS   # three batches' worth
+    calls = []
+
+    def timed(cfg, device, **kwargs):
+        calls.append((cfg["batch_size"], device.type))
+        return rate
+
+    monkeypatch.setattr(example, "training_rate", timed)
+    output = run_env["root"] / "timed"
+    args = small_args(run_env, output, **{"--val-every": str(BATCH)})
+    at = args.index("--max-inputs")
+    del args[at:at + 2]
+    assert example.main(args) == 0
+    assert calls == [(BATCH, "cpu")]
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["images"] == 3 * BATCH and summary["config"]["max_inputs"] == 3 * BATCH
+    assert summary["config"]["budget_rate"] == pytest.approx(rate)
+    assert "timed on this machine" in capsys.readouterr().out
+    assert load_checkpoint(output / "checkpoint.pt")["config"]["max_inputs"] == 3 * BATCH
+    assert example.main(small_args(run_env, run_env["root"] / "fixed")) == 0
+    assert len(calls) == 1
+
+
+def test_timed_budget_is_whole_batches_of_a_readable_count():
+    from rpgkit.training import CPU_TRAIN_SECONDS, timed_budget
+    assert timed_budget(93.0, 16) == 14_992        # 15,810 images -> 15,000 -> whole batches
+    assert timed_budget(1.0, 16, seconds=170) == 160
+    assert timed_budget(0.001, 16) == 16           # at least one batch
+    assert timed_budget(300.0, 64, seconds=CPU_TRAIN_SECONDS) == 50_944
+
+
+def test_training_rate_leaves_the_random_state(example):
+    from rpgkit.training import training_rate
+    _, cfg, device, dist, _ = example.configure(
+        ["--preset", "baseline", "--hidden", "16", "--blocks", "1", "--layers-per-block", "1",
+         "--batch-size", "4", "--output", "/nonexistent/never-written", "--device", "cpu",
+         "--backend", "torch"])
+    dist.close()
+    state = torch.get_rng_state()
+    assert training_rate(cfg, device, steps=1, warmup=0) > 0
+    assert torch.equal(torch.get_rng_state(), state)
 
 
 def test_missing_tiles_message(example, tmp_path, monkeypatch):

@@ -15,12 +15,11 @@ from fastinr.inr_decoder import OUTPUTS
 
 SHAPE = (3, 32, 32)
 GPU_DEFAULT_MAX_INPUTS = 1_000_000  # the seed's budget
-# The CPU default is sized for the default preset (sharp) to finish in about 5 minutes on an idle
-# 2-core CPU: it trains ~93 images/s there (benchmarks/preset_speed.py --presets sharp), so
-# 16,000 images take ~3 minutes; validation, the references and the refinement of the held-out
-# codes take the rest. The other presets train slower per image (baseline: hidden 256).
+# On a CPU the default budget is a time (rpgkit/training/budget.py: the images this machine trains
+# in ~3 minutes, timed at the start). This count is the fallback where a run cannot time itself
+# alone (several processes): ~3 minutes of the default preset on an idle 2-core AVX2 CPU (93
+# images/s there; benchmarks/preset_speed.py).
 CPU_DEFAULT_MAX_INPUTS = 16_000
-CPU_IMAGES_PER_SECOND = 93
 VALIDATIONS_PER_RUN = 10  # default --val-every: each costs ~1/3 of a training image per tile
 BATCH_NORM_MODES = ("none", "image", "batch")
 # Presets set these defaults; flags given on the command line override them. "baseline" is the
@@ -50,7 +49,7 @@ DECODER_DEFAULTS = {"preset": "baseline", "decoder": "seed", "conditioning": "co
                     "max_freq": None, "sigma": 10.0, "grid_size": 0, "grid_channels": 6,
                     "grid_head": "pool", "grid_blend": "bilinear", "subpixel": False,
                     "conv_channels": 64, "warmup": 0, "split": "index", "refine_steps": 0,
-                    "refine_lr": 0.05}
+                    "refine_lr": 0.05, "budget_rate": None}
 # Settings that may change when a run is resumed; everything else must match the checkpoint.
 # (Refinement happens after training: a resumed or evaluated run may change it.)
 RUNTIME_KEYS = ("output", "resume", "evaluate", "device", "backend", "tiles", "quiet",
@@ -226,12 +225,13 @@ def describe_run(cfg, model, backend, device, dist, n_train, n_val, n_test, tota
         + (f"; {dist.world_size} processes" if dist.enabled else ""),
     ]
     budget = f"budget {total_steps * batch:,} training images ({total_steps:,} steps of {batch})"
-    if device.type == "cpu" and cfg["max_inputs"] == CPU_DEFAULT_MAX_INPUTS:
-        minutes = CPU_DEFAULT_MAX_INPUTS / CPU_IMAGES_PER_SECOND / 60
-        budget += (f": the CPU default, about {minutes:.0f} minutes of training for the default "
-                   f"preset on an idle 2-core CPU ({CPU_IMAGES_PER_SECOND} images/s; longer on a "
-                   f"busy one); the seed's budget, --max-inputs {GPU_DEFAULT_MAX_INPUTS}, is "
-                   f"meant for a GPU")
+    if cfg.get("budget_rate"):
+        budget += (f": the CPU default, about {cfg['max_inputs'] / cfg['budget_rate'] / 60:.0f} "
+                   f"minutes of training at the {cfg['budget_rate']:.0f} images/s timed on this "
+                   f"machine at the start (--max-inputs sets a fixed budget)")
+    elif device.type == "cpu" and cfg["max_inputs"] == CPU_DEFAULT_MAX_INPUTS:
+        budget += (f": the CPU default of a run in several processes; --max-inputs "
+                   f"{GPU_DEFAULT_MAX_INPUTS} is the seed's budget, meant for a GPU")
     lines.append(budget + (f"; resuming at {step * batch:,} images" if step else ""))
     return "\n".join(lines)
 
