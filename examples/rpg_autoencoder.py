@@ -209,9 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
                      help="write TensorBoard event files into the output folder (on by default; "
                           "a resumed run appends to them)")
-    run.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="fp32",
+    run.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                      help="bf16: the training step and evaluation under torch.autocast(bfloat16); "
-                          "auto: bf16 where the native backend has the CPU's bf16 GEMMs, else fp32")
+                          "auto (default): bf16 where the native backend has the CPU's bf16 GEMMs "
+                          "(same quality at 100k images, docs/experiments.md), else fp32")
     return p
 
 
