@@ -97,6 +97,7 @@ def resolve_config(args: argparse.Namespace, parser, device: torch.device) -> di
     if cfg["max_inputs"] is None:
         cfg["max_inputs"] = (GPU_DEFAULT_MAX_INPUTS if device.type == "cuda"
                              else CPU_DEFAULT_MAX_INPUTS)
+    cfg["budget_rate"] = None   # images/s, where the example times a CPU budget (training/budget.py)
     for key in ("code_size", "hidden", "batch_size", "max_inputs"):
         if cfg[key] < 1:
             parser.error(f"--{key.replace('_', '-')} must be >= 1, got {cfg[key]}")
