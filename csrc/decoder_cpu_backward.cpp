@@ -318,13 +318,14 @@ class Backward {
   }
 
   void reduce(int threads) {
+    auto total = [&](int64_t at) {   // one accumulator value summed over the threads
+      T sum = T(0);
+      for (int k = 0; k < threads; ++k) sum += acc_[static_cast<size_t>(k) * layout_.size + at];
+      return sum;
+    };
     auto sum_into = [&](int64_t offset, T* dst, int64_t rows, int64_t cols, int64_t ld) {
       for (int64_t r = 0; r < rows; ++r)
-        for (int64_t c = 0; c < cols; ++c) {
-          T total = T(0);
-          for (int k = 0; k < threads; ++k) total += acc_[static_cast<size_t>(k) * layout_.size + offset + r * cols + c];
-          dst[r * ld + c] = total;
-        }
+        for (int64_t c = 0; c < cols; ++c) dst[r * ld + c] = total(offset + r * cols + c);
     };
     const int64_t L = cfg_.layers;
     for (int64_t i = 0; i < nb_; ++i) {
@@ -343,11 +344,7 @@ class Backward {
     sum_into(layout_.w_out, grads_.w_out, o, wo, wo);
     sum_into(layout_.b_out, grads_.b_out, 1, o, o);
     for (int64_t r = 0; r < h; ++r)   // W_pos's gradient was accumulated transposed (e x h)
-      for (int64_t k = 0; k < e; ++k) {
-        T total = T(0);
-        for (int t = 0; t < threads; ++t) total += acc_[static_cast<size_t>(t) * layout_.size + layout_.w_pos + k * h + r];
-        grads_.w_in[r * (c + e) + c + k] = total;
-      }
+      for (int64_t k = 0; k < e; ++k) grads_.w_in[r * (c + e) + c + k] = total(layout_.w_pos + k * h + r);
     // d code_proj per image -> codes, W_code and b_in.
     std::vector<T> dcode(cfg_.batch * h);
     std::vector<double> db(h, 0.0);

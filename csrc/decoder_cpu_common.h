@@ -71,11 +71,6 @@ void embedding_rows(const DecoderConfig& cfg, int64_t p0, int64_t n, T* out) {
   }
 }
 
-template <typename T>
-void fill_rows(T* dst, const T* row, int64_t n, int64_t w) {
-  for (int64_t j = 0; j < n; ++j) std::memcpy(dst + j * w, row, sizeof(T) * w);
-}
-
 // Per-tile (count, mean, M2) of a block input (column_moments), merged in tile order into per-group
 // statistics.
 struct TileMoments {

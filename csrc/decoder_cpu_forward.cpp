@@ -236,12 +236,10 @@ class Forward {
   void output(const Tile& tile, const T* h, Scratch<T>& s) {
     const int64_t n = tile.rows, o = cfg_.out_channels, pixels = cfg_.pixels();
     T* z = saved_ ? saved_->z_out + tile.r0 * o : s.out0.data();
-    if (o <= kFewOutputs) {
+    if (o <= kFewOutputs)
       few_outputs_forward(h, wts_.w_out, wts_.b_out, z, n, cfg_.out_width(), o);
-    } else {
-      fill_rows(z, wts_.b_out, n, o);
-      out_gemm_[0](h, n, T(1), z);
-    }
+    else
+      out_gemm_[0].with_bias(h, n, wts_.b_out, z);
     T* a = s.out1.data();
     act_forward(cfg_.act_out, z, a, n * o);
     for (int64_t c = 0; c < o; ++c) {
