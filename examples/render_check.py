@@ -9,7 +9,9 @@ renders the test tiles of its own split (its --split of its tiles; the validatio
 split has no test part: the index split of fewer than 5,000 tiles) at --scale times their size.
 The table gives the L1 at the pixel centres and the render's L1 against the tiles enlarged by
 nearest neighbour: the target of sub-pixel training, low when each pixel stays a flat square,
-raised by blur and ringing between the centres that the L1 at the centres cannot see. A run's
+raised by blur and ringing between the centres that the L1 at the centres cannot see. The render
+samples each enlarged pixel at its own centre (EncoderDecoder.render), so it covers the tile's
+pixels as the enlargement does. A run's
 codes are refined as it was told (--refine-steps, --refine-lr), as its test scores were. Runs that
 share a label are seeds: mean ± standard deviation. The PNG shows the renders of the first
 run of each label side by side, next to the nearest-neighbour enlargement.
@@ -53,13 +55,12 @@ def score(model, val: torch.Tensor, scale: int, pictures: int, refine_steps: int
     """(centre L1, nearest-render L1, the first `pictures` renders)."""
     centre = render_sum = render_count = 0.0
     shown = None
-    size = (scale * val.shape[-2], scale * val.shape[-1])
     for start in range(0, len(val), CHUNK):
         images = val[start:start + CHUNK].float().div_(255.0)
         codes = encode(model, images, refine_steps, refine_lr)
         with torch.no_grad():
             centre += (model.decode(codes).clamp_(0, 1) - images).abs().sum().item()
-            render = model.decode(codes, size).clamp_(0, 1)
+            render = model.render(codes, scale).clamp_(0, 1)
         s, n = nearest_render_l1_sum(render, images)
         render_sum, render_count = render_sum + s, render_count + n
         if shown is None:

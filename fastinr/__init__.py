@@ -5,7 +5,7 @@
 evaluated for every pixel of a batch of images at once.
 """
 from fastinr.backends import available_backends, resolve_backend
-from fastinr.embedding import pixel_coordinates, pos_embedding, pos_embedding_size
+from fastinr.embedding import pixel_coordinates, pos_embedding, pos_embedding_size, subpixel_coordinates
 from fastinr.conv_decoder import ConvDecoder
 from fastinr.inr_decoder import INRDecoder
 from fastinr.modules import ImageManifoldDecoder
@@ -25,5 +25,6 @@ __all__ = [
     "refine_codes",
     "local_running_stats",
     "resolve_backend",
+    "subpixel_coordinates",
     "sync_running_stats",
 ]

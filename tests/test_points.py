@@ -152,3 +152,29 @@ def test_modules_decode_per_image_points_fused():
     expected, _ = reference.decode(codes, seed.decoder_params(), seed.spec, (1, 10), "image", points=points)
     torch.testing.assert_close(seed(codes, coords=points), expected.flatten(2))
     assert seed(codes[0], coords=points[:1]).shape == (3, 10)
+
+
+@pytest.mark.parametrize("height,width,scale", [(2, 2, 2), (3, 5, 4), (7, 2, 3)])
+def test_subpixel_coordinates_cover_each_pixels_own_area(height, width, scale):
+    points = fastinr.subpixel_coordinates(height, width, scale, dtype=torch.float64)
+    assert points.shape == (height * scale * width * scale, 2)
+    centres = fastinr.pixel_coordinates(height, width, dtype=torch.float64)
+    nearest = torch.cdist(points, centres).argmin(1).reshape(height * scale, width * scale)
+    rows = torch.arange(height).repeat_interleave(scale)[:, None]
+    cols = torch.arange(width).repeat_interleave(scale)[None, :]
+    assert torch.equal(nearest, rows * width + cols)   # the parent pixel, as in a nearest enlargement
+    grid = points.reshape(height * scale, width * scale, 2)
+    for axis, size in ((0, width), (1, height)):   # evenly spaced sub-pixels, symmetric about 0
+        values = grid[0, :, 0] if axis == 0 else grid[:, 0, 1]
+        torch.testing.assert_close(values.diff(), torch.full_like(values.diff(), 2 / ((size - 1) * scale)))
+        torch.testing.assert_close(values, -values.flip(0))
+    assert torch.equal(fastinr.subpixel_coordinates(height, width, 1), fastinr.pixel_coordinates(height, width))
+
+
+def test_subpixel_coordinates_reject_bad_arguments():
+    with pytest.raises(ValueError, match="scale must be an int >= 1"):
+        fastinr.subpixel_coordinates(4, 4, 0)
+    with pytest.raises(ValueError, match="height must be an int"):
+        fastinr.subpixel_coordinates(2.0, 4, 2)
+    with pytest.raises(ValueError, match="must be >= 2 to subdivide"):
+        fastinr.subpixel_coordinates(1, 4, 2)

@@ -238,6 +238,25 @@ def test_nearest_render_l1():
         nearest_render_l1_sum(nearest[..., :14], target)
 
 
+@torch.no_grad()
+def test_render_samples_each_enlarged_pixel_at_its_own_centre(inr_run, conv_run):
+    """At scale 3 the middle sub-pixel of every pixel is its centre: the render's every third
+    pixel is the decode at the training grid, for the implicit and the conv decoder alike (the
+    implicit one without per-image normalization, whose statistics are over the points decoded)."""
+    import render_check
+    for run in (inr_run, conv_run):
+        model, cfg = render_check.load_model(run)
+        if cfg["decoder"] == "inr":
+            cfg["norm"] = "none"
+            model = build_autoencoder(cfg).eval()
+        images = render_check.held_out_tiles(cfg)[0][:3].float().div(255.0)
+        codes = model.encoder(images)
+        render = model.render(codes, 3)
+        assert render.shape == (3, 3, 96, 96)
+        torch.testing.assert_close(render[..., 1::3, 1::3], model.decode(codes), atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(model.render(codes, 1), model.decode(codes), atol=2e-5, rtol=1e-4)
+
+
 def test_render_check_rebuilds_runs_and_scores_their_renders(inr_run, conv_run, tmp_path):
     """The command as documented: each run's model from its checkpoint, scored on its own test
     tiles as the run scored them when it finished."""

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastinr.conv_decoder import ConvDecoder
+from fastinr.embedding import subpixel_coordinates
 from fastinr.inr_decoder import INRDecoder
 from rpgkit.config import SHAPE
 from rpgkit.models.decoders import build_decoder
@@ -49,6 +50,18 @@ class EncoderDecoder(nn.Module):
         if jitter is not None:
             return self.decoder(codes, tuple(jitter.shape[:2]) if shape is None else shape, jitter=jitter)
         return self.decoder(codes, shape)
+
+    def render(self, codes: torch.Tensor, scale: int) -> torch.Tensor:
+        """The codes' tiles enlarged `scale` times (B, C, s H, s W): an implicit decoder queried at
+        the centres of each pixel's s x s sub-pixels (fastinr.subpixel_coordinates), so every
+        pixel fills its own area as in a nearest-neighbour enlargement; the conv decoder's tiles
+        resampled bilinearly."""
+        height, width = SHAPE[1:]
+        if isinstance(self.decoder, ConvDecoder):
+            return self.decode(codes, (scale * height, scale * width))
+        points = subpixel_coordinates(height, width, scale, device=codes.device)
+        colors = self.decoder(codes, coords=points)
+        return colors.reshape(*colors.shape[:2], scale * height, scale * width)
 
 
 def build_autoencoder(cfg: dict) -> EncoderDecoder:

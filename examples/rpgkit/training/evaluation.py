@@ -4,7 +4,6 @@ from pathlib import Path
 import torch
 
 import fastinr
-from rpgkit.config import SHAPE
 from rpgkit.training.metrics import (COLLAPSE_RATIO, psnr_from_mse, reconstruction_spread,
                                      sobel_edge_l1_sum)
 from rpgkit.training.plots import plot_reconstructions
@@ -81,8 +80,7 @@ def sample_pictures(model, val_tiles: torch.Tensor, refine_steps: int = 0, refin
     images = val_tiles[pick.to(val_tiles.device)].float().div_(255.0)
     codes = encode(model, images, refine_steps, refine_lr)
     recon = model.decode(codes).clamp_(0, 1)
-    size = (RENDER_SCALE * SHAPE[1], RENDER_SCALE * SHAPE[2])
-    render = model.decode(codes, size).clamp_(0, 1)  # the conv decoder: a bilinear resample
+    render = model.render(codes, RENDER_SCALE).clamp_(0, 1)
     model.train(was_training)
     return images.cpu(), recon.cpu(), render.cpu()
 
