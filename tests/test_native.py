@@ -122,16 +122,19 @@ def check_against_reference(spec, shape, batch, norm_stats, dtype, rel):
     upstream = torch.randn(batch, spec.out_channels, *shape, dtype=dtype)
     out = run(native, codes, params, spec, shape, norm_stats, running, upstream)
     ref = run(reference, codes, params, spec, shape, norm_stats, running, upstream)
-    same_dtype = None
+    same_dtype = []   # torch's own results in dtype: on the inputs, and on the inputs moved by one ulp
     if dtype != torch.float64:
         params64 = DecoderParams.from_flat(spec, [t.detach().double().requires_grad_(True) for t in params.flat()])
         running64 = [(m.double(), v.double()) for m, v in running]
-        same_dtype = ref
+        params_moved = DecoderParams.from_flat(spec, [moved(t.detach()).requires_grad_(True) for t in params.flat()])
+        running_moved = [(moved(m), moved(v)) for m, v in running]
+        same_dtype = [ref, run(reference, moved(codes), params_moved, spec, shape, norm_stats, running_moved,
+                               moved(upstream))]
         ref = run(reference, codes.double(), params64, spec, shape, norm_stats, running64, upstream.double())
     assert out[0].dtype == dtype and all(g.dtype == dtype for g in out[2]), "dtype of the results"
 
     def torch_error(get):
-        return None if same_dtype is None else get(same_dtype)
+        return [get(r) for r in same_dtype] or None
 
     assert_close_scaled(out[0], ref[0], rel, "colors", torch_error(lambda r: r[0]))
     assert len(out[1]) == len(ref[1]), "number of BlockStats"

@@ -13,6 +13,7 @@ from fastinr.contract import DecoderParams
 from fastinr.inr_decoder import INRDecoder
 from fastinr.inr_points import evaluate_at_points
 from fastinr.points import decode_points
+from tests.error_model import moved
 from tests.test_native import assert_close_scaled, make_params, make_spec
 
 BACKENDS = fastinr.available_backends("cpu")
@@ -61,14 +62,20 @@ def test_points_match_the_reference(backend, dtype, kwargs, batch, norm_stats, p
                              backend=backend)
 
     exact = run(oracle, codes, params, spec, norm_stats, running, upstream)
-    own = None
+    own = []   # torch's own results in dtype: on the inputs, and on the inputs moved by one ulp
     if dtype != torch.float64:
         params, running = as_dtype(params, running, spec, dtype)
         codes, upstream = codes.to(dtype), upstream.to(dtype)
-        own = run(oracle, codes, params, spec, norm_stats, running, upstream)
+        params_moved = DecoderParams.from_flat(spec, [moved(t.detach()).requires_grad_(True) for t in params.flat()])
+        own = [run(oracle, codes, params, spec, norm_stats, running, upstream),
+               run(oracle, moved(codes), params_moved, spec, norm_stats,
+                   [(moved(m), moved(v)) for m, v in running], moved(upstream))]
     out = run(fused, codes, params, spec, norm_stats, running, upstream)
     rel = 1e-9 if dtype == torch.float64 else 2e-5
-    pick = (lambda get: None) if own is None else (lambda get: get(own))
+
+    def pick(get):
+        return [get(r) for r in own] or None
+
     assert_close_scaled(out[0], exact[0], rel, "colors", pick(lambda r: r[0]))
     assert len(out[1]) == len(exact[1])
     for i, (a, b) in enumerate(zip(out[1], exact[1])):
