@@ -2,8 +2,9 @@
 // namespace FASTINR_ISA_NAMESPACE. Everything here has internal linkage and calls no inline library
 // template, so code generated for AVX2 can never be picked by the linker for the generic build.
 //
-// exp: Cephes range reduction + degree-6 polynomial (about 1 ulp). erf: Abramowitz-Stegun 7.1.26,
-// the same formula (and the same ~1.5e-7 absolute error) as PyTorch's vectorised float erf.
+// exp: Cephes range reduction + degree-6 polynomial (about 1 ulp). GELU: its value through a
+// rational erf (no exp), its derivative through Abramowitz-Stegun 7.1.26, the formula of PyTorch's
+// vectorised float erf, whose exp is also the pdf's (gelu_value, gelu_grad).
 // No early exits or library calls in the loops, so the compiler vectorises them. A code without a
 // loop of its own here (a new activation) runs the scalar formulas of activations.h: correct on
 // every instruction set, just not vectorised until it gets a loop here.
@@ -31,33 +32,53 @@ inline float exp_approx(float x) {
   return y * scale;
 }
 
-// |erf(x)| = 1 - poly(t) * t * exp(-x^2), t = 1 / (1 + p |x|) (Abramowitz & Stegun 7.1.26, as
-// torch's vectorised erf): returns poly(t) * t, so callers can share the exp.
-inline float erf_tail(float ax) {
-  float t = 1.0f / (1.0f + 0.3275911f * ax);
-  float r = 1.061405429f;
-  r = r * t - 1.453152027f;
-  r = r * t + 1.421413741f;
-  r = r * t - 0.284496736f;
-  r = r * t + 0.254829592f;
-  return r * t;
-}
-
-inline float erf_approx(float x) {
-  float ax = x < 0.0f ? -x : x;
-  float e = 1.0f - erf_tail(ax) * exp_approx(-ax * ax);
-  return x < 0.0f ? -e : e;
-}
-
 inline float sigmoid_approx(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
 
 constexpr float kSqrtHalf = 0.70710678118654752f;
 constexpr float kInvSqrt2Pi = 0.39894228040143268f;
 
+// GELU's value (x / 2) (1 + erf(x / sqrt 2)) with erf(u) as a rational function, u P(u^2) / Q(u^2)
+// for |u| <= 4 (beyond, erf is +-1 in float), the minimax form Eigen and XLA use for float erf:
+// its error is about an ulp and close to zero on average, and it needs no exp and one division,
+// 45% less work than 7.1.26 with its exp.
+static inline float gelu_value(float x) {
+  float u = x * kSqrtHalf;
+  u = u > 4.0f ? 4.0f : (u < -4.0f ? -4.0f : u);
+  float u2 = u * u;
+  float p = -2.72614225801306e-10f;
+  p = p * u2 + 2.77068142495902e-08f;
+  p = p * u2 - 2.10102402082508e-06f;
+  p = p * u2 - 5.69250639462346e-05f;
+  p = p * u2 - 7.34990630326855e-04f;
+  p = p * u2 - 2.95459980854025e-03f;
+  p = p * u2 - 1.60960333262415e-02f;
+  float q = -1.45660718464996e-05f;
+  q = q * u2 - 2.13374055278905e-04f;
+  q = q * u2 - 1.68282697438203e-03f;
+  q = q * u2 - 7.37332916720468e-03f;
+  q = q * u2 - 1.42647390514189e-02f;
+  return 0.5f * x * (1.0f + u * p / q);
+}
+
+// GELU's derivative Phi(x) + x pdf(x), pdf(x) = exp(-x^2 / 2) / sqrt(2 pi), with Phi by 7.1.26
+// (as torch's vectorised erf), whose exp is the pdf's.
+static inline float gelu_grad(float x) {
+  float u = (x < 0.0f ? -x : x) * kSqrtHalf;
+  float e = exp_approx(-u * u);
+  float t = 1.0f / (1.0f + 0.3275911f * u);
+  float r = 1.061405429f;
+  r = r * t - 1.453152027f;
+  r = r * t + 1.421413741f;
+  r = r * t - 0.284496736f;
+  r = r * t + 0.254829592f;
+  float erf_abs = 1.0f - r * t * e;
+  return 0.5f * (1.0f + (x < 0.0f ? -erf_abs : erf_abs)) + x * kInvSqrt2Pi * e;
+}
+
 void forward_kernel(Act act, const float* z, float* a, int64_t n) {
   switch (act) {
     case Act::gelu:
-      for (int64_t k = 0; k < n; ++k) a[k] = 0.5f * z[k] * (1.0f + erf_approx(z[k] * kSqrtHalf));
+      for (int64_t k = 0; k < n; ++k) a[k] = gelu_value(z[k]);
       break;
     case Act::relu:
       for (int64_t k = 0; k < n; ++k) a[k] = z[k] < 0.0f ? 0.0f : z[k];
@@ -83,24 +104,11 @@ void forward_kernel(Act act, const float* z, float* a, int64_t n) {
   }
 }
 
-// GELU's Phi(x) and exp(-x^2 / 2), sharing one exp: erf_approx(x / sqrt 2) inlined, whose exp is
-// also the normal pdf's (times 1/sqrt(2 pi)).
-static inline void gelu_cdf_and_exp(float x, float& cdf, float& e) {
-  float ax = (x < 0.0f ? -x : x) * kSqrtHalf;
-  e = exp_approx(-ax * ax);
-  float erf_abs = 1.0f - erf_tail(ax) * e;
-  cdf = 0.5f * (1.0f + (x < 0.0f ? -erf_abs : erf_abs));
-}
-
 // The derivative conventions match PyTorch's: relu' = (z > 0), relu6' = (0 < z < 6).
 void backward_kernel(Act act, const float* z, const float* g, float* dz, int64_t n) {
   switch (act) {
     case Act::gelu:
-      for (int64_t k = 0; k < n; ++k) {
-        float x = z[k], cdf, e;
-        gelu_cdf_and_exp(x, cdf, e);
-        dz[k] = g[k] * (cdf + x * kInvSqrt2Pi * e);
-      }
+      for (int64_t k = 0; k < n; ++k) dz[k] = g[k] * gelu_grad(z[k]);
       break;
     case Act::relu:
       for (int64_t k = 0; k < n; ++k) dz[k] = z[k] > 0.0f ? g[k] : 0.0f;
@@ -139,11 +147,9 @@ void backward_kernel(Act act, const float* z, const float* g, float* dz, int64_t
 void forward_grad_kernel(Act act, const float* z, float* a, float* d, int64_t n) {
   switch (act) {
     case Act::gelu:
-      for (int64_t k = 0; k < n; ++k) {
-        float x = z[k], cdf, e;
-        gelu_cdf_and_exp(x, cdf, e);
-        a[k] = x * cdf;
-        d[k] = cdf + x * kInvSqrt2Pi * e;
+      for (int64_t k = 0; k < n; ++k) {   // the value exactly as forward_kernel makes it
+        a[k] = gelu_value(z[k]);
+        d[k] = gelu_grad(z[k]);
       }
       break;
     case Act::silu:
