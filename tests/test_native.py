@@ -108,6 +108,13 @@ def assert_close_scaled(actual, expected, rel, what, torch_error=None):
     assert err <= allowed, f"{what}: max error {err:.3e} > allowed {allowed:.3e} (scale {scale:.3e})"
 
 
+def moved_params(spec, params, running):
+    """(params, running) with every element moved by one ulp (tests/error_model.moved): the inputs
+    of torch's second float32 result in the error model."""
+    return (DecoderParams.from_flat(spec, [moved(t.detach()).requires_grad_(True) for t in params.flat()]),
+            [(moved(m), moved(v)) for m, v in running])
+
+
 def run(module, codes, params, spec, shape, norm_stats, running, upstream):
     codes = codes.detach().clone().requires_grad_(True)
     colors, stats = module.decode(codes, params, spec, shape, norm_stats, running)
@@ -126,8 +133,7 @@ def check_against_reference(spec, shape, batch, norm_stats, dtype, rel):
     if dtype != torch.float64:
         params64 = DecoderParams.from_flat(spec, [t.detach().double().requires_grad_(True) for t in params.flat()])
         running64 = [(m.double(), v.double()) for m, v in running]
-        params_moved = DecoderParams.from_flat(spec, [moved(t.detach()).requires_grad_(True) for t in params.flat()])
-        running_moved = [(moved(m), moved(v)) for m, v in running]
+        params_moved, running_moved = moved_params(spec, params, running)
         same_dtype = [ref, run(reference, moved(codes), params_moved, spec, shape, norm_stats, running_moved,
                                moved(upstream))]
         ref = run(reference, codes.double(), params64, spec, shape, norm_stats, running64, upstream.double())

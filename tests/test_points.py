@@ -14,7 +14,7 @@ from fastinr.inr_decoder import INRDecoder
 from fastinr.inr_points import evaluate_at_points
 from fastinr.points import decode_points
 from tests.error_model import moved
-from tests.test_native import assert_close_scaled, make_params, make_spec
+from tests.test_native import assert_close_scaled, make_params, make_spec, moved_params
 
 BACKENDS = fastinr.available_backends("cpu")
 CASES = [  # spec kwargs, batch, norm_stats
@@ -66,10 +66,9 @@ def test_points_match_the_reference(backend, dtype, kwargs, batch, norm_stats, p
     if dtype != torch.float64:
         params, running = as_dtype(params, running, spec, dtype)
         codes, upstream = codes.to(dtype), upstream.to(dtype)
-        params_moved = DecoderParams.from_flat(spec, [moved(t.detach()).requires_grad_(True) for t in params.flat()])
+        params_moved, running_moved = moved_params(spec, params, running)
         own = [run(oracle, codes, params, spec, norm_stats, running, upstream),
-               run(oracle, moved(codes), params_moved, spec, norm_stats,
-                   [(moved(m), moved(v)) for m, v in running], moved(upstream))]
+               run(oracle, moved(codes), params_moved, spec, norm_stats, running_moved, moved(upstream))]
     out = run(fused, codes, params, spec, norm_stats, running, upstream)
     rel = 1e-9 if dtype == torch.float64 else 2e-5
 
