@@ -224,6 +224,7 @@ class Backward {
         }
         modulation_backward(t, tile, 1 + i * L + l, z_pre, dz, n);
         const T* x;
+        const T *scale = nullptr, *shift = nullptr;   // the BatchNorm mapping x, fused into the GEMM
         if (l > 0) {
           const T* z_prev = saved_.z[i * L + l - 1] + r0 * w;
           act_forward_grad(cfg_.act, modulated(cfg_, wts_.mods, tile.image, i * L + l, z_prev, n, s.zm),
@@ -231,15 +232,17 @@ class Backward {
           have_dact = true;
           x = s.lb.data();
         } else if (cfg_.batch_norm) {
-          normalized(i, g, h, n, w, s.lb.data());
-          x = s.lb.data();
+          const int64_t k = norms_[i].at(g, w);
+          scale = &norms_[i].scale[k];
+          shift = &norms_[i].shift[k];
+          x = h;
         } else if (cfg_.layer_norm) {
           layer_norm_rows(h, n, w, wts_.norm_weight[i], wts_.norm_bias[i], cfg_.eps, s.lb.data());
           x = s.lb.data();
         } else {
           x = h;
         }
-        accumulate_tn(cfg_.bf16_matmul, w, w, n, dz, w, x, w, acc + layout_.weight[i * L + l], w);
+        accumulate_tn(cfg_.bf16_matmul, w, w, n, dz, w, x, w, acc + layout_.weight[i * L + l], w, scale, shift);
         add_column_sums(dz, n, w, w, acc + layout_.bias[i * L + l]);
         input_gemm_[i * L + l](dz, n, T(0), s.lc.data());
         dA = s.lc.data();
@@ -310,11 +313,6 @@ class Backward {
         dmod[c] += static_cast<double>(dz[j * h + c]) * z[j * h + c];
         dz[j * h + c] *= T(1) + g[c];
       }
-  }
-
-  void normalized(int64_t i, int64_t g, const T* h, int64_t n, int64_t w, T* dst) const {
-    const int64_t k = norms_[i].at(g, w);
-    affine_rows(h, &norms_[i].scale[k], &norms_[i].shift[k], dst, n, w);
   }
 
   void reduce(int threads) {

@@ -200,7 +200,12 @@ class Forward {
       }
       const int64_t w = cfg_.block_width(i), wn = cfg_.block_width(i + 1);
       const T* x = cur;
-      if (cfg_.batch_norm && !(fold_norms_ && L > 0)) {
+      const T *scale = nullptr, *shift = nullptr;   // the first Linear's input BatchNorm, when it maps it
+      if (cfg_.batch_norm && L > 0 && !fold_norms_) {
+        const int64_t k = norms_[i].at(group_of(cfg_, tile), w);
+        scale = &norms_[i].scale[k];
+        shift = &norms_[i].shift[k];
+      } else if (cfg_.batch_norm && L == 0) {
         const int64_t k = norms_[i].at(group_of(cfg_, tile), w);
         affine_rows(cur, &norms_[i].scale[k], &norms_[i].shift[k], s.la.data(), n, w);
         x = s.la.data();
@@ -211,7 +216,8 @@ class Forward {
       for (int64_t l = 0; l < L; ++l) {
         T* other = x == s.la.data() ? s.lb.data() : s.la.data();
         T* z = saved_ ? saved_->z[i * L + l] + r0 * w : other;
-        layer_gemm_[i * L + l].with_bias(x, n, l == 0 && fold_norms_ ? folded_[i].bias.data() : wts_.bias[i * L + l], z);
+        const T* bias = l == 0 && fold_norms_ ? folded_[i].bias.data() : wts_.bias[i * L + l];
+        layer_gemm_[i * L + l].with_bias(x, n, bias, z, l == 0 ? scale : nullptr, l == 0 ? shift : nullptr);
         const T* za = modulated(cfg_, wts_.mods, tile.image, 1 + i * L + l, z, n, s.zm);
         act_forward(cfg_.act, za, other, n * w);
         x = other;

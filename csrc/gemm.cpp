@@ -8,6 +8,9 @@
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
+#include <vector>
+
+#include "rows.h"
 
 extern "C" {
 void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
@@ -64,6 +67,20 @@ const PackApi& pack_api() {
     return found;
   }();
   return api;
+}
+
+// X (n x w, row stride ld) * scale + shift per column, in this thread's buffer (valid until its next call):
+// the affine pass that the bf16 GEMMs fuse into their rounding, for the GEMMs that read X as it is.
+template <typename T>
+const T* mapped_rows(const T* x, int64_t n, int64_t w, const T* scale, const T* shift, int64_t ld = -1) {
+  thread_local std::vector<T> buffer;
+  buffer.resize(static_cast<size_t>(n * w));
+  if (ld < 0 || ld == w) {
+    affine_rows(x, scale, shift, buffer.data(), n, w);
+  } else {
+    for (int64_t j = 0; j < n; ++j) affine_rows(x + j * ld, scale, shift, buffer.data() + j * w, 1, w);
+  }
+  return buffer.data();
 }
 
 }  // namespace
@@ -136,28 +153,32 @@ void TileGemm<T>::operator()(const T* x, int64_t n, T beta, T* c) const {
 }
 
 template <typename T>
-void TileGemm<T>::with_bias(const T* x, int64_t n, const T* bias, T* c) const {
+void TileGemm<T>::with_bias(const T* x, int64_t n, const T* bias, T* c, const T* scale, const T* shift) const {
   const int64_t inner = transpose_w_ ? in_ : out_, cols = transpose_w_ ? out_ : in_;
   if constexpr (std::is_same_v<T, float>) {
     if (bf16_) {
-      bf16_gemm(x, inner, n, *bf16_, false, c, cols, bias);
+      bf16_gemm(x, inner, n, *bf16_, false, c, cols, bias, ColumnAffine{scale, shift});
       return;
     }
   }
+  if (scale) x = mapped_rows(x, n, inner, scale, shift);
   for (int64_t j = 0; j < n; ++j) std::memcpy(c + j * cols, bias, sizeof(T) * cols);
   (*this)(x, n, T(1), c);
 }
 
 void accumulate_tn(bool bf16, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
-                   int64_t ldb, float* c, int64_t ldc) {
-  if (bf16 && bf16_gemm_supported())
-    bf16_gemm_tn_accumulate(m, n, k, a, lda, b, ldb, c, ldc);
-  else
-    gemm(true, false, m, n, k, 1.0f, a, lda, b, ldb, 1.0f, c, ldc);
+                   int64_t ldb, float* c, int64_t ldc, const float* scale, const float* shift) {
+  if (bf16 && bf16_gemm_supported()) {
+    bf16_gemm_tn_accumulate(m, n, k, a, lda, b, ldb, c, ldc, ColumnAffine{scale, shift});
+    return;
+  }
+  if (scale) b = mapped_rows(b, k, n, scale, shift, ldb), ldb = n;
+  gemm(true, false, m, n, k, 1.0f, a, lda, b, ldb, 1.0f, c, ldc);
 }
 
 void accumulate_tn(bool, int64_t m, int64_t n, int64_t k, const double* a, int64_t lda, const double* b,
-                   int64_t ldb, double* c, int64_t ldc) {
+                   int64_t ldb, double* c, int64_t ldc, const double* scale, const double* shift) {
+  if (scale) b = mapped_rows(b, k, n, scale, shift, ldb), ldb = n;
   gemm(true, false, m, n, k, 1.0, a, lda, b, ldb, 1.0, c, ldc);
 }
 

@@ -24,9 +24,11 @@ class TileGemm {
  public:
   TileGemm(const T* w, int64_t out, int64_t in, bool transpose_w, int64_t max_rows, bool bf16 = false);
   void operator()(const T* x, int64_t n, T beta, T* c) const;
-  // C = X op(W) + bias (a row of C's width, added to every row): in the bf16 kernel's epilogue, else
-  // the rows filled with the bias first.
-  void with_bias(const T* x, int64_t n, const T* bias, T* c) const;
+  // C = X' op(W) + bias (a row of C's width, added to every row): in the bf16 kernel's epilogue, else
+  // the rows filled with the bias first. X' = X * scale + shift per column of X when scale and shift
+  // are given (a BatchNorm's affine map): applied as X is rounded to bf16, else in a pass of its own.
+  void with_bias(const T* x, int64_t n, const T* bias, T* c, const T* scale = nullptr,
+                 const T* shift = nullptr) const;
   bool packed() const { return packed_ != nullptr; }
 
  private:
@@ -39,12 +41,14 @@ class TileGemm {
   std::shared_ptr<Bf16PackedB> bf16_;
 };
 
-// C (m x n) += A^T B for one row tile (a weight gradient): bf16 operands with `bf16` (float, where
-// bf16_gemm_supported()), else the BLAS in T. A is (k x m), B (k x n), row-major.
+// C (m x n) += A^T B' for one row tile (a weight gradient): bf16 operands with `bf16` (float, where
+// bf16_gemm_supported()), else the BLAS in T. A is (k x m), B (k x n), row-major; B' = B * scale + shift
+// per column when scale and shift are given, applied as B is rounded to bf16, else in a pass of its own.
 void accumulate_tn(bool bf16, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
-                   int64_t ldb, float* c, int64_t ldc);
+                   int64_t ldb, float* c, int64_t ldc, const float* scale = nullptr, const float* shift = nullptr);
 void accumulate_tn(bool bf16, int64_t m, int64_t n, int64_t k, const double* a, int64_t lda, const double* b,
-                   int64_t ldb, double* c, int64_t ldc);
+                   int64_t ldb, double* c, int64_t ldc, const double* scale = nullptr,
+                   const double* shift = nullptr);
 
 // Whether this process's BLAS offers packed weights (reported by the extension for benchmarks).
 bool blas_packs_weights();

@@ -66,18 +66,18 @@ Bf16PackedB::Bf16PackedB(const float* w, int64_t k, int64_t n, bool transpose_w)
 }
 
 void bf16_gemm(const float* x, int64_t ldx, int64_t m, const Bf16PackedB& b, bool accumulate, float* c,
-               int64_t ldc, const float* bias) {
+               int64_t ldc, const float* bias, ColumnAffine affine) {
   if (m <= 0 || b.n() <= 0) return;
   require_support();
   const int64_t k2 = pairs(b.k());
   std::vector<uint16_t>& a = thread_buffer(0);
   a.resize(m * 2 * k2);
-  detail::bf16_rows_avx512(x, ldx, m, b.k(), a.data());
+  detail::bf16_rows_avx512(x, ldx, m, b.k(), a.data(), affine);
   detail::bf16_kernel_avx512(a.data(), 2 * k2, 2, m, b.data(), k2, b.n(), accumulate, bias, c, ldc);
 }
 
 void bf16_gemm_tn_accumulate(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
-                             int64_t ldb, float* c, int64_t ldc) {
+                             int64_t ldb, float* c, int64_t ldc, ColumnAffine b_affine) {
   if (m <= 0 || n <= 0 || k <= 0) return;
   require_support();
   // Both operands are pairs of their k rows: A^T's pair (r, k2) at (k2 * width + r) * 2 with width m
@@ -85,10 +85,10 @@ void bf16_gemm_tn_accumulate(int64_t m, int64_t n, int64_t k, const float* a, in
   const int64_t k2 = pairs(k), width = (m + 15) / 16 * 16;
   std::vector<uint16_t>& at = thread_buffer(0);
   at.resize(k2 * 2 * width);
-  detail::bf16_pairs_avx512(a, lda, k, m, width, at.data());
+  detail::bf16_pairs_avx512(a, lda, k, m, width, at.data(), {});
   std::vector<uint16_t>& packed = thread_buffer(1);
   packed.resize(column_blocks(n) * k2 * 64);
-  detail::bf16_pairs_avx512(b, ldb, k, n, 32, packed.data());
+  detail::bf16_pairs_avx512(b, ldb, k, n, 32, packed.data(), b_affine);
   detail::bf16_kernel_avx512(at.data(), 2, 2 * width, m, packed.data(), k2, n, true, nullptr, c, ldc);
 }
 

@@ -29,29 +29,40 @@ class Bf16PackedB {
   std::shared_ptr<uint16_t[]> packed_;
 };
 
-// C (m x b.n, row stride ldc) = bf16(X) B (+ C when accumulate) (+ bias, a row of b.n, when given);
-// X (m x b.k) float, row stride ldx.
-void bf16_gemm(const float* x, int64_t ldx, int64_t m, const Bf16PackedB& b, bool accumulate, float* c,
-               int64_t ldc, const float* bias = nullptr);
+// An optional per-column affine map x -> x * scale + shift of an operand, applied as it is rounded to
+// bf16: a BatchNorm in front of a Linear costs no pass of its own (both null: none).
+struct ColumnAffine {
+  const float* scale = nullptr;
+  const float* shift = nullptr;
+  explicit operator bool() const { return scale != nullptr; }
+};
 
-// C (m x n) += bf16(A)^T bf16(B) for A (k x m) and B (k x n) row-major float: a weight gradient
-// summed over k rows.
+// C (m x b.n, row stride ldc) = bf16(affine(X)) B (+ C when accumulate) (+ bias, a row of b.n, when
+// given); X (m x b.k) float, row stride ldx.
+void bf16_gemm(const float* x, int64_t ldx, int64_t m, const Bf16PackedB& b, bool accumulate, float* c,
+               int64_t ldc, const float* bias = nullptr, ColumnAffine affine = {});
+
+// C (m x n) += bf16(A)^T bf16(affine(B)) for A (k x m) and B (k x n) row-major float: a weight
+// gradient summed over k rows.
 void bf16_gemm_tn_accumulate(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
-                             int64_t ldb, float* c, int64_t ldc);
+                             int64_t ldb, float* c, int64_t ldc, ColumnAffine b_affine = {});
 
 namespace detail {
 // The AVX512-BF16 kernel (gemm_bf16_avx512.cpp): C (m x n) = A B (+ C) (+ bias), A in bf16 with the pair
 // (A[r][2k], A[r][2k+1]) at a + r * a_row + k * a_pair, B packed as above.
 void bf16_kernel_avx512(const uint16_t* a, int64_t a_row, int64_t a_pair, int64_t m, const uint16_t* b, int64_t k2,
                         int64_t n, bool accumulate, const float* bias, float* c, int64_t ldc);
-// n rows of float (stride ldx, k values) to bf16 rows of 2 ceil(k / 2) values (zero padded).
-void bf16_rows_avx512(const float* x, int64_t ldx, int64_t n, int64_t k, uint16_t* out);
+// n rows of float (stride ldx, k values), mapped by `affine` (over the k columns) when given, to bf16 rows
+// of 2 ceil(k / 2) values (zero padded).
+void bf16_rows_avx512(const float* x, int64_t ldx, int64_t n, int64_t k, uint16_t* out, ColumnAffine affine);
 // X (k x n) float, row stride ldx, to bf16 pairs of rows in column blocks of `block` (a multiple of 16):
 // out[((c / block) * K2 + k2) * 2 * block + (c % block) * 2 + (kk & 1)] = X[kk][c], K2 = ceil(k / 2); odd
 // k reads a zero row, columns past n in a 16-column chunk are written as zeros (padding no chunk reaches
 // is left as it was: the kernel never stores those columns). With block 32 this is
-// the packed B layout; with one block of width >= n, A^T with its pairs along X's rows.
-void bf16_pairs_avx512(const float* x, int64_t ldx, int64_t k, int64_t n, int64_t block, uint16_t* out);
+// the packed B layout; with one block of width >= n, A^T with its pairs along X's rows. X's values are
+// mapped by `affine` (over its n columns) when given; the padding stays zero.
+void bf16_pairs_avx512(const float* x, int64_t ldx, int64_t k, int64_t n, int64_t block, uint16_t* out,
+                       ColumnAffine affine);
 }  // namespace detail
 
 }  // namespace fastinr

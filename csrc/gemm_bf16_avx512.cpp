@@ -18,6 +18,9 @@ namespace detail {
 namespace {
 
 constexpr int kRows = 12;
+// The conversions read X (often a saved activation, from memory) this many rows ahead: the hardware
+// prefetcher alone left them waiting on memory. (A prefetch past the end is harmless: it never faults.)
+constexpr int64_t kPrefetchRows = 4;
 
 // The pair (A[r][2k], A[r][2k+1]) is at a + r * a_row + k * a_pair (in bf16 values).
 template <int MR>
@@ -87,20 +90,29 @@ void bf16_kernel_avx512(const uint16_t* a, int64_t a_row, int64_t a_pair, int64_
   }
 }
 
-void bf16_rows_avx512(const float* x, int64_t ldx, int64_t n, int64_t k, uint16_t* out) {
+// x * scale + shift (fused, as the compiler contracts the decoder's own affine pass), or x
+inline __m512 mapped(__m512 x, const ColumnAffine& affine, __mmask16 valid, int64_t column) {
+  if (!affine) return x;
+  return _mm512_fmadd_ps(x, _mm512_maskz_loadu_ps(valid, affine.scale + column),
+                         _mm512_maskz_loadu_ps(valid, affine.shift + column));
+}
+
+void bf16_rows_avx512(const float* x, int64_t ldx, int64_t n, int64_t k, uint16_t* out, ColumnAffine affine) {
   const int64_t kp = (k + 1) / 2 * 2;
   for (int64_t j = 0; j < n; ++j) {
     const float* src = x + j * ldx;
     uint16_t* dst = out + j * kp;
     for (int64_t i = 0; i < kp; i += 16) {
+      _mm_prefetch(reinterpret_cast<const char*>(src + kPrefetchRows * ldx + i), _MM_HINT_T0);
       const __mmask16 in = lanes(k - i), keep = lanes(kp - i);
-      const __m256bh v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(in, src + i));
+      const __m256bh v = _mm512_cvtneps_pbh(mapped(_mm512_maskz_loadu_ps(in, src + i), affine, in, i));
       _mm256_mask_storeu_epi16(dst + i, keep, (__m256i)v);
     }
   }
 }
 
-void bf16_pairs_avx512(const float* x, int64_t ldx, int64_t k, int64_t n, int64_t block, uint16_t* out) {
+void bf16_pairs_avx512(const float* x, int64_t ldx, int64_t k, int64_t n, int64_t block, uint16_t* out,
+                       ColumnAffine affine) {
   // vcvtne2ps2bf16 gives [row 2k2 (16 values) | row 2k2+1 (16)]; this permutation interleaves them
   alignas(64) uint16_t order[32];
   for (int j = 0; j < 32; ++j) order[j] = static_cast<uint16_t>((j & 1) * 16 + j / 2);
@@ -111,9 +123,12 @@ void bf16_pairs_avx512(const float* x, int64_t ldx, int64_t k, int64_t n, int64_
     const float* row1 = row0 + ldx;
     const bool has_row1 = 2 * k2 + 1 < k;
     for (int64_t c0 = 0; c0 < n; c0 += 16) {
+      _mm_prefetch(reinterpret_cast<const char*>(row0 + kPrefetchRows * ldx + c0), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(row1 + kPrefetchRows * ldx + c0), _MM_HINT_T0);
       const __mmask16 valid = lanes(n - c0);
-      const __m512 lo = _mm512_maskz_loadu_ps(valid, row0 + c0);
-      const __m512 hi = has_row1 ? _mm512_maskz_loadu_ps(valid, row1 + c0) : _mm512_setzero_ps();
+      const __m512 lo = mapped(_mm512_maskz_loadu_ps(valid, row0 + c0), affine, valid, c0);
+      const __m512 hi = has_row1 ? mapped(_mm512_maskz_loadu_ps(valid, row1 + c0), affine, valid, c0)
+                                 : _mm512_setzero_ps();   // the zero row of an odd k stays zero
       const __m512i both = _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
       _mm512_storeu_si512(out + ((c0 / block) * k2n + k2) * 2 * block + (c0 % block) * 2, both);
     }
@@ -134,10 +149,10 @@ void bf16_kernel_avx512(const uint16_t*, int64_t, int64_t, int64_t, const uint16
                         const float*, float*, int64_t) {
   throw std::logic_error("fastinr: no bf16 GEMM kernel on this architecture");
 }
-void bf16_rows_avx512(const float*, int64_t, int64_t, int64_t, uint16_t*) {
+void bf16_rows_avx512(const float*, int64_t, int64_t, int64_t, uint16_t*, ColumnAffine) {
   throw std::logic_error("fastinr: no bf16 GEMM kernel on this architecture");
 }
-void bf16_pairs_avx512(const float*, int64_t, int64_t, int64_t, int64_t, uint16_t*) {
+void bf16_pairs_avx512(const float*, int64_t, int64_t, int64_t, int64_t, uint16_t*, ColumnAffine) {
   throw std::logic_error("fastinr: no bf16 GEMM kernel on this architecture");
 }
 }  // namespace detail
