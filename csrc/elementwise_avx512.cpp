@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "elementwise.h"
+#include "prefetch.h"
 #include "rows.h"
 
 namespace fastinr {

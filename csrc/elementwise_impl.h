@@ -183,12 +183,15 @@ void forward_grad_kernel(Act act, const float* z, float* a, float* d, int64_t n)
 
 }  // namespace
 
+// z is often a saved pre-activation coming back from memory (prefetch.h).
 void act_forward_grad_float(Act act, const float* z, float* a, float* d, int64_t n) {
-  forward_grad_kernel(act, z, a, d, n);
+  prefetched_chunks(n, z, [&](int64_t k0, int64_t k1) { forward_grad_kernel(act, z + k0, a + k0, d + k0, k1 - k0); });
 }
 
-void act_forward_float(Act act, const float* z, float* a, int64_t n) { forward_kernel(act, z, a, n); }
+void act_forward_float(Act act, const float* z, float* a, int64_t n) {
+  prefetched_chunks(n, z, [&](int64_t k0, int64_t k1) { forward_kernel(act, z + k0, a + k0, k1 - k0); });
+}
 
 void act_backward_float(Act act, const float* z, const float* g, float* dz, int64_t n) {
-  backward_kernel(act, z, g, dz, n);
+  prefetched_chunks(n, z, [&](int64_t k0, int64_t k1) { backward_kernel(act, z + k0, g + k0, dz + k0, k1 - k0); });
 }

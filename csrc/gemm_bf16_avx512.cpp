@@ -12,14 +12,14 @@
 #include <utility>
 
 #include "gemm_bf16.h"
+#include "prefetch.h"
 
 namespace fastinr {
 namespace detail {
 namespace {
 
 constexpr int kRows = 12;
-// The conversions read X (often a saved activation, from memory) this many rows ahead: the hardware
-// prefetcher alone left them waiting on memory. (A prefetch past the end is harmless: it never faults.)
+// The conversions prefetch X (often a saved activation, from memory) this many rows ahead (prefetch.h).
 constexpr int64_t kPrefetchRows = 4;
 
 // The pair (A[r][2k], A[r][2k+1]) is at a + r * a_row + k * a_pair (in bf16 values).
@@ -102,8 +102,8 @@ void bf16_rows_avx512(const float* x, int64_t ldx, int64_t n, int64_t k, uint16_
   for (int64_t j = 0; j < n; ++j) {
     const float* src = x + j * ldx;
     uint16_t* dst = out + j * kp;
+    prefetch_bytes(src + kPrefetchRows * ldx, sizeof(float) * k);
     for (int64_t i = 0; i < kp; i += 16) {
-      _mm_prefetch(reinterpret_cast<const char*>(src + kPrefetchRows * ldx + i), _MM_HINT_T0);
       const __mmask16 in = lanes(k - i), keep = lanes(kp - i);
       const __m256bh v = _mm512_cvtneps_pbh(mapped(_mm512_maskz_loadu_ps(in, src + i), affine, in, i));
       _mm256_mask_storeu_epi16(dst + i, keep, (__m256i)v);
@@ -122,9 +122,9 @@ void bf16_pairs_avx512(const float* x, int64_t ldx, int64_t k, int64_t n, int64_
     const float* row0 = x + 2 * k2 * ldx;
     const float* row1 = row0 + ldx;
     const bool has_row1 = 2 * k2 + 1 < k;
+    prefetch_bytes(row0 + kPrefetchRows * ldx, sizeof(float) * n);
+    prefetch_bytes(row1 + kPrefetchRows * ldx, sizeof(float) * n);
     for (int64_t c0 = 0; c0 < n; c0 += 16) {
-      _mm_prefetch(reinterpret_cast<const char*>(row0 + kPrefetchRows * ldx + c0), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(row1 + kPrefetchRows * ldx + c0), _MM_HINT_T0);
       const __mmask16 valid = lanes(n - c0);
       const __m512 lo = mapped(_mm512_maskz_loadu_ps(valid, row0 + c0), affine, valid, c0);
       const __m512 hi = has_row1 ? mapped(_mm512_maskz_loadu_ps(valid, row1 + c0), affine, valid, c0)

@@ -5,6 +5,8 @@
 
 namespace {
 
+constexpr int64_t kAheadRows = 2;   // rows the passes over saved activations prefetch ahead
+
 template <typename T>
 void affine_rows_kernel(const T* __restrict__ x, const T* __restrict__ scale, const T* __restrict__ shift,
                         T* __restrict__ out, int64_t n, int64_t w) {
@@ -34,7 +36,8 @@ void norm_backward_rows_kernel(const T* __restrict__ dx, int64_t ldx, const T* _
                                const T* __restrict__ g, int64_t ldg, T* __restrict__ out, int64_t n, int64_t w,
                                double* __restrict__ s1, double* __restrict__ s2) {
   // The sums in double, like the moments: they meet rstd again in the input gradient.
-  for (int64_t j = 0; j < n; ++j)
+  for (int64_t j = 0; j < n; ++j) {
+    prefetch_bytes(h + (j + kAheadRows) * w, sizeof(T) * w);   // saved, from memory (prefetch.h)
     for (int64_t c = 0; c < w; ++c) {
       const T d = dx[j * ldx + c];
       const T xhat = (h[j * w + c] - mean[c]) * rstd[c];
@@ -42,15 +45,19 @@ void norm_backward_rows_kernel(const T* __restrict__ dx, int64_t ldx, const T* _
       s2[c] += static_cast<double>(d * xhat);
       out[j * w + c] = g[j * ldg + c] + d * gr[c];
     }
+  }
 }
 
 template <typename T>
 void norm_input_grad_rows_kernel(const T* __restrict__ in, const T* __restrict__ h, const T* __restrict__ mean,
                                   const T* __restrict__ rstd, const T* __restrict__ c1, const T* __restrict__ c2,
                                   T* __restrict__ out, int64_t n, int64_t w) {
-  for (int64_t j = 0; j < n; ++j)
+  for (int64_t j = 0; j < n; ++j) {
+    prefetch_bytes(in + (j + kAheadRows) * w, sizeof(T) * w);   // both from memory (prefetch.h)
+    prefetch_bytes(h + (j + kAheadRows) * w, sizeof(T) * w);
     for (int64_t c = 0; c < w; ++c)
       out[j * w + c] = in[j * w + c] - c1[c] - (h[j * w + c] - mean[c]) * rstd[c] * c2[c];
+  }
 }
 
 // A dot product over the columns (omp simd: vectorised without -ffast-math, as a reduction).
