@@ -29,6 +29,8 @@ inline void tile(const uint16_t* a, int64_t a_row, int64_t a_pair, const uint16_
   __m512 acc0[MR], acc1[MR];
 #pragma GCC unroll 12
   for (int r = 0; r < MR; ++r) acc0[r] = acc1[r] = _mm512_setzero_ps();
+  if (accumulate)   // a weight gradient's C is too big for L2: ask for its rows while the products run
+    for (int r = 0; r < MR; ++r) prefetch_bytes(c + r * ldc, sizeof(float) * 32);
   for (int64_t k = 0; k < k2; ++k) {
     const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b + k * 64);
     const __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + k * 64 + 32);
