@@ -206,7 +206,8 @@ def main():
 
     def report(results, rates, pixels, work, extra=lambda provider: ""):
         """One line per provider: median, rates, speed-up over its own precision's seed loop
-        (median of the per-round ratios [quartiles]); then the winner over the float32 seed loop
+        (median of the per-round ratios [quartiles]); native against compiled in each precision
+        (the same way); then the winner over the float32 seed loop
         (the bf16 one under --precision bf16), by the same rule as the pytest speed runs
         (benchmarks/measure.py verdict)."""
         def ratios(base, provider):
@@ -221,6 +222,11 @@ def main():
                   f"{gflops:6.1f} GFLOP/s ({100 * gflops / rates[bf16]:3.0f}% of torch.mm "
                   f"{'bf16' if bf16 else 'fp32'}){extra(provider)}  speed-up vs {base} "
                   f"{med:5.2f}x [{q1:.2f}, {q3:.2f}]")
+        for suffix in precisions:   # the issue's second bar: against what torch.compile makes of it
+            if "compiled" + suffix in results:
+                q1, med, q3 = quartiles(ratios("compiled" + suffix, "native" + suffix))
+                print(f"  native{suffix} against compiled{suffix}: {med:.2f}x [{q1:.2f}, {q3:.2f}] "
+                      "(median of the per-round ratios [quartiles])")
         judge = "seed-loop" if "seed-loop" in results else "seed-loop bf16"  # --precision bf16
         print("  " + verdict({provider: ratios(judge, provider) for provider in results}))
 
