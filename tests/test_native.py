@@ -32,6 +32,8 @@ CONFIGS = [
     (dict(hidden=24, concat=(True, False)), (31, 17), 3, "image"),
     (dict(hidden=24, concat=(True, False)), (31, 17), 3, "batch"),
     (dict(hidden=24, concat=(False, True)), (31, 17), 2, "running"),
+    # a block wider than the BatchNorm backward's 256-column partial sums (136 -> 272), per batch
+    (dict(hidden=136, concat=(True, False)), (9, 11), 2, "batch"),
     (dict(hidden=8, concat=(False,), layers_per_block=1, freqs=()), (7, 13), 1, "image"),
     (dict(hidden=16, concat=(False,) * 3, layers_per_block=3, activation="relu"), (7, 13), 5, "batch"),
     (dict(hidden=12, concat=(True, True), activation="silu"), (7, 13), 5, "image"),

@@ -28,6 +28,7 @@ K_TORCH = 2.0   # ours against float64 <= K_TORCH x torch's own bf16 error again
 CONFIGS = [
     (dict(hidden=48), (7, 13), 3, "image", ()),
     (dict(hidden=256), (16, 16), 2, "image", ()),
+    (dict(hidden=136, concat=(True, False)), (9, 11), 2, "batch", ()),   # a block of 272 columns
     (dict(hidden=9, concat=(True, False), activation="silu"), (31, 17), 1, "batch", ()),
     (dict(hidden=33, concat=(False, True), layers_per_block=3), (5, 3), 3, "running", ()),
     (dict(hidden=32, batch_norm=False, layer_norm=True, activation="tanh"), (7, 13), 2, "image", ()),
