@@ -94,6 +94,7 @@ void few_outputs_weight_grad_kernel(const T* __restrict__ dz, const T* __restric
                                     T* __restrict__ dbias, int64_t n, int64_t w, int64_t o) {
   int64_t j = 0;
   for (; j + 4 <= n; j += 4) {
+    prefetch_bytes(x + (j + 4 * kAheadRows) * w, sizeof(T) * 4 * w);   // the output layer's x: saved (prefetch.h)
     const T* x0 = x + j * w;
     const T *x1 = x0 + w, *x2 = x1 + w, *x3 = x2 + w;
     for (int64_t q = 0; q < o; ++q) {
