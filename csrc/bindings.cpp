@@ -2,6 +2,7 @@
 // CUDA render when built with nvcc). The only file that knows about Python.
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <optional>
 #include <string>
 #include <vector>
@@ -458,6 +459,42 @@ Tensor bf16_linear(const Tensor& x, const Tensor& w) {
   return y;
 }
 
+// bf16(a)^T bf16(b) in float32 for a (k, m) and b (k, n): the decoder's weight-gradient GEMM on its own,
+// summed over row tiles of k as the decoder sums them (for tests and benchmarks).
+Tensor bf16_weight_grad(const Tensor& a, const Tensor& b) {
+  TORCH_CHECK_VALUE(bf16_gemm_supported(), "bf16_weight_grad needs a CPU with AVX512-BF16");
+  TORCH_CHECK_VALUE(a.dim() == 2 && b.dim() == 2 && a.size(0) == b.size(0),
+                    "bf16_weight_grad takes a (k, m) and b (k, n), got ", a.sizes(), " and ", b.sizes());
+  TORCH_CHECK_TYPE(a.scalar_type() == torch::kFloat32 && b.scalar_type() == torch::kFloat32 && a.device().is_cpu() &&
+                       b.device().is_cpu(), "bf16_weight_grad takes float32 CPU tensors");
+  const Tensor ac = a.contiguous(), bc = b.contiguous();
+  const int64_t k = a.size(0), m = a.size(1), n = b.size(1), tile = decoder_tile_rows();
+  Tensor c = torch::zeros({m, n}, a.options());
+  pybind11::gil_scoped_release no_gil;
+  for (int64_t r0 = 0; r0 < k; r0 += tile)
+    bf16_gemm_tn_accumulate(m, n, std::min(tile, k - r0), ac.data_ptr<float>() + r0 * m, m,
+                            bc.data_ptr<float>() + r0 * n, n, c.data_ptr<float>(), n);
+  return c;
+}
+
+std::string bf16_gemm_kernel() { return fastinr::bf16_kernel() == Bf16Kernel::onednn ? "onednn" : "avx512"; }
+
+std::vector<std::string> bf16_gemm_kernels() {
+  std::vector<std::string> kernels;
+  if (bf16_gemm_supported()) kernels.push_back("avx512");
+  if (onednn_bf16_available()) kernels.push_back("onednn");
+  return kernels;
+}
+
+void set_bf16_gemm_kernel(const std::string& name) {
+  const std::vector<std::string> kernels = bf16_gemm_kernels();
+  std::string listed;
+  for (const std::string& kernel : kernels) listed += (listed.empty() ? "'" : ", '") + kernel + "'";
+  TORCH_CHECK_VALUE(std::find(kernels.begin(), kernels.end(), name) != kernels.end(), "set_bf16_gemm_kernel: '", name,
+                    "' is not one of this machine's bf16 GEMM kernels [", listed, "]");
+  set_bf16_kernel(name == "onednn" ? Bf16Kernel::onednn : Bf16Kernel::avx512);
+}
+
 bool built_with_cuda() {
 #ifdef FASTINR_WITH_CUDA
   return true;
@@ -515,6 +552,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "whether this CPU runs the bf16 GEMM kernel (AVX512-BF16): bf16_matmul=True is then allowed");
   m.def("bf16_linear", &fastinr::bf16_linear, "bf16(x) bf16(w)^T in float32 with the decoder's bf16 GEMM",
         py::arg("x"), py::arg("w"));
+  m.def("bf16_weight_grad", &fastinr::bf16_weight_grad,
+        "bf16(a)^T bf16(b) in float32 with the decoder's weight-gradient GEMM", py::arg("a"), py::arg("b"));
+  m.def("bf16_gemm_kernel", &fastinr::bf16_gemm_kernel, "what multiplies the bf16 GEMMs: avx512 (ours) or onednn");
+  m.def("bf16_gemm_kernels", &fastinr::bf16_gemm_kernels, "the bf16 GEMM kernels this machine runs");
+  m.def("set_bf16_gemm_kernel", &fastinr::set_bf16_gemm_kernel, "use one of bf16_gemm_kernels()", py::arg("name"));
   m.def("tile_rows", &fastinr::decoder_tile_rows);
   m.def("cached_block_bytes", &fastinr::cached_block_bytes, "bytes of freed saved-activation blocks kept for reuse");
   m.def("empty_block_cache", &fastinr::empty_block_cache, "return the cached saved-activation blocks to the system");

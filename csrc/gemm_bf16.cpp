@@ -1,9 +1,10 @@
 // Packing, float -> bf16 rounding and the run-time CPU check of the bf16 GEMMs (gemm_bf16.h); the
-// kernel itself is in gemm_bf16_avx512.cpp. The per-call bf16 copies of X (and, for weight
+// kernel itself is in gemm_bf16_avx512.cpp, oneDNN's in gemm_bf16_onednn.cpp. The per-call bf16 copies of X (and, for weight
 // gradients, of A^T and B) live in per-thread buffers: the decoder calls these from its OpenMP
 // threads on one row tile at a time.
 #include "gemm_bf16.h"
 
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 #include <vector>
@@ -35,6 +36,24 @@ void pack(int64_t k, int64_t n, At at, uint16_t* out) {
 std::vector<uint16_t>& thread_buffer(int which) {
   thread_local std::vector<uint16_t> buffers[2];
   return buffers[which];
+}
+
+// C (m x n) = A B (+ C) (+ bias) for A in bf16 rows (m x 2 k2) and B packed: by column block through
+// oneDNN where it is chosen and can run, else (and for any block it refuses) through our kernel.
+void product(const uint16_t* a, int64_t m, const uint16_t* b, int64_t k2, int64_t n, bool accumulate,
+             const float* bias, float* c, int64_t ldc) {
+  if (bf16_kernel() != Bf16Kernel::onednn) {
+    detail::bf16_kernel_avx512(a, 2 * k2, 2, m, b, k2, n, accumulate, bias, c, ldc);
+    return;
+  }
+  for (int64_t n0 = 0; n0 < n; n0 += 32) {
+    const uint16_t* block = b + (n0 / 32) * k2 * 64;
+    const int64_t width = std::min<int64_t>(32, n - n0);
+    const float* block_bias = bias ? bias + n0 : nullptr;
+    if (!detail::onednn_bf16_block(a, 2 * k2, m, block, k2, width, accumulate, block_bias, c + n0, ldc))
+      detail::bf16_kernel_avx512(a, 2 * k2, 2, m, block, k2, width, accumulate, block_bias, c + n0, ldc);
+  }
+  detail::onednn_bf16_release();
 }
 
 void require_support() {
@@ -73,22 +92,29 @@ void bf16_gemm(const float* x, int64_t ldx, int64_t m, const Bf16PackedB& b, boo
   std::vector<uint16_t>& a = thread_buffer(0);
   a.resize(m * 2 * k2);
   detail::bf16_rows_avx512(x, ldx, m, b.k(), a.data(), affine);
-  detail::bf16_kernel_avx512(a.data(), 2 * k2, 2, m, b.data(), k2, b.n(), accumulate, bias, c, ldc);
+  product(a.data(), m, b.data(), k2, b.n(), accumulate, bias, c, ldc);
 }
 
 void bf16_gemm_tn_accumulate(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
                              int64_t ldb, float* c, int64_t ldc, ColumnAffine b_affine) {
   if (m <= 0 || n <= 0 || k <= 0) return;
   require_support();
-  // Both operands are pairs of their k rows: A^T's pair (r, k2) at (k2 * width + r) * 2 with width m
-  // rounded up to 16 (one column block), B in the packed layout (blocks of 32 columns).
-  const int64_t k2 = pairs(k), width = (m + 15) / 16 * 16;
-  std::vector<uint16_t>& at = thread_buffer(0);
-  at.resize(k2 * 2 * width);
-  detail::bf16_pairs_avx512(a, lda, k, m, width, at.data(), {});
-  std::vector<uint16_t>& packed = thread_buffer(1);
+  const int64_t k2 = pairs(k);
+  std::vector<uint16_t>& packed = thread_buffer(1);   // B in the packed layout (blocks of 32 columns)
   packed.resize(column_blocks(n) * k2 * 64);
   detail::bf16_pairs_avx512(b, ldb, k, n, 32, packed.data(), b_affine);
+  std::vector<uint16_t>& at = thread_buffer(0);
+  if (bf16_kernel() == Bf16Kernel::onednn) {   // A^T in rows (m x 2 K2), as brgemm reads A
+    at.resize(m * 2 * k2);
+    detail::bf16_transposed_avx512(a, lda, k, m, at.data());
+    product(at.data(), m, packed.data(), k2, n, true, nullptr, c, ldc);
+    return;
+  }
+  // Our kernel reads A^T's pairs along A's rows as they are: the pair (r, k2) at (k2 * width + r) * 2
+  // with width m rounded up to 16 (one column block of bf16_pairs), which skips the transpose.
+  const int64_t width = (m + 15) / 16 * 16;
+  at.resize(k2 * 2 * width);
+  detail::bf16_pairs_avx512(a, lda, k, m, width, at.data(), {});
   detail::bf16_kernel_avx512(at.data(), 2, 2 * width, m, packed.data(), k2, n, true, nullptr, c, ldc);
 }
 

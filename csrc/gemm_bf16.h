@@ -15,6 +15,16 @@ namespace fastinr {
 // The CPU runs the bf16 kernel (x86-64 with AVX512F/BW/VL and AVX512-BF16).
 bool bf16_gemm_supported();
 
+// What multiplies the bf16 operands: our AVX512-BF16 kernel, or oneDNN's brgemm microkernel as torch
+// bundles it, which runs the AMX tiles on CPUs that have them (several times our kernel there; on a CPU
+// with AVX512-BF16 alone it runs the same instruction and matches our kernel's speed and bits). Both take
+// the same packed operands; the default is oneDNN where the CPU has AMX-BF16 and torch's build offers the
+// microkernel, else ours (gemm_bf16_onednn.cpp).
+enum class Bf16Kernel { avx512, onednn };
+bool onednn_bf16_available();       // torch's build has the microkernel and it multiplies right here
+Bf16Kernel bf16_kernel();
+void set_bf16_kernel(Bf16Kernel kernel);   // between calls; onednn throws where it is not available
+
 // B (k x n) packed once, from row-major float W: B = W^T when W is stored (n x k) (transpose_w), else
 // B = W stored (k x n).
 class Bf16PackedB {
@@ -63,6 +73,18 @@ void bf16_rows_avx512(const float* x, int64_t ldx, int64_t n, int64_t k, uint16_
 // mapped by `affine` (over its n columns) when given; the padding stays zero.
 void bf16_pairs_avx512(const float* x, int64_t ldx, int64_t k, int64_t n, int64_t block, uint16_t* out,
                        ColumnAffine affine);
+// X^T as bf16 rows: out[c * 2 K2 + kk] = X[kk][c] for X (k x n) float, row stride ldx, K2 = ceil(k / 2)
+// (zero for kk >= k): a weight gradient's A^T in the row layout oneDNN's brgemm reads.
+void bf16_transposed_avx512(const float* x, int64_t ldx, int64_t k, int64_t n, uint16_t* out);
+
+// One column block of the packed B (width <= 32, pairs at b[(k2 * 32 + c) * 2 + (k & 1)]) through oneDNN's
+// brgemm: C (m x width) = A B (+ C when accumulate) (+ bias), A in bf16 rows (m x 2 k2, row stride a_row).
+// False where the microkernel cannot run now (torch.backends.mkldnn disabled, or it refused): C is then as
+// it was, or, given a bias and no accumulation, to be overwritten by the caller.
+bool onednn_bf16_block(const uint16_t* a, int64_t a_row, int64_t m, const uint16_t* b, int64_t k2, int64_t width,
+                       bool accumulate, const float* bias, float* c, int64_t ldc);
+// Hands the AMX tile state back after a product's blocks (a no-op without AMX).
+void onednn_bf16_release();
 }  // namespace detail
 
 }  // namespace fastinr

@@ -137,6 +137,55 @@ void bf16_pairs_avx512(const float* x, int64_t ldx, int64_t k, int64_t n, int64_
   }
 }
 
+// The 16 x 16 floats in r transposed in place: pairs of rows interleaved, then pairs of pairs (within each
+// 128-bit lane, so lane L of r[4 i + j] holds column 4 L + j of rows 4 i .. 4 i + 3), then the lanes gathered.
+inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  const auto lo = [](__m512 a, __m512 b) {
+    return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
+  };
+  const auto hi = [](__m512 a, __m512 b) {
+    return _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
+  };
+  for (int i = 0; i < 4; ++i) {
+    r[4 * i] = lo(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 1] = hi(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 2] = lo(t[4 * i + 1], t[4 * i + 3]);
+    r[4 * i + 3] = hi(t[4 * i + 1], t[4 * i + 3]);
+  }
+  for (int j = 0; j < 4; ++j) {
+    const __m512 even01 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88), odd01 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xDD);
+    const __m512 even23 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
+    const __m512 odd23 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xDD);
+    t[j] = _mm512_shuffle_f32x4(even01, even23, 0x88);        // lane 0 of each: column j
+    t[4 + j] = _mm512_shuffle_f32x4(odd01, odd23, 0x88);      // lane 1: column 4 + j
+    t[8 + j] = _mm512_shuffle_f32x4(even01, even23, 0xDD);    // lane 2: column 8 + j
+    t[12 + j] = _mm512_shuffle_f32x4(odd01, odd23, 0xDD);     // lane 3: column 12 + j
+  }
+  for (int i = 0; i < 16; ++i) r[i] = t[i];
+}
+
+void bf16_transposed_avx512(const float* x, int64_t ldx, int64_t k, int64_t n, uint16_t* out) {
+  const int64_t kp = (k + 1) / 2 * 2;
+  __m512 block[16];
+  for (int64_t c0 = 0; c0 < n; c0 += 16) {
+    const __mmask16 columns = lanes(n - c0);
+    const int64_t out_rows = std::min<int64_t>(16, n - c0);
+    for (int64_t k0 = 0; k0 < kp; k0 += 16) {
+      for (int i = 0; i < 16; ++i)   // rows past k (an odd k's pad, the last block's tail) read as zeros
+        block[i] = k0 + i < k ? _mm512_maskz_loadu_ps(columns, x + (k0 + i) * ldx + c0) : _mm512_setzero_ps();
+      transpose16(block);
+      const __mmask16 keep = lanes(kp - k0);
+      for (int64_t r = 0; r < out_rows; ++r)
+        _mm256_mask_storeu_epi16(out + (c0 + r) * kp + k0, keep, (__m256i)_mm512_cvtneps_pbh(block[r]));
+    }
+  }
+}
+
 }  // namespace detail
 }  // namespace fastinr
 #else
@@ -155,6 +204,9 @@ void bf16_rows_avx512(const float*, int64_t, int64_t, int64_t, uint16_t*, Column
   throw std::logic_error("fastinr: no bf16 GEMM kernel on this architecture");
 }
 void bf16_pairs_avx512(const float*, int64_t, int64_t, int64_t, int64_t, uint16_t*, ColumnAffine) {
+  throw std::logic_error("fastinr: no bf16 GEMM kernel on this architecture");
+}
+void bf16_transposed_avx512(const float*, int64_t, int64_t, int64_t, uint16_t*) {
   throw std::logic_error("fastinr: no bf16 GEMM kernel on this architecture");
 }
 }  // namespace detail

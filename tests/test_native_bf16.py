@@ -10,6 +10,7 @@ statistics. Forcing the float32 GEMMs
 accuracy with the same dtypes out.
 """
 import dataclasses
+import os
 
 import pytest
 import torch
@@ -39,11 +40,33 @@ CONFIGS = [
 ]
 
 
-@pytest.fixture
-def bf16_gemms():
-    """The bf16 GEMMs as the CPU allows them, restored to that after the test."""
+# The kernels that can multiply the bf16 operands (native.bf16_gemm_kernels()): every bf16 check runs in
+# each one this machine has.
+KERNELS = ["avx512", "onednn"]
+
+
+def use_kernel(name):
+    """Switch the bf16 GEMMs to kernel `name` (skip where this machine lacks it); returns the one before."""
+    if name not in native.bf16_gemm_kernels():
+        pytest.skip(f"no {name} bf16 GEMM kernel here (kernels: {native.bf16_gemm_kernels()})")
+    before = native.bf16_gemm_kernel()
+    native.set_bf16_gemm_kernel(name)
+    return before
+
+
+@pytest.fixture(params=KERNELS)
+def bf16_gemms(request):
+    """The bf16 GEMMs as the CPU allows them, in each kernel it has, restored after the test. A CPU without
+    them runs the test once (its bf16 calls take the float32 GEMMs)."""
+    before = None
+    if native.bf16_matmul_supported():
+        before = use_kernel(request.param)
+    elif request.param != KERNELS[0]:
+        pytest.skip("no bf16 GEMMs on this CPU: the test runs once, with the float32 GEMMs")
     yield native.bf16_matmul_supported()
     native.set_bf16_matmul(True)
+    if before is not None:
+        native.set_bf16_gemm_kernel(before)
 
 
 def make_inputs(kwargs, shape, batch, extras):
@@ -100,9 +123,12 @@ def check_bf16(spec, params, running, inputs, shape, norm_stats, low_precision_p
     return ours
 
 
+GEMM_SHAPES = [(1, 1, 1), (13, 9, 33), (128, 256, 256), (300, 48, 17), (40, 31, 64), (5, 272, 272), (257, 17, 100)]
+
+
 @pytest.mark.skipif(not native.bf16_matmul_supported(), reason="this CPU has no AVX512-BF16")
-@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (13, 9, 33), (128, 256, 256), (300, 48, 17), (40, 31, 64)])
-def test_bf16_gemm_sums_the_rounded_operands_in_float32(m, k, n):
+@pytest.mark.parametrize("m,k,n", GEMM_SHAPES)
+def test_bf16_gemm_sums_the_rounded_operands_in_float32(m, k, n, bf16_gemms):
     """The kernel alone (ragged row tiles, odd k, columns past a block of 32): bf16(x) bf16(w)^T within
     float32 summation's bound k 2^-24 sum |x_i w_i| of the exact product of the rounded operands."""
     x, w = torch.randn(m, k), torch.randn(n, k)
@@ -111,6 +137,54 @@ def test_bf16_gemm_sums_the_rounded_operands_in_float32(m, k, n):
     bound = k * 2.0 ** -24 * (xr.abs() @ wr.abs().t())
     assert y.dtype == torch.float32 and y.shape == (m, n)
     assert ((y.double() - xr @ wr.t()).abs() <= bound).all()
+
+
+@pytest.mark.skipif(not native.bf16_matmul_supported(), reason="this CPU has no AVX512-BF16")
+@pytest.mark.parametrize("k,m,n", GEMM_SHAPES)
+def test_bf16_weight_gradient_sums_the_rounded_operands_in_float32(k, m, n, bf16_gemms):
+    """The weight-gradient GEMM alone, a^T b summed over row tiles of a and b (several tiles, a ragged one,
+    an odd count, m and n off every block size; the oneDNN kernel reads a transposed): within float32
+    summation's bound of the exact product of the rounded operands."""
+    a, b = torch.randn(k, m), torch.randn(k, n)
+    ar, br = a.bfloat16().double(), b.bfloat16().double()
+    c = native._C.bf16_weight_grad(a, b)
+    bound = k * 2.0 ** -24 * (ar.abs().t() @ br.abs())
+    assert c.dtype == torch.float32 and c.shape == (m, n)
+    assert ((c.double() - ar.t() @ br).abs() <= bound).all()
+
+
+def test_onednn_kernel_with_mkldnn_disabled_falls_back():
+    """torch.backends.mkldnn disabled makes oneDNN's brgemm refuse: the products then run in our kernel,
+    right, instead of failing inside the core's threads."""
+    before, mkldnn = use_kernel("onednn"), torch.backends.mkldnn.enabled
+    try:
+        x, w = torch.randn(130, 40), torch.randn(70, 40)
+        torch.backends.mkldnn.enabled = False
+        y = native._C.bf16_linear(x, w)
+        c = native._C.bf16_weight_grad(x, x[:, :33])
+        xr, wr = x.bfloat16().double(), w.bfloat16().double()
+        assert ((y.double() - xr @ wr.t()).abs() <= 40 * 2.0 ** -24 * (xr.abs() @ wr.abs().t())).all()
+        assert ((c.double() - xr.t() @ xr[:, :33]).abs() <= 130 * 2.0 ** -24 * (xr.abs().t() @ xr[:, :33].abs())).all()
+    finally:
+        torch.backends.mkldnn.enabled = mkldnn
+        native.set_bf16_gemm_kernel(before)
+
+
+def test_bf16_gemm_kernel_choice():
+    """The kernels on offer each pass a check here, the default is oneDNN exactly on AMX CPUs that have it,
+    and an unknown name is refused with the list."""
+    kernels = native.bf16_gemm_kernels()
+    assert kernels == [k for k in KERNELS if k in kernels]
+    assert ("avx512" in kernels) == native.bf16_matmul_supported()
+    if not kernels:
+        return
+    with open("/proc/cpuinfo") as f:
+        amx = " amx_bf16 " in f.read().replace("\n", " ")
+    asked = os.environ.get("FASTINR_BF16_GEMM")
+    default = asked if asked in kernels else "onednn" if amx and "onednn" in kernels else "avx512"
+    assert native.bf16_gemm_kernel() == default
+    with pytest.raises(ValueError, match=r"'tiles' is not one of this machine's bf16 GEMM kernels \['avx512'"):
+        native.set_bf16_gemm_kernel("tiles")
 
 
 @pytest.mark.parametrize("kwargs,shape,batch,norm_stats,extras", CONFIGS, ids=[f"cfg{k}" for k in range(len(CONFIGS))])
@@ -213,7 +287,7 @@ def test_example_precision_flag():
     """--precision: auto resolves to bf16 exactly where the native bf16 GEMMs run; bf16 runs the
     training step's forward (not the loss) and evaluation under bf16 autocast."""
     import rpg_autoencoder   # examples/ is on sys.path (tests/conftest.py)
-    from rpgkit.config import precision_of
+    from rpgkit.config import describe_precision, precision_of
     from rpgkit.training import evaluate, train_step
     cpu = torch.device("cpu")
     cfg = dict(decoder="seed", backend="native", precision="auto")
@@ -221,6 +295,10 @@ def test_example_precision_flag():
     assert precision_of(dict(cfg, backend="torch"), cpu) == "fp32"
     assert precision_of(dict(cfg, precision="bf16"), cpu) == "bf16"
     assert precision_of({"decoder": "seed", "backend": "native"}, cpu) == "fp32"   # older runs
+    # the run's header names the kernel of native bf16's GEMMs
+    assert describe_precision(cfg, cpu, "native") == (f"bf16 ({native.bf16_gemm_kernel()} GEMMs)"
+                                                      if native.bf16_matmul() else "fp32")
+    assert describe_precision(dict(cfg, precision="bf16"), cpu, "torch") == "bf16"
     with pytest.raises(SystemExit):
         rpg_autoencoder.build_parser().parse_args(["--precision", "fp16"])
 

@@ -18,7 +18,10 @@ normalization statistics and the narrow first and last layers stay float32. Colo
 come back in the parameters' dtype, as the reference's do (under autocast its output bias promotes
 the bf16 matmul to float32). Where the CPU lacks the instructions, or after set_bf16_matmul(False)
 (or FASTINR_NATIVE_BF16=0 in the environment), the same call runs the float32 GEMMs instead.
-float16 (tensors or autocast) is handed to the reference.
+float16 (tensors or autocast) is handed to the reference. The bf16 products run in one of two kernels
+on the same packed operands (bf16_gemm_kernels()): the core's own AVX512-BF16 kernel, or oneDNN's
+brgemm microkernel as torch bundles it, which uses the AMX tiles where the CPU has them; the default
+is oneDNN on AMX CPUs, else ours (FASTINR_BF16_GEMM=avx512|onednn or set_bf16_gemm_kernel choose).
 
 The extension runs as two torch.library custom ops (fastinr.backends.native_ops), so
 torch.compile(model, fullgraph=True) traces a decoder through them as single nodes; the spec is
@@ -76,6 +79,7 @@ def empty_cache() -> None:
 
 
 _bf16_matmul_enabled = os.environ.get("FASTINR_NATIVE_BF16", "1") != "0"
+_C.bf16_gemm_kernel()   # resolved (and oneDNN probed) here, not first inside the core's threads
 
 
 def bf16_matmul_supported() -> bool:
@@ -87,6 +91,22 @@ def set_bf16_matmul(enabled: bool) -> None:
     """Allow (the default) or forbid the bf16 GEMMs; forbidden, bfloat16 calls run float32 GEMMs."""
     global _bf16_matmul_enabled
     _bf16_matmul_enabled = bool(enabled)
+
+
+def bf16_gemm_kernels() -> Sequence[str]:
+    """The kernels that can run the bf16 GEMMs here: "avx512" (the core's own, on AVX512-BF16) and
+    "onednn" (torch's bundled oneDNN brgemm: AMX tiles where the CPU has them), each checked here."""
+    return list(_C.bf16_gemm_kernels())
+
+
+def bf16_gemm_kernel() -> str:
+    """The kernel the bf16 GEMMs run in now (the default: onednn on AMX CPUs, else avx512)."""
+    return _C.bf16_gemm_kernel()
+
+
+def set_bf16_gemm_kernel(name: str) -> None:
+    """Run the bf16 GEMMs in `name`, one of bf16_gemm_kernels(); between calls, not during one."""
+    _C.set_bf16_gemm_kernel(name)
 
 
 def bf16_matmul() -> bool:
