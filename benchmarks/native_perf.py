@@ -11,7 +11,9 @@
 With --precision bf16 or both (auto, the default, is both where the CPU has AMX-BF16 or
 AVX512-BF16, as the pytest speed runs decide), every provider also runs under
 torch.autocast("cpu", dtype=torch.bfloat16) ("<provider> bf16"; native then takes its bf16 GEMMs
-where the CPU has AVX512-BF16, see fastinr.backends.native_backend).
+where the CPU has AVX512-BF16, see fastinr.backends.native_backend), and "native-<kernel> bf16" runs
+native with each other bf16 GEMM kernel the machine has (oneDNN's brgemm or ours, whichever is not
+the default).
 Times are medians over rounds that call every provider once (the load of a shared machine
 changes during a run); speed-ups are medians of the per-round ratios with their quartiles, and a
 winner is called by benchmarks/measure.py's rule (as the pytest speed runs call it); GFLOP/s counts the FLOPs of benchmarks/measure.py's convention (the
@@ -43,8 +45,26 @@ def split(provider):
     return name, precision == "bf16"
 
 
+def gemm_kernel(provider):
+    """The bf16 GEMM kernel a 'native-<kernel> bf16' provider asks for (None: the default one)."""
+    name = split(provider)[0]
+    return name[len("native-"):] if name.startswith("native-") else None
+
+
+@contextlib.contextmanager
 def precision_context(provider):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if split(provider)[1] else contextlib.nullcontext()
+    """Autocast for the bf16 providers; a native-<kernel> provider's bf16 GEMMs in that kernel."""
+    from fastinr.backends import native_backend as native
+    kernel, before = gemm_kernel(provider), None
+    if kernel:
+        before = native.bf16_gemm_kernel()
+        native.set_bf16_gemm_kernel(kernel)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16) if split(provider)[1] else contextlib.nullcontext():
+            yield
+    finally:
+        if before:
+            native.set_bf16_gemm_kernel(before)
 
 
 def make_model(provider):
@@ -53,7 +73,7 @@ def make_model(provider):
                   pos_embedding_freqs=FREQS)
     if provider == "seed-loop":
         return SeedLoopDecoder(CODE, OUT, **kwargs)
-    model = fastinr.ImageManifoldDecoder(CODE, OUT, backend="native" if provider == "native" else "torch",
+    model = fastinr.ImageManifoldDecoder(CODE, OUT, backend="native" if provider.startswith("native") else "torch",
                                          **kwargs)
     return torch.compile(model) if provider == "compiled" else model
 
@@ -196,7 +216,9 @@ def main():
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, native float kernels "
           f"{_C.elementwise_isa()}, tile {_C.tile_rows()} rows, packed float weights "
           f"{'yes' if _C.blas_packs_weights() else 'no'}, native bf16 GEMMs "
-          f"{'yes' if native.bf16_matmul() else 'no (float32 GEMMs under autocast)'}")
+          f"{'yes' if native.bf16_matmul() else 'no (float32 GEMMs under autocast)'}"
+          + (f" in {native.bf16_gemm_kernel()} (of {', '.join(native.bf16_gemm_kernels())})"
+             if native.bf16_matmul() else ""))
     if args.precision == "auto":   # without bf16 units autocast only emulates bf16: not a user's choice
         args.precision = "both" if has_bf16_units(torch.device("cpu")) else "fp32"
     precisions = {"fp32": [""], "bf16": [" bf16"], "both": ["", " bf16"]}[args.precision]
@@ -218,7 +240,7 @@ def main():
             base = "seed-loop" + (" bf16" if bf16 else "")   # each precision against its own seed loop
             gflops = work / seconds / 1e9
             q1, med, q3 = quartiles(ratios(base, provider))
-            print(f"  {provider:15s} {seconds * 1e3:9.1f} ms  {pixels / seconds / 1e6:7.2f} Mpx/s  "
+            print(f"  {provider:20s} {seconds * 1e3:9.1f} ms  {pixels / seconds / 1e6:7.2f} Mpx/s  "
                   f"{gflops:6.1f} GFLOP/s ({100 * gflops / rates[bf16]:3.0f}% of torch.mm "
                   f"{'bf16' if bf16 else 'fp32'}){extra(provider)}  speed-up vs {base} "
                   f"{med:5.2f}x [{q1:.2f}, {q3:.2f}]")
@@ -233,6 +255,9 @@ def main():
     shape = (32, 32)
     pixels = args.batch * shape[0] * shape[1]
     providers = with_precisions(["seed-loop", "torch"] + ([] if args.no_compiled else ["compiled"]) + ["native"])
+    if " bf16" in precisions and native.bf16_matmul():   # the other bf16 GEMM kernels, side by side
+        providers += [f"native-{kernel} bf16" for kernel in native.bf16_gemm_kernels()
+                      if kernel != native.bf16_gemm_kernel()]
     print(f"\ntraining step, batch {args.batch} at {shape[0]}x{shape[1]}, BatchNorm per image "
           f"(median of {args.repeat})")
     results, rates = timed_with_gemm_rates({provider: train_step(provider, args.batch, shape)

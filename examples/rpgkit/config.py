@@ -10,7 +10,7 @@ import math
 import torch
 
 from fastinr.activations import canonical_activation
-from fastinr.backends import native_bf16_matmul, resolve_backend
+from fastinr.backends import native_bf16_gemm_kernel, native_bf16_matmul, resolve_backend
 from fastinr.inr_decoder import OUTPUTS
 
 SHAPE = (3, 32, 32)
@@ -192,6 +192,13 @@ def precision_of(cfg: dict, device: torch.device) -> str:
     return precision
 
 
+def describe_precision(cfg: dict, device: torch.device, backend: str) -> str:
+    """The precision, and for native bf16 which kernel multiplies (its own, or oneDNN's with AMX)."""
+    precision = precision_of(cfg, device)
+    kernel = native_bf16_gemm_kernel(device) if precision == "bf16" and backend == "native" else None
+    return f"{precision} ({kernel} GEMMs)" if kernel else precision
+
+
 def per_image_batch_norm(cfg: dict) -> bool:
     """Whether the decoder has the seed's per-image BatchNorm (running statistics in eval)."""
     return (cfg["decoder"] == "seed" and cfg["batch_norm"] == "image") or \
@@ -222,7 +229,7 @@ def describe_run(cfg, model, backend, device, dist, n_train, n_val, n_test, tota
         f"model: {cfg['encoder']} encoder ({counts['encoder']:,} parameters) -> code "
         f"{cfg['code_size']} -> {describe_decoder(cfg)} decoder ({counts['decoder']:,} "
         f"parameters, {model.decoder.macs_per_pixel(SHAPE[1:]):,.0f} MACs per pixel); "
-        f"backend {backend} on {device}, precision {precision_of(cfg, device)}"
+        f"backend {backend} on {device}, precision {describe_precision(cfg, device, backend)}"
         + (f"; {dist.world_size} processes" if dist.enabled else ""),
     ]
     budget = f"budget {total_steps * batch:,} training images ({total_steps:,} steps of {batch})"

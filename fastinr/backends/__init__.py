@@ -139,3 +139,9 @@ def native_bf16_matmul(device="cpu") -> bool:
         return False
     module, _ = _load("native")
     return module is not None and module.bf16_matmul()
+
+
+def native_bf16_gemm_kernel(device="cpu") -> Optional[str]:
+    """The kernel running those bf16 GEMMs ("avx512", the core's own, or "onednn", torch's brgemm with
+    AMX where the CPU has it); None where native_bf16_matmul(device) is False."""
+    return _load("native")[0].bf16_gemm_kernel() if native_bf16_matmul(device) else None
