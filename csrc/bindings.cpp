@@ -438,14 +438,21 @@ std::vector<Tensor> backward(const DecoderPlan& plan, const Tensor& grad_colors,
   return grads;
 }
 
+// The bf16 GEMM entry points' operands: the CPU has the kernel, two float32 CPU matrices whose dimensions
+// a_dim and b_dim agree (`layout` names them in the error).
+void check_bf16_operands(const char* fn, const char* layout, const Tensor& a, int64_t a_dim, const Tensor& b,
+                         int64_t b_dim) {
+  TORCH_CHECK_VALUE(bf16_gemm_supported(), fn, " needs a CPU with AVX512-BF16");
+  TORCH_CHECK_VALUE(a.dim() == 2 && b.dim() == 2 && a.size(a_dim) == b.size(b_dim), fn, " takes ", layout, ", got ",
+                    a.sizes(), " and ", b.sizes());
+  TORCH_CHECK_TYPE(a.scalar_type() == torch::kFloat32 && b.scalar_type() == torch::kFloat32 && a.device().is_cpu() &&
+                       b.device().is_cpu(), fn, " takes float32 CPU tensors");
+}
+
 // y = bf16(x) bf16(w)^T in float32 for x (m, k) and w (n, k): the decoder's bf16 GEMM on its own, over
 // row tiles on OpenMP threads as the decoder runs it (for tests and benchmarks).
 Tensor bf16_linear(const Tensor& x, const Tensor& w) {
-  TORCH_CHECK_VALUE(bf16_gemm_supported(), "bf16_linear needs a CPU with AVX512-BF16");
-  TORCH_CHECK_VALUE(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1),
-                    "bf16_linear takes x (m, k) and w (n, k), got ", x.sizes(), " and ", w.sizes());
-  TORCH_CHECK_TYPE(x.scalar_type() == torch::kFloat32 && w.scalar_type() == torch::kFloat32 && x.device().is_cpu() &&
-                       w.device().is_cpu(), "bf16_linear takes float32 CPU tensors");
+  check_bf16_operands("bf16_linear", "x (m, k) and w (n, k)", x, 1, w, 1);
   const Tensor xc = x.contiguous(), wc = w.contiguous();
   const int64_t m = x.size(0), k = x.size(1), n = w.size(0), tile = decoder_tile_rows();
   Tensor y = torch::empty({m, n}, x.options());
@@ -462,11 +469,7 @@ Tensor bf16_linear(const Tensor& x, const Tensor& w) {
 // bf16(a)^T bf16(b) in float32 for a (k, m) and b (k, n): the decoder's weight-gradient GEMM on its own,
 // summed over row tiles of k as the decoder sums them (for tests and benchmarks).
 Tensor bf16_weight_grad(const Tensor& a, const Tensor& b) {
-  TORCH_CHECK_VALUE(bf16_gemm_supported(), "bf16_weight_grad needs a CPU with AVX512-BF16");
-  TORCH_CHECK_VALUE(a.dim() == 2 && b.dim() == 2 && a.size(0) == b.size(0),
-                    "bf16_weight_grad takes a (k, m) and b (k, n), got ", a.sizes(), " and ", b.sizes());
-  TORCH_CHECK_TYPE(a.scalar_type() == torch::kFloat32 && b.scalar_type() == torch::kFloat32 && a.device().is_cpu() &&
-                       b.device().is_cpu(), "bf16_weight_grad takes float32 CPU tensors");
+  check_bf16_operands("bf16_weight_grad", "a (k, m) and b (k, n)", a, 0, b, 0);
   const Tensor ac = a.contiguous(), bc = b.contiguous();
   const int64_t k = a.size(0), m = a.size(1), n = b.size(1), tile = decoder_tile_rows();
   Tensor c = torch::zeros({m, n}, a.options());

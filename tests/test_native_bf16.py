@@ -153,6 +153,16 @@ def test_bf16_weight_gradient_sums_the_rounded_operands_in_float32(k, m, n, bf16
     assert ((c.double() - ar.t() @ br).abs() <= bound).all()
 
 
+@pytest.mark.skipif(not native.bf16_matmul_supported(), reason="this CPU has no AVX512-BF16")
+def test_bf16_gemm_entry_points_name_bad_operands():
+    with pytest.raises(ValueError, match=r"bf16_weight_grad takes a \(k, m\) and b \(k, n\), got \[5, 3\] and \[4, 2\]"):
+        native._C.bf16_weight_grad(torch.randn(5, 3), torch.randn(4, 2))
+    with pytest.raises(ValueError, match=r"bf16_linear takes x \(m, k\) and w \(n, k\)"):
+        native._C.bf16_linear(torch.randn(5, 3), torch.randn(4, 2))
+    with pytest.raises(TypeError, match="bf16_weight_grad takes float32 CPU tensors"):
+        native._C.bf16_weight_grad(torch.randn(5, 3).double(), torch.randn(5, 2))
+
+
 def test_onednn_kernel_with_mkldnn_disabled_falls_back():
     """torch.backends.mkldnn disabled makes oneDNN's brgemm refuse: the products then run in our kernel,
     right, instead of failing inside the core's threads."""
