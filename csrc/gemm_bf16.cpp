@@ -1,7 +1,7 @@
-// Packing, float -> bf16 rounding and the run-time CPU check of the bf16 GEMMs (gemm_bf16.h); the
-// kernel itself is in gemm_bf16_avx512.cpp, oneDNN's in gemm_bf16_onednn.cpp. The per-call bf16 copies of X (and, for weight
-// gradients, of A^T and B) live in per-thread buffers: the decoder calls these from its OpenMP
-// threads on one row tile at a time.
+// Packing, float -> bf16 rounding and the run-time CPU check of the bf16 GEMMs (gemm_bf16.h); our
+// kernel itself is in gemm_bf16_avx512.cpp, oneDNN's in gemm_bf16_onednn.cpp. The per-call bf16 copies
+// of X (and, for weight gradients, of A^T and B) live in per-thread buffers: the decoder calls these
+// from its OpenMP threads on one row tile at a time.
 #include "gemm_bf16.h"
 
 #include <algorithm>

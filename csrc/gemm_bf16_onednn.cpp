@@ -39,23 +39,20 @@ bool cpu_has_amx_bf16() {
 using at::BFloat16;
 
 // True where torch's brgemm multiplies bf16 operands here (the microkernel is compiled in and the CPU is one
-// it runs on): a small product of exact values against the known answer. Asked once.
+// it runs on): a small product of small integers (exact in bf16 and in float sums), its operands packed as the
+// decoder packs them, against the known answer. Asked once.
 bool probe() {
   if (!bf16_gemm_supported()) return false;
   try {
-    // A (3 x 4) of small integers, B (4 x 5) packed in pairs with a leading dimension of 32.
-    const int64_t m = 3, k = 4, n = 5;
-    std::vector<float> a(m * k), b(k * n);
+    const int64_t m = 3, k = 4, n = 5, k2 = k / 2;
+    std::vector<float> a(m * k), b(k * n), c(m * n);
     for (int64_t i = 0; i < m * k; ++i) a[i] = static_cast<float>(i % 7 - 3);
     for (int64_t i = 0; i < k * n; ++i) b[i] = static_cast<float>(i % 5 - 2);
-    std::vector<uint16_t> a16(m * k), b16(k / 2 * 32 * 2, 0);
-    const auto bf16 = [](float v) { uint32_t bits; std::memcpy(&bits, &v, 4); return uint16_t(bits >> 16); };
-    for (int64_t i = 0; i < m * k; ++i) a16[i] = bf16(a[i]);   // small integers are exact in bf16
-    for (int64_t kk = 0; kk < k; ++kk)
-      for (int64_t c = 0; c < n; ++c) b16[((kk / 2) * 32 + c) * 2 + (kk & 1)] = bf16(b[kk * n + c]);
-    std::vector<float> c(m * n, 0.0f);
-    at::native::cpublas::brgemm(m, n, k, k, 32, n, false, reinterpret_cast<const BFloat16*>(a16.data()),
-                                reinterpret_cast<const BFloat16*>(b16.data()), c.data());
+    std::vector<uint16_t> rows(m * k);
+    detail::bf16_rows_avx512(a.data(), k, m, k, rows.data(), {});
+    const Bf16PackedB packed(b.data(), k, n, false);
+    at::native::cpublas::brgemm(m, n, 2 * k2, 2 * k2, 32, n, false, reinterpret_cast<const BFloat16*>(rows.data()),
+                                reinterpret_cast<const BFloat16*>(packed.data()), c.data());
     at::native::cpublas::brgemm_release();
     for (int64_t i = 0; i < m; ++i)
       for (int64_t j = 0; j < n; ++j) {
