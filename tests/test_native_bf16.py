@@ -123,6 +123,14 @@ def check_bf16(spec, params, running, inputs, shape, norm_stats, low_precision_p
     return ours
 
 
+def assert_float32_sum_of_rounded(result, a, b):
+    """result (float32) is bf16(a) bf16(b) summed in float32: within float32 summation's bound
+    k 2^-24 sum |a_i b_i| of the exact product of the rounded operands (k = a's columns)."""
+    ar, br = a.bfloat16().double(), b.bfloat16().double()
+    assert result.dtype == torch.float32 and result.shape == (a.shape[0], b.shape[1])
+    assert ((result.double() - ar @ br).abs() <= a.shape[1] * 2.0 ** -24 * (ar.abs() @ br.abs())).all()
+
+
 GEMM_SHAPES = [(1, 1, 1), (13, 9, 33), (128, 256, 256), (300, 48, 17), (40, 31, 64), (5, 272, 272), (257, 17, 100)]
 
 
@@ -132,11 +140,7 @@ def test_bf16_gemm_sums_the_rounded_operands_in_float32(m, k, n, bf16_gemms):
     """The kernel alone (ragged row tiles, odd k, columns past a block of 32): bf16(x) bf16(w)^T within
     float32 summation's bound k 2^-24 sum |x_i w_i| of the exact product of the rounded operands."""
     x, w = torch.randn(m, k), torch.randn(n, k)
-    xr, wr = x.bfloat16().double(), w.bfloat16().double()
-    y = native._C.bf16_linear(x, w)
-    bound = k * 2.0 ** -24 * (xr.abs() @ wr.abs().t())
-    assert y.dtype == torch.float32 and y.shape == (m, n)
-    assert ((y.double() - xr @ wr.t()).abs() <= bound).all()
+    assert_float32_sum_of_rounded(native._C.bf16_linear(x, w), x, w.t())
 
 
 @pytest.mark.skipif(not native.bf16_matmul_supported(), reason="this CPU has no AVX512-BF16")
@@ -146,11 +150,7 @@ def test_bf16_weight_gradient_sums_the_rounded_operands_in_float32(k, m, n, bf16
     an odd count, m and n off every block size; the oneDNN kernel reads a transposed): within float32
     summation's bound of the exact product of the rounded operands."""
     a, b = torch.randn(k, m), torch.randn(k, n)
-    ar, br = a.bfloat16().double(), b.bfloat16().double()
-    c = native._C.bf16_weight_grad(a, b)
-    bound = k * 2.0 ** -24 * (ar.abs().t() @ br.abs())
-    assert c.dtype == torch.float32 and c.shape == (m, n)
-    assert ((c.double() - ar.t() @ br).abs() <= bound).all()
+    assert_float32_sum_of_rounded(native._C.bf16_weight_grad(a, b), a.t(), b)
 
 
 @pytest.mark.skipif(not native.bf16_matmul_supported(), reason="this CPU has no AVX512-BF16")
@@ -172,9 +172,8 @@ def test_onednn_kernel_with_mkldnn_disabled_falls_back():
         torch.backends.mkldnn.enabled = False
         y = native._C.bf16_linear(x, w)
         c = native._C.bf16_weight_grad(x, x[:, :33])
-        xr, wr = x.bfloat16().double(), w.bfloat16().double()
-        assert ((y.double() - xr @ wr.t()).abs() <= 40 * 2.0 ** -24 * (xr.abs() @ wr.abs().t())).all()
-        assert ((c.double() - xr.t() @ xr[:, :33]).abs() <= 130 * 2.0 ** -24 * (xr.abs().t() @ xr[:, :33].abs())).all()
+        assert_float32_sum_of_rounded(y, x, w.t())
+        assert_float32_sum_of_rounded(c, x.t(), x[:, :33])
     finally:
         torch.backends.mkldnn.enabled = mkldnn
         native.set_bf16_gemm_kernel(before)
